@@ -1,0 +1,5 @@
+"""``python -m ecrstream``: the command line."""
+
+from ecrstream.cli import main
+
+raise SystemExit(main())
