@@ -1,0 +1,515 @@
+#!/usr/bin/env python3
+"""Throughput, memory and event-loop stalls: ecrstream against the loops users write today.
+
+    .venv/bin/python benchmarks/bench.py [--sizes 64M,256M,1G] [--runs 5] [--with-4g]
+        [--part-size 20MiB] [--variants ecrstream,boto3,aiobotocore] [--verify]
+
+Starts the sink (benchmarks/sink.py) in its own process on 127.0.0.1, creates the test files
+(random bytes, kept in a temporary folder and reused by later runs), then for every size runs
+``--runs`` rounds; each round runs every variant once, each in a fresh subprocess
+(benchmarks/variants.py), in an order that rotates from round to round so no variant always
+goes first. It prints a Markdown table and writes everything it measured to
+benchmarks/results/bench-<time>.json. A variant that cannot be imported (ecrstream before it
+exists) is reported as n/a; the others still run. See benchmarks/README.md for the columns.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import sink_ceiling  # noqa: E402  (sibling modules, importable once the path is set)
+import variants  # noqa: E402
+
+MIB = 1 << 20
+GIB = 1 << 30
+DEFAULT_SIZES = "64M,256M,1G"
+DEFAULT_VARIANTS = ",".join(variants.VARIANTS)
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
+
+
+def parse_size(text: str) -> int:
+    """``64M``, ``64MiB``, ``1G``, ``20971520``: binary units, bytes when there is none."""
+    match = _SIZE.match(text)
+    if not match:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r}")
+    number, unit = float(match.group(1)), match.group(2).lower()
+    return int(number * {"": 1, "k": 1 << 10, "m": MIB, "g": GIB, "t": 1 << 40}[unit])
+
+
+def format_size(size: int) -> str:
+    for unit, scale in (("GiB", GIB), ("MiB", MIB), ("KiB", 1 << 10)):
+        if size >= scale and size % scale == 0:
+            return f"{size // scale} {unit}"
+    return f"{size} B"
+
+
+# Test files -------------------------------------------------------------------------------
+
+
+def ensure_test_file(data_dir: Path, size: int) -> tuple[Path, str]:
+    """A file of ``size`` random bytes and its ``sha256:`` digest, created once and reused."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    path = data_dir / f"layer-{size}.bin"
+    digest_path = path.with_suffix(".sha256")
+    if path.exists() and path.stat().st_size == size and digest_path.exists():
+        digest = digest_path.read_text().strip()
+        if digest_path.stat().st_mtime >= path.stat().st_mtime:
+            _warm_page_cache(path)
+            return path, digest
+    print(f"bench: writing {format_size(size)} of random bytes to {path}", flush=True)
+    hasher = hashlib.sha256()
+    with open(path, "wb") as file:
+        remaining = size
+        while remaining:
+            chunk = os.urandom(min(remaining, 16 * MIB))
+            hasher.update(chunk)
+            file.write(chunk)
+            remaining -= len(chunk)
+    digest = "sha256:" + hasher.hexdigest()
+    digest_path.write_text(digest + "\n")
+    return path, digest
+
+
+def _warm_page_cache(path: Path) -> None:
+    # Every variant should read from the page cache, the first one of a session included.
+    with open(path, "rb", buffering=0) as file:
+        buffer = bytearray(16 * MIB)
+        while file.readinto(buffer):
+            pass
+
+
+# The sink ---------------------------------------------------------------------------------
+
+
+class Sink:
+    """benchmarks/sink.py in a child process; ``stats()`` reads its counters and CPU time."""
+
+    def __init__(self, part_size: int, verify: bool) -> None:
+        command = [sys.executable, str(HERE / "sink.py"), "--part-size", str(part_size)]
+        if verify:
+            command.append("--verify")
+        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline()
+        if not line.startswith("SINK_PORT="):
+            self.process.kill()
+            raise RuntimeError(f"the sink did not start: {line!r}")
+        self.url = f"http://127.0.0.1:{int(line.split('=', 1)[1])}"
+
+    def stats(self) -> dict[str, Any]:
+        with urllib.request.urlopen(self.url + "/stats", timeout=30) as response:
+            stats: dict[str, Any] = json.load(response)
+        return stats
+
+    def close(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+# Runs -------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Config:
+    sizes: list[int]
+    runs: int
+    part_size: int
+    variant_names: list[str]
+    data_dir: Path
+    verify: bool
+    timeout_floor_s: float
+    ceiling_size: int
+
+
+def run_once(
+    sink: Sink, variant: str, path: Path, expected_digest: str, size: int, config: Config
+) -> dict[str, Any]:
+    """One upload in a fresh subprocess, with the sink's counters read before and after."""
+    before = sink.stats()
+    env = dict(os.environ)
+    env.update(
+        AWS_ACCESS_KEY_ID="AKIDBENCHMARK",
+        AWS_SECRET_ACCESS_KEY="bench",
+        AWS_EC2_METADATA_DISABLED="true",
+        AWS_CONFIG_FILE=os.devnull,
+        AWS_SHARED_CREDENTIALS_FILE=os.devnull,
+        PYTHONUNBUFFERED="1",
+    )
+    env.pop("AWS_SESSION_TOKEN", None)
+    env.pop("AWS_PROFILE", None)
+    command = [
+        sys.executable,
+        str(HERE / "variants.py"),
+        variant,
+        str(path),
+        "--endpoint-url",
+        sink.url,
+        "--part-size",
+        str(config.part_size),
+    ]
+    # Generous: 2 MB/s plus start-up, so only a hang is cut short.
+    timeout = max(config.timeout_floor_s, size / 2e6 + 30)
+    started = time.perf_counter()
+    try:
+        completed = subprocess.run(
+            command, env=env, capture_output=True, text=True, timeout=timeout, check=False
+        )
+    except subprocess.TimeoutExpired:
+        return {"variant": variant, "status": "error", "error": f"timed out after {timeout:.0f} s"}
+    process_wall_s = time.perf_counter() - started
+    after = sink.stats()
+    record: dict[str, Any] = {
+        "variant": variant,
+        "status": "error",
+        "error": f"no result line; exit {completed.returncode}; stderr: {completed.stderr[-2000:]}",
+    }
+    for line in completed.stdout.splitlines():
+        if line.startswith(variants.RESULT_PREFIX):
+            record = json.loads(line[len(variants.RESULT_PREFIX) :])
+    record["process_wall_s"] = process_wall_s
+    record["sink"] = {
+        "cpu_s": (after["cpu_user_s"] + after["cpu_system_s"])
+        - (before["cpu_user_s"] + before["cpu_system_s"]),
+        "layer_bytes_accepted": after["layer_bytes_accepted"] - before["layer_bytes_accepted"],
+        "body_bytes_received": after["body_bytes_received"] - before["body_bytes_received"],
+        "parts_accepted": after["parts_accepted"] - before["parts_accepted"],
+        "parts_rejected": after["parts_rejected"] - before["parts_rejected"],
+    }
+    if record["status"] == "ok":
+        if record["digest"] != expected_digest or record["size"] != size:
+            record["status"] = "error"
+            record["error"] = (
+                f"wrong result: {record['digest']} / {record['size']} bytes, expected "
+                f"{expected_digest} / {size}"
+            )
+        elif record["sink"]["layer_bytes_accepted"] != size:
+            record["status"] = "error"
+            record["error"] = f"the sink accepted {record['sink']['layer_bytes_accepted']} bytes"
+    if record["status"] == "error" and completed.stderr:
+        record.setdefault("stderr_tail", completed.stderr[-2000:])
+    return record
+
+
+def run_all(config: Config) -> dict[str, Any]:
+    sink = Sink(config.part_size, config.verify)
+    results: dict[str, Any] = {"runs": []}
+    unavailable: dict[str, str] = {}
+    try:
+        if config.ceiling_size:
+            ceiling = sink_ceiling.measure(sink.url, config.ceiling_size, config.part_size)
+            results["sink_ceiling"] = ceiling
+            print(
+                f"bench: sink ceiling (raw-socket client, {format_size(config.ceiling_size)}): "
+                f"{ceiling['mb_per_s']:.0f} MB/s, sink CPU {ceiling['sink_cpu_s_per_gib']:.2f} "
+                "s/GiB",
+                flush=True,
+            )
+        for size in config.sizes:
+            path, digest = ensure_test_file(config.data_dir, size)
+            names = config.variant_names
+            for round_index in range(config.runs):
+                shift = round_index % len(names)
+                for variant in names[shift:] + names[:shift]:
+                    if variant in unavailable:
+                        continue
+                    record = run_once(sink, variant, path, digest, size, config)
+                    record.update(size=size, round=round_index)
+                    results["runs"].append(record)
+                    _print_progress(record)
+                    if record["status"] == "unavailable":
+                        unavailable[variant] = record.get("error", "")
+        results["sink_final"] = {k: v for k, v in sink.stats().items() if k != "completed"}
+    finally:
+        sink.close()
+    results["unavailable"] = unavailable
+    return results
+
+
+def _print_progress(record: dict[str, Any]) -> None:
+    size = format_size(record["size"])
+    head = f"bench: {size:>8} round {record['round'] + 1} {record['variant']:<12}"
+    if record["status"] == "ok":
+        stall = record.get("stall")
+        stall_text = (
+            f", stall p99 {stall['p99_ms']:.1f} ms max {stall['max_ms']:.0f} ms" if stall else ""
+        )
+        print(
+            f"{head} {record['mb_per_s']:7.1f} MB/s, peak RSS "
+            f"{record['peak_rss_kib'] / 1024:.0f} MiB{stall_text}, sink CPU "
+            f"{record['sink']['cpu_s']:.2f} s",
+            flush=True,
+        )
+    else:
+        print(f"{head} {record['status']}: {record.get('error', '')[:300]}", flush=True)
+
+
+# Summary ----------------------------------------------------------------------------------
+
+
+def summarize(results: dict[str, Any], config: Config) -> list[dict[str, Any]]:
+    """One row per size and variant: medians over the successful runs, and ratios."""
+    rows: list[dict[str, Any]] = []
+    for size in config.sizes:
+        by_variant: dict[str, list[dict[str, Any]]] = {}
+        for record in results["runs"]:
+            if record["size"] == size:
+                by_variant.setdefault(record["variant"], []).append(record)
+        medians: dict[str, float] = {}
+        for variant in config.variant_names:
+            ok = [r for r in by_variant.get(variant, []) if r["status"] == "ok"]
+            if ok:
+                medians[variant] = statistics.median(r["mb_per_s"] for r in ok)
+        for variant in config.variant_names:
+            records = by_variant.get(variant, [])
+            ok = [r for r in records if r["status"] == "ok"]
+            row: dict[str, Any] = {
+                "size": size,
+                "variant": variant,
+                "runs_ok": len(ok),
+                "runs_failed": len(records) - len(ok),
+            }
+            if variant in results["unavailable"]:
+                row["status"] = "n/a"
+                row["note"] = results["unavailable"][variant]
+            elif not ok:
+                row["status"] = "error"
+                row["note"] = records[0].get("error", "") if records else "not run"
+            else:
+                gib = size / GIB
+                stalls = [r["stall"] for r in ok if "stall" in r]
+                row.update(
+                    status="ok",
+                    mb_per_s_median=medians[variant],
+                    mb_per_s_min=min(r["mb_per_s"] for r in ok),
+                    mb_per_s_max=max(r["mb_per_s"] for r in ok),
+                    peak_rss_mib_median=statistics.median(r["peak_rss_kib"] for r in ok) / 1024,
+                    rss_before_upload_mib_median=statistics.median(
+                        r["rss_before_upload_kib"] for r in ok
+                    )
+                    / 1024,
+                    client_cpu_s_per_gib=statistics.median(
+                        (r["cpu_user_s"] + r["cpu_system_s"]) / gib for r in ok
+                    ),
+                    client_system_cpu_s_per_gib=statistics.median(
+                        r["cpu_system_s"] / gib for r in ok
+                    ),
+                    minor_faults_per_gib=statistics.median(r["minor_faults"] / gib for r in ok),
+                    sink_cpu_s_per_gib=statistics.median(r["sink"]["cpu_s"] / gib for r in ok),
+                    sink_cpu_fraction_of_wall=statistics.median(
+                        r["sink"]["cpu_s"] / r["wall_s"] for r in ok
+                    ),
+                )
+                if stalls:
+                    row["stall_p99_ms_median"] = statistics.median(s["p99_ms"] for s in stalls)
+                    row["stall_max_ms_worst"] = max(s["max_ms"] for s in stalls)
+                    row["stall_max_ms_median"] = statistics.median(s["max_ms"] for s in stalls)
+                for baseline in ("boto3", "aiobotocore"):
+                    if baseline != variant and baseline in medians:
+                        row[f"ratio_to_{baseline}"] = medians[variant] / medians[baseline]
+                        row[f"paired_ratio_to_{baseline}"] = _paired_ratio(
+                            ok, by_variant.get(baseline, [])
+                        )
+            rows.append(row)
+    return rows
+
+
+def _paired_ratio(ours: list[dict[str, Any]], theirs: list[dict[str, Any]]) -> float | None:
+    """Median over rounds of (ours / theirs) in the same round, where both succeeded."""
+    theirs_by_round = {r["round"]: r for r in theirs if r["status"] == "ok"}
+    ratios = [
+        r["mb_per_s"] / theirs_by_round[r["round"]]["mb_per_s"]
+        for r in ours
+        if r["round"] in theirs_by_round
+    ]
+    return statistics.median(ratios) if ratios else None
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    header = (
+        "| size | variant | MB/s median (min-max) | x boto3 | x aiobotocore | peak RSS MiB "
+        "| stall p99 ms | stall max ms | client CPU s/GiB | sink CPU s/GiB | runs |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|"
+    )
+    lines = [header]
+    for row in rows:
+        size = format_size(row["size"])
+        if row["status"] != "ok":
+            note = row.get("note", "").replace("|", "/")[:80]
+            lines.append(
+                f"| {size} | {row['variant']} | {row['status']} ({note}) | | | | | | | | 0 |"
+            )
+            continue
+
+        def ratio(name: str, row: dict[str, Any] = row) -> str:
+            value = row.get(f"ratio_to_{name}")
+            return f"{value:.2f}" if value is not None else "-"
+
+        stall_p99 = row.get("stall_p99_ms_median")
+        stall_max = row.get("stall_max_ms_worst")
+        runs = str(row["runs_ok"]) + (
+            f" ({row['runs_failed']} failed)" if row["runs_failed"] else ""
+        )
+        lines.append(
+            f"| {size} | {row['variant']} "
+            f"| {row['mb_per_s_median']:.1f} ({row['mb_per_s_min']:.1f}-{row['mb_per_s_max']:.1f}) "
+            f"| {ratio('boto3')} | {ratio('aiobotocore')} "
+            f"| {row['peak_rss_mib_median']:.0f} "
+            f"| {f'{stall_p99:.1f}' if stall_p99 is not None else 'n/a'} "
+            f"| {f'{stall_max:.0f}' if stall_max is not None else 'n/a'} "
+            f"| {row['client_cpu_s_per_gib']:.2f} | {row['sink_cpu_s_per_gib']:.2f} "
+            f"| {runs} |"
+        )
+    return "\n".join(lines)
+
+
+def environment() -> dict[str, Any]:
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(
+                ["git", *args], cwd=HERE, capture_output=True, text=True, check=False
+            ).stdout.strip()
+        except OSError:
+            return ""
+
+    versions: dict[str, str] = {}
+    from importlib import metadata
+
+    for package in ("ecrstream", "boto3", "botocore", "aiobotocore", "aiohttp", "aiofiles"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = "not installed"
+    cpu_model = ""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            cpu_model = next(
+                (
+                    line.split(":", 1)[1].strip()
+                    for line in cpuinfo
+                    if line.startswith("model name")
+                ),
+                "",
+            )
+    except OSError:
+        pass
+    return {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "cpu_model": cpu_model,
+        "cpu_count": os.cpu_count(),
+        "git_commit": git("rev-parse", "HEAD"),
+        "git_dirty": bool(git("status", "--porcelain", "--", "src", "benchmarks")),
+        "versions": versions,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--sizes", default=DEFAULT_SIZES, help="comma-separated, binary units")
+    parser.add_argument("--runs", type=int, default=5, help="rounds per size (>= 5 for medians)")
+    parser.add_argument("--with-4g", action="store_true", help="add a 4 GiB file to --sizes")
+    parser.add_argument("--part-size", type=parse_size, default=20 * MIB)
+    parser.add_argument("--variants", default=DEFAULT_VARIANTS, help="comma-separated subset")
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path(tempfile.gettempdir()) / "ecrstream-bench",
+        help="where the test files are kept between runs",
+    )
+    parser.add_argument(
+        "--verify", action="store_true", help="the sink decodes every part and checks digests"
+    )
+    parser.add_argument("--output", type=Path, default=None, help="JSON path (default results/)")
+    parser.add_argument(
+        "--timeout-floor", type=float, default=120.0, help="minimum per-run timeout, seconds"
+    )
+    parser.add_argument(
+        "--ceiling-size",
+        type=parse_size,
+        default=GIB,
+        help="bytes the raw-socket client sends first to measure the sink's ceiling (0: skip)",
+    )
+    args = parser.parse_args(argv)
+    sizes = [parse_size(s) for s in args.sizes.split(",") if s.strip()]
+    if args.with_4g and 4 * GIB not in sizes:
+        sizes.append(4 * GIB)
+    variant_names = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = set(variant_names) - set(variants.VARIANTS)
+    if unknown:
+        parser.error(f"unknown variants: {', '.join(sorted(unknown))}")
+    config = Config(
+        sizes=sizes,
+        runs=args.runs,
+        part_size=args.part_size,
+        variant_names=variant_names,
+        data_dir=args.data_dir,
+        verify=args.verify,
+        timeout_floor_s=args.timeout_floor,
+        ceiling_size=args.ceiling_size,
+    )
+    started = time.time()
+    results = run_all(config)
+    rows = summarize(results, config)
+    table = markdown_table(rows)
+    command = "python benchmarks/bench.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    report = {
+        "command": command.strip(),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
+        "duration_s": time.time() - started,
+        "config": {
+            "sizes": sizes,
+            "runs": config.runs,
+            "part_size": config.part_size,
+            "variants": variant_names,
+            "sink_verify": config.verify,
+            "tick_interval_s": variants.TICK_INTERVAL_S,
+        },
+        "environment": environment(),
+        "summary": rows,
+        "table_markdown": table,
+        **results,
+    }
+    output = args.output or HERE / "results" / time.strftime(
+        "bench-%Y%m%d-%H%M%S.json", time.localtime(started)
+    )
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(report, indent=2) + "\n")
+    print()
+    if "sink_ceiling" in results:
+        ceiling = results["sink_ceiling"]
+        print(
+            f"Sink ceiling: {ceiling['mb_per_s']:.0f} MB/s from a raw-socket client, "
+            f"{ceiling['sink_cpu_s_per_gib']:.2f} sink CPU s/GiB.\n"
+        )
+    print(table)
+    print(f"\nbench: wrote {output}")
+    failed = [r for r in rows if r["status"] == "error"]
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
