@@ -21,6 +21,7 @@ import json
 import os
 import platform
 import re
+import resource
 import statistics
 import subprocess
 import sys
@@ -130,6 +131,24 @@ class Sink:
 # Runs -------------------------------------------------------------------------------------
 
 
+def _machine_busy_s() -> float:
+    """CPU seconds the whole machine has been busy (all cores), from /proc/stat; 0 without."""
+    try:
+        with open("/proc/stat") as stat:
+            fields = stat.readline().split()
+    except OSError:
+        return 0.0
+    # user nice system idle iowait irq softirq steal: everything but idle and iowait
+    ticks = [int(value) for value in fields[1:9]]
+    busy = sum(ticks) - ticks[3] - ticks[4]
+    return busy / os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_s(who: int) -> float:
+    usage = resource.getrusage(who)
+    return usage.ru_utime + usage.ru_stime
+
+
 @dataclass(slots=True)
 class Config:
     sizes: list[int]
@@ -170,6 +189,9 @@ def run_once(
     ]
     # Generous: 2 MB/s plus start-up, so only a hang is cut short.
     timeout = max(config.timeout_floor_s, size / 2e6 + 30)
+    busy_before = _machine_busy_s()
+    children_before = _cpu_s(resource.RUSAGE_CHILDREN)
+    self_before = _cpu_s(resource.RUSAGE_SELF)
     started = time.perf_counter()
     try:
         completed = subprocess.run(
@@ -178,6 +200,9 @@ def run_once(
     except subprocess.TimeoutExpired:
         return {"variant": variant, "status": "error", "error": f"timed out after {timeout:.0f} s"}
     process_wall_s = time.perf_counter() - started
+    child_cpu_s = _cpu_s(resource.RUSAGE_CHILDREN) - children_before
+    harness_cpu_s = _cpu_s(resource.RUSAGE_SELF) - self_before
+    busy_s = _machine_busy_s() - busy_before
     after = sink.stats()
     record: dict[str, Any] = {
         "variant": variant,
@@ -195,6 +220,15 @@ def run_once(
         "body_bytes_received": after["body_bytes_received"] - before["body_bytes_received"],
         "parts_accepted": after["parts_accepted"] - before["parts_accepted"],
         "parts_rejected": after["parts_rejected"] - before["parts_rejected"],
+    }
+    # CPU that neither the variant, the sink nor this harness used during the run: other
+    # processes on the machine (and interrupts). Much of it means the figures are disturbed.
+    other_cpu_s = busy_s - child_cpu_s - harness_cpu_s - record["sink"]["cpu_s"]
+    record["machine"] = {
+        "busy_cpu_s": busy_s,
+        "variant_process_cpu_s": child_cpu_s,
+        "other_cpu_s": other_cpu_s,
+        "other_cores": other_cpu_s / process_wall_s,
     }
     if record["status"] == "ok":
         if record["digest"] != expected_digest or record["size"] != size:
@@ -257,7 +291,8 @@ def _print_progress(record: dict[str, Any]) -> None:
         print(
             f"{head} {record['mb_per_s']:7.1f} MB/s, peak RSS "
             f"{record['peak_rss_kib'] / 1024:.0f} MiB{stall_text}, sink CPU "
-            f"{record['sink']['cpu_s']:.2f} s",
+            f"{record['sink']['cpu_s']:.2f} s, other CPU {record['machine']['other_cores']:.2f} "
+            f"cores{' (DISTURBED)' if record['machine']['other_cores'] > 0.25 else ''}",
             flush=True,
         )
     else:
@@ -319,11 +354,15 @@ def summarize(results: dict[str, Any], config: Config) -> list[dict[str, Any]]:
                     sink_cpu_fraction_of_wall=statistics.median(
                         r["sink"]["cpu_s"] / r["wall_s"] for r in ok
                     ),
+                    other_cores_median=statistics.median(r["machine"]["other_cores"] for r in ok),
                 )
                 if stalls:
                     row["stall_p99_ms_median"] = statistics.median(s["p99_ms"] for s in stalls)
                     row["stall_max_ms_worst"] = max(s["max_ms"] for s in stalls)
                     row["stall_max_ms_median"] = statistics.median(s["max_ms"] for s in stalls)
+                    row["loop_blocked_fraction_median"] = statistics.median(
+                        r["stall"].get("stalled_over_20ms_s", 0.0) / r["wall_s"] for r in ok
+                    )
                 for baseline in ("boto3", "aiobotocore"):
                     if baseline != variant and baseline in medians:
                         row[f"ratio_to_{baseline}"] = medians[variant] / medians[baseline]
@@ -348,8 +387,9 @@ def _paired_ratio(ours: list[dict[str, Any]], theirs: list[dict[str, Any]]) -> f
 def markdown_table(rows: list[dict[str, Any]]) -> str:
     header = (
         "| size | variant | MB/s median (min-max) | x boto3 | x aiobotocore | peak RSS MiB "
-        "| stall p99 ms | stall max ms | client CPU s/GiB | sink CPU s/GiB | runs |\n"
-        "|---|---|---|---|---|---|---|---|---|---|---|"
+        "| stall p99 ms | stall max ms | loop blocked | client CPU s/GiB | sink CPU s/GiB "
+        "| runs |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|"
     )
     lines = [header]
     for row in rows:
@@ -357,7 +397,7 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
         if row["status"] != "ok":
             note = row.get("note", "").replace("|", "/")[:80]
             lines.append(
-                f"| {size} | {row['variant']} | {row['status']} ({note}) | | | | | | | | 0 |"
+                f"| {size} | {row['variant']} | {row['status']} ({note}) | | | | | | | | | 0 |"
             )
             continue
 
@@ -367,6 +407,7 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
 
         stall_p99 = row.get("stall_p99_ms_median")
         stall_max = row.get("stall_max_ms_worst")
+        blocked = row.get("loop_blocked_fraction_median")
         runs = str(row["runs_ok"]) + (
             f" ({row['runs_failed']} failed)" if row["runs_failed"] else ""
         )
@@ -377,6 +418,7 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
             f"| {row['peak_rss_mib_median']:.0f} "
             f"| {f'{stall_p99:.1f}' if stall_p99 is not None else 'n/a'} "
             f"| {f'{stall_max:.0f}' if stall_max is not None else 'n/a'} "
+            f"| {f'{blocked:.0%}' if blocked is not None else 'n/a'} "
             f"| {row['client_cpu_s_per_gib']:.2f} | {row['sink_cpu_s_per_gib']:.2f} "
             f"| {runs} |"
         )
@@ -506,6 +548,13 @@ def main(argv: list[str] | None = None) -> int:
             f"{ceiling['sink_cpu_s_per_gib']:.2f} sink CPU s/GiB.\n"
         )
     print(table)
+    disturbed = [r["machine"]["other_cores"] for r in results["runs"] if "machine" in r]
+    if disturbed:
+        print(
+            f"\nOther processes used {statistics.median(disturbed):.2f} cores (median; max "
+            f"{max(disturbed):.2f}) of {os.cpu_count()} during the runs"
+            + ("; the figures are DISTURBED." if statistics.median(disturbed) > 0.25 else ".")
+        )
     print(f"\nbench: wrote {output}")
     failed = [r for r in rows if r["status"] == "error"]
     return 1 if failed else 0
