@@ -1,0 +1,400 @@
+"""Everything ecrstream raises on purpose, and the one place botocore errors are translated.
+
+The tree::
+
+    Exception
+    ├── OperationCanceledError            (ecrstream.cancellation; a token stopped the operation)
+    ├── ValueError                        (invalid arguments, raised before any request is sent)
+    └── EcrStreamError
+        ├── EcrServiceError               ECR answered with an error (.code .message .operation
+        │   │                             .request_id .status_code); unknown codes stay here
+        │   ├── InvalidLayerPartError     (.last_valid_byte_received, .upload_id)
+        │   ├── InvalidParameterError
+        │   ├── KmsError
+        │   ├── LimitExceededError
+        │   ├── RepositoryNotFoundError
+        │   ├── ServerError               transient: retried
+        │   ├── ThrottlingError           transient: retried
+        │   ├── UploadNotFoundError
+        │   ├── LayerPartTooSmallError
+        │   ├── LayerAlreadyExistsError
+        │   ├── EmptyUploadError
+        │   ├── InvalidLayerError
+        │   ├── LayersNotFoundError
+        │   ├── ImageAlreadyExistsError
+        │   ├── ImageTagAlreadyExistsError
+        │   ├── ImageDigestDoesNotMatchError
+        │   ├── ReferencedImagesNotFoundError
+        │   └── AuthenticationError       the credentials were refused (bad key, signature, expired)
+        ├── EcrConnectionError            transient: no answer (connection refused or reset,
+        │                                 read timeout, response lost); .operation, .timed_out
+        ├── CredentialsError              no usable AWS credentials were found
+        ├── DigestMismatchError           computed digest differs from the expected/returned one
+        ├── SourceChangedError            the file changed while it was read
+        └── ImageSourceError              an image layout or archive is malformed or unsafe
+
+`translate_botocore_error` is the boundary: it maps one botocore/aiohttp exception to the most
+specific class above. It only ever sees ``Exception`` (never ``BaseException``), so task
+cancellation passes through untouched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import aiohttp
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    HTTPClientError,
+    NoCredentialsError,
+    NoRegionError,
+    ParamValidationError,
+    PartialCredentialsError,
+    ReadTimeoutError,
+)
+from botocore.exceptions import (
+    ConnectionError as BotoConnectionError,
+)
+
+__all__ = [
+    "AuthenticationError",
+    "CredentialsError",
+    "DigestMismatchError",
+    "EcrConnectionError",
+    "EcrServiceError",
+    "EcrStreamError",
+    "EmptyUploadError",
+    "ImageAlreadyExistsError",
+    "ImageDigestDoesNotMatchError",
+    "ImageSourceError",
+    "ImageTagAlreadyExistsError",
+    "InvalidLayerError",
+    "InvalidLayerPartError",
+    "InvalidParameterError",
+    "KmsError",
+    "LayerAlreadyExistsError",
+    "LayerPartTooSmallError",
+    "LayersNotFoundError",
+    "LimitExceededError",
+    "ReferencedImagesNotFoundError",
+    "RepositoryNotFoundError",
+    "ServerError",
+    "SourceChangedError",
+    "ThrottlingError",
+    "UploadNotFoundError",
+    "is_transient",
+    "translate_botocore_error",
+]
+
+
+class EcrStreamError(Exception):
+    """Root of every error ecrstream raises on purpose (OperationCanceledError aside)."""
+
+
+class EcrServiceError(EcrStreamError):
+    """ECR answered a request with an error.
+
+    ``code`` is the AWS error code (``"RepositoryNotFoundException"``), ``message`` the
+    service's text, ``operation`` the API operation, ``request_id`` the AWS request id (quote
+    it to AWS support), ``status_code`` the HTTP status. One subclass exists per ECR error code
+    the upload operations can return; codes without one raise this class itself.
+    """
+
+    #: The AWS error code this class stands for (None on the base class).
+    aws_code: str | None = None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str,
+        operation: str,
+        request_id: str | None = None,
+        status_code: int | None = None,
+        response: dict[str, Any] | None = None,
+    ) -> None:
+        self.code = code
+        self.message = message
+        self.operation = operation
+        self.request_id = request_id
+        self.status_code = status_code
+        super().__init__(f"{operation}: {code}: {message}")
+
+
+class InvalidLayerPartError(EcrServiceError):
+    """The part was refused (out of order, too large); ECR says which byte it has last.
+
+    ``last_valid_byte_received`` is the offset of the last byte ECR holds for the upload (-1
+    for none, or None when ECR did not say); the uploader re-aligns to the byte after it.
+    """
+
+    aws_code = "InvalidLayerPartException"
+
+    def __init__(self, message: str, **kwargs: Any) -> None:
+        response = kwargs.get("response") or {}
+        last = response.get("lastValidByteReceived")
+        self.last_valid_byte_received: int | None = int(last) if last is not None else None
+        self.upload_id: str | None = response.get("uploadId")
+        super().__init__(message, **kwargs)
+
+
+class InvalidParameterError(EcrServiceError):
+    """ECR found a parameter invalid."""
+
+    aws_code = "InvalidParameterException"
+
+
+class KmsError(EcrServiceError):
+    """ECR could not use the repository's KMS key."""
+
+    aws_code = "KmsException"
+
+
+class LimitExceededError(EcrServiceError):
+    """A service quota would be exceeded."""
+
+    aws_code = "LimitExceededException"
+
+
+class RepositoryNotFoundError(EcrServiceError):
+    """The repository does not exist in this registry (create it, or check the name/region)."""
+
+    aws_code = "RepositoryNotFoundException"
+
+
+class ServerError(EcrServiceError):
+    """ECR failed internally (transient; the uploader retries)."""
+
+    aws_code = "ServerException"
+
+
+class ThrottlingError(EcrServiceError):
+    """Too many requests (transient; the uploader backs off and retries)."""
+
+    aws_code = "ThrottlingException"
+
+
+class UploadNotFoundError(EcrServiceError):
+    """The upload id is unknown to ECR (expired, completed, or from another repository)."""
+
+    aws_code = "UploadNotFoundException"
+
+
+class LayerPartTooSmallError(EcrServiceError):
+    """A part other than the last was under ECR's 5 MiB minimum."""
+
+    aws_code = "LayerPartTooSmallException"
+
+
+class LayerAlreadyExistsError(EcrServiceError):
+    """The layer is already in the repository (the uploader counts this as success)."""
+
+    aws_code = "LayerAlreadyExistsException"
+
+
+class EmptyUploadError(EcrServiceError):
+    """The upload holds no bytes; also raised locally, before any request, for empty input."""
+
+    aws_code = "EmptyUploadException"
+
+
+class InvalidLayerError(EcrServiceError):
+    """ECR found the layer's digest not to match its bytes."""
+
+    aws_code = "InvalidLayerException"
+
+
+class LayersNotFoundError(EcrServiceError):
+    """PutImage names layers the repository does not have (yet)."""
+
+    aws_code = "LayersNotFoundException"
+
+
+class ImageAlreadyExistsError(EcrServiceError):
+    """The same image (manifest and tag) is already in the repository."""
+
+    aws_code = "ImageAlreadyExistsException"
+
+
+class ImageTagAlreadyExistsError(EcrServiceError):
+    """The tag exists on another image and the repository's tags are immutable."""
+
+    aws_code = "ImageTagAlreadyExistsException"
+
+
+class ImageDigestDoesNotMatchError(EcrServiceError):
+    """The image digest given to PutImage does not match the manifest."""
+
+    aws_code = "ImageDigestDoesNotMatchException"
+
+
+class ReferencedImagesNotFoundError(EcrServiceError):
+    """An image index references manifests that are not in the repository."""
+
+    aws_code = "ReferencedImagesNotFoundException"
+
+
+class AuthenticationError(EcrServiceError):
+    """AWS refused the credentials (unknown key, bad signature, expired token, access denied)."""
+
+    aws_code = "UnrecognizedClientException"
+
+
+class EcrConnectionError(EcrStreamError):
+    """No answer from the endpoint: refused, reset, read timeout or lost response (transient).
+
+    ``operation`` names the API operation; ``timed_out`` is True for a read/connect timeout.
+    The cause is chained as ``__cause__``.
+    """
+
+    def __init__(self, message: str, *, operation: str, timed_out: bool = False) -> None:
+        self.operation = operation
+        self.timed_out = timed_out
+        super().__init__(f"{operation}: {message}")
+
+
+class CredentialsError(EcrStreamError):
+    """No usable AWS credentials (set AWS_PROFILE, AWS_ACCESS_KEY_ID/..., or an IAM role)."""
+
+
+class DigestMismatchError(EcrStreamError):
+    """A computed digest differs from the one expected or returned.
+
+    ``expected`` and ``actual`` are ``sha256:<hex>`` strings.
+    """
+
+    def __init__(self, message: str, *, expected: str, actual: str) -> None:
+        self.expected = expected
+        self.actual = actual
+        super().__init__(message)
+
+
+class SourceChangedError(EcrStreamError):
+    """The file changed (size or modification time) while it was read."""
+
+
+class ImageSourceError(EcrStreamError):
+    """An OCI layout or docker archive is malformed, unsafe, or not something ECR can take."""
+
+
+_AUTH_CODES = frozenset(
+    {
+        "UnrecognizedClientException",
+        "InvalidSignatureException",
+        "SignatureDoesNotMatch",
+        "ExpiredTokenException",
+        "ExpiredToken",
+        "AccessDeniedException",
+        "InvalidClientTokenId",
+        "IncompleteSignature",
+        "MissingAuthenticationTokenException",
+    }
+)
+
+_BY_CODE: dict[str, type[EcrServiceError]] = {
+    cls.aws_code: cls
+    for cls in (
+        InvalidLayerPartError,
+        InvalidParameterError,
+        KmsError,
+        LimitExceededError,
+        RepositoryNotFoundError,
+        ServerError,
+        ThrottlingError,
+        UploadNotFoundError,
+        LayerPartTooSmallError,
+        LayerAlreadyExistsError,
+        EmptyUploadError,
+        InvalidLayerError,
+        LayersNotFoundError,
+        ImageAlreadyExistsError,
+        ImageTagAlreadyExistsError,
+        ImageDigestDoesNotMatchError,
+        ReferencedImagesNotFoundError,
+    )
+    if cls.aws_code is not None
+}
+_BY_CODE.update({code: AuthenticationError for code in _AUTH_CODES})
+_BY_CODE["ThrottledException"] = ThrottlingError
+_BY_CODE["TooManyRequestsException"] = ThrottlingError
+_BY_CODE["RequestLimitExceeded"] = ThrottlingError
+
+
+def service_error(
+    code: str,
+    message: str,
+    *,
+    operation: str,
+    request_id: str | None = None,
+    status_code: int | None = None,
+    response: dict[str, Any] | None = None,
+) -> EcrServiceError:
+    """Build the most specific EcrServiceError for an AWS error code."""
+    cls = _BY_CODE.get(code, EcrServiceError)
+    if cls is EcrServiceError and status_code is not None and status_code >= 500:
+        cls = ServerError
+    return cls(
+        message,
+        code=code,
+        operation=operation,
+        request_id=request_id,
+        status_code=status_code,
+        response=response,
+    )
+
+
+def translate_botocore_error(exc: Exception, operation: str) -> Exception:
+    """Map one exception raised by an aiobotocore call to the matching ecrstream error.
+
+    Returns the new exception (the caller raises it ``from exc``); an exception it does not
+    know is returned unchanged. Never given BaseException: cancellation is not translated.
+    """
+    if isinstance(exc, ClientError):
+        error = exc.response.get("Error", {})
+        metadata = exc.response.get("ResponseMetadata", {})
+        status = metadata.get("HTTPStatusCode")
+        code = str(error.get("Code") or (f"HTTP{status}" if status else "Unknown"))
+        message = str(error.get("Message") or error.get("message") or "")
+        if not message and status:
+            message = f"HTTP {status} without an error message"
+        return service_error(
+            code,
+            message,
+            operation=operation,
+            request_id=metadata.get("RequestId"),
+            status_code=status,
+            response=dict(exc.response),
+        )
+    if isinstance(exc, NoCredentialsError | PartialCredentialsError):
+        return CredentialsError(
+            f"{operation}: no usable AWS credentials ({exc}); set AWS_PROFILE or "
+            "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, or run where an IAM role is available"
+        )
+    if isinstance(exc, NoRegionError):
+        return ValueError("region_name: no AWS region is configured; pass one or set AWS_REGION")
+    if isinstance(exc, ParamValidationError):
+        return ValueError(f"{operation}: {exc}")
+    if isinstance(exc, ReadTimeoutError | TimeoutError | asyncio.TimeoutError):
+        return EcrConnectionError(f"read timed out ({exc})", operation=operation, timed_out=True)
+    if isinstance(exc, BotoConnectionError | HTTPClientError | aiohttp.ClientError | OSError):
+        timed_out = "timeout" in type(exc).__name__.lower()
+        return EcrConnectionError(
+            f"no answer from the endpoint ({exc})", operation=operation, timed_out=timed_out
+        )
+    if isinstance(exc, BotoCoreError):
+        return EcrStreamError(f"{operation}: {exc}")
+    return exc
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for errors worth retrying the same request for: 5xx, throttling, no answer."""
+    if isinstance(exc, ServerError | ThrottlingError | EcrConnectionError):
+        return True
+    return (
+        isinstance(exc, EcrServiceError)
+        and type(exc) is EcrServiceError
+        and exc.status_code is not None
+        and exc.status_code >= 500
+    )

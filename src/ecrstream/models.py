@@ -1,0 +1,418 @@
+"""Frozen dataclasses: the requests and responses of the ECR operations, results, progress.
+
+Requests validate themselves when built, so invalid arguments raise ``ValueError`` (naming
+the field and the rule) before any request is sent. Wire names (camelCase) live in
+``client.py`` only; everything here is snake_case.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+__all__ = [
+    "MAX_LAYER_PARTS",
+    "MAX_PART_SIZE",
+    "MIN_PART_SIZE",
+    "BatchCheckLayerAvailabilityRequest",
+    "BatchCheckLayerAvailabilityResponse",
+    "BatchGetImageRequest",
+    "BatchGetImageResponse",
+    "CompleteLayerUploadRequest",
+    "CompleteLayerUploadResponse",
+    "Image",
+    "InitiateLayerUploadRequest",
+    "InitiateLayerUploadResponse",
+    "Layer",
+    "LayerFailure",
+    "LayerUploadResult",
+    "PutImageRequest",
+    "PutImageResponse",
+    "UploadCheckpoint",
+    "UploadLayerPartRequest",
+    "UploadLayerPartResponse",
+    "UploadProgress",
+]
+
+#: ECR's largest part, from the API model (ECR's quota is 10 MiB in practice).
+MAX_PART_SIZE = 20_971_520
+#: ECR's smallest part (all but the last).
+MIN_PART_SIZE = 5 * 1024 * 1024
+#: ECR's most parts per layer.
+MAX_LAYER_PARTS = 4_200
+MAX_MANIFEST_BYTES = 4 * 1024 * 1024
+
+_REPOSITORY_RE_ECR = re.compile(
+    r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*)*"
+)
+_REGISTRY_RE = re.compile(r"[0-9]{12}")
+_UPLOAD_ID_RE = re.compile(
+    r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+)
+_DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
+_TAG_RE = re.compile(r"[A-Za-z0-9_.+-]{1,300}")
+
+
+def _fail(field_name: str, value: object, rule: str) -> ValueError:
+    shown = repr(value)
+    if len(shown) > 80:
+        shown = shown[:77] + "..."
+    return ValueError(f"{field_name}: {rule} (got {shown})")
+
+
+def validate_repository_name(value: object, field_name: str = "repository_name") -> str:
+    """Return ``value`` if it is a valid ECR repository name, else raise ValueError."""
+    if not isinstance(value, str):
+        raise _fail(field_name, value, "must be a string")
+    if not 2 <= len(value) <= 256:
+        raise _fail(field_name, value, "must be 2 to 256 characters long")
+    if not _REPOSITORY_RE_ECR.fullmatch(value):
+        raise _fail(
+            field_name,
+            value,
+            "must be lowercase letters and digits, separated by '.', '_', '__', '-' or '/'"
+            " (ECR's repository name pattern)",
+        )
+    return value
+
+
+def validate_registry_id(value: object, field_name: str = "registry_id") -> str | None:
+    """Return ``value`` if it is None or a 12-digit AWS account id, else raise ValueError."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not _REGISTRY_RE.fullmatch(value):
+        raise _fail(field_name, value, "must be a 12-digit AWS account id")
+    return value
+
+
+def validate_upload_id(value: object, field_name: str = "upload_id") -> str:
+    """Return ``value`` if it has the UUID form ECR upload ids have, else raise ValueError."""
+    if not isinstance(value, str) or not _UPLOAD_ID_RE.fullmatch(value):
+        raise _fail(field_name, value, "must be an ECR upload id (UUID form 8-4-4-4-12 hex)")
+    return value
+
+
+def validate_digest(value: object, field_name: str = "digest") -> str:
+    """Return ``value`` if it is ``sha256:`` + 64 lowercase hex digits, else raise ValueError."""
+    if not isinstance(value, str) or not _DIGEST_RE.fullmatch(value):
+        raise _fail(field_name, value, "must be 'sha256:' followed by 64 lowercase hex digits")
+    return value
+
+
+def _validate_digests(values: object, field_name: str, *, at_least: int = 1) -> tuple[str, ...]:
+    if isinstance(values, str | bytes) or not isinstance(values, Sequence):
+        raise _fail(field_name, values, "must be a sequence of digests")
+    if len(values) < at_least:
+        raise _fail(field_name, values, f"must hold at least {at_least} digest(s)")
+    if len(values) > 100:
+        raise _fail(field_name, values, "must hold at most 100 digests per request")
+    return tuple(validate_digest(v, f"{field_name}[{i}]") for i, v in enumerate(values))
+
+
+def _check_int(value: object, field_name: str, minimum: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise _fail(field_name, value, "must be an integer")
+    if value < minimum:
+        raise _fail(field_name, value, f"must be >= {minimum}")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class InitiateLayerUploadRequest:
+    """Start a layer upload in a repository."""
+
+    repository_name: str
+    registry_id: str | None = None
+
+    def __post_init__(self) -> None:
+        validate_repository_name(self.repository_name)
+        validate_registry_id(self.registry_id)
+
+
+@dataclass(frozen=True, slots=True)
+class InitiateLayerUploadResponse:
+    """The new upload's id and the part size ECR asks for."""
+
+    upload_id: str
+    part_size: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class UploadLayerPartRequest:
+    """One part of a layer: bytes ``part_first_byte``..``part_last_byte`` (inclusive).
+
+    ``layer_part_blob`` may be bytes, bytearray or memoryview; it is not copied here, so do
+    not change it until the call returns.
+    """
+
+    repository_name: str
+    upload_id: str
+    part_first_byte: int
+    part_last_byte: int
+    layer_part_blob: bytes | bytearray | memoryview = field(repr=False)
+    registry_id: str | None = None
+
+    def __post_init__(self) -> None:
+        validate_repository_name(self.repository_name)
+        validate_upload_id(self.upload_id)
+        validate_registry_id(self.registry_id)
+        first = _check_int(self.part_first_byte, "part_first_byte", 0)
+        last = _check_int(self.part_last_byte, "part_last_byte", 0)
+        blob = self.layer_part_blob
+        if not isinstance(blob, bytes | bytearray | memoryview):
+            raise _fail("layer_part_blob", type(blob).__name__, "must be bytes-like")
+        size = blob.nbytes if isinstance(blob, memoryview) else len(blob)
+        if size == 0:
+            raise _fail("layer_part_blob", size, "must not be empty")
+        if size > MAX_PART_SIZE:
+            raise _fail("layer_part_blob", size, f"must be at most {MAX_PART_SIZE} bytes")
+        if last - first + 1 != size:
+            raise ValueError(
+                f"part_last_byte: part_last_byte - part_first_byte + 1 must equal "
+                f"len(layer_part_blob) (got {first}..{last} for {size} bytes)"
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class UploadLayerPartResponse:
+    """What ECR holds after a part: ``last_byte_received`` is the last offset it has."""
+
+    registry_id: str
+    repository_name: str
+    upload_id: str
+    last_byte_received: int
+
+
+@dataclass(frozen=True, slots=True)
+class CompleteLayerUploadRequest:
+    """Finish an upload; ``layer_digests`` holds the layer's ``sha256:`` digest."""
+
+    repository_name: str
+    upload_id: str
+    layer_digests: tuple[str, ...]
+    registry_id: str | None = None
+
+    def __post_init__(self) -> None:
+        validate_repository_name(self.repository_name)
+        validate_upload_id(self.upload_id)
+        validate_registry_id(self.registry_id)
+        object.__setattr__(
+            self, "layer_digests", _validate_digests(self.layer_digests, "layer_digests")
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class CompleteLayerUploadResponse:
+    """The completed layer's digest as ECR computed it."""
+
+    registry_id: str
+    repository_name: str
+    upload_id: str
+    layer_digest: str
+
+
+@dataclass(frozen=True, slots=True)
+class BatchCheckLayerAvailabilityRequest:
+    """Ask which of up to 100 layer digests the repository has."""
+
+    repository_name: str
+    layer_digests: tuple[str, ...]
+    registry_id: str | None = None
+
+    def __post_init__(self) -> None:
+        validate_repository_name(self.repository_name)
+        validate_registry_id(self.registry_id)
+        object.__setattr__(
+            self, "layer_digests", _validate_digests(self.layer_digests, "layer_digests")
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Layer:
+    """One layer BatchCheckLayerAvailability knows: ``layer_availability`` is AVAILABLE or not."""
+
+    layer_digest: str
+    layer_availability: str | None = None
+    layer_size: int | None = None
+    media_type: str | None = None
+
+    @property
+    def available(self) -> bool:
+        """True when ECR reports the layer AVAILABLE."""
+        return self.layer_availability == "AVAILABLE"
+
+
+@dataclass(frozen=True, slots=True)
+class LayerFailure:
+    """A digest BatchCheckLayerAvailability could not report (MissingLayerDigest, ...)."""
+
+    layer_digest: str | None
+    failure_code: str | None
+    failure_reason: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class BatchCheckLayerAvailabilityResponse:
+    """Layers found and digests that failed."""
+
+    layers: tuple[Layer, ...]
+    failures: tuple[LayerFailure, ...]
+
+    def available_digests(self) -> frozenset[str]:
+        """The digests ECR reports as AVAILABLE."""
+        return frozenset(layer.layer_digest for layer in self.layers if layer.available)
+
+
+@dataclass(frozen=True, slots=True)
+class PutImageRequest:
+    """Put an image manifest (or index), optionally tagged and/or pinned to a digest."""
+
+    repository_name: str
+    image_manifest: str = field(repr=False)
+    image_manifest_media_type: str | None = None
+    image_tag: str | None = None
+    image_digest: str | None = None
+    registry_id: str | None = None
+
+    def __post_init__(self) -> None:
+        validate_repository_name(self.repository_name)
+        validate_registry_id(self.registry_id)
+        if not isinstance(self.image_manifest, str):
+            raise _fail("image_manifest", type(self.image_manifest).__name__, "must be a str")
+        size = len(self.image_manifest.encode("utf-8"))
+        if not 1 <= size <= MAX_MANIFEST_BYTES:
+            raise _fail("image_manifest", size, "must be 1 byte to 4 MiB (UTF-8) long")
+        if self.image_tag is not None and (
+            not isinstance(self.image_tag, str) or not _TAG_RE.fullmatch(self.image_tag)
+        ):
+            raise _fail(
+                "image_tag", self.image_tag, "must be 1 to 300 of letters, digits, '_', '.', '-'"
+            )
+        if self.image_digest is not None:
+            validate_digest(self.image_digest, "image_digest")
+
+
+@dataclass(frozen=True, slots=True)
+class Image:
+    """An image as PutImage/BatchGetImage return it."""
+
+    registry_id: str | None
+    repository_name: str | None
+    image_digest: str | None
+    image_tag: str | None
+    image_manifest: str | None = field(default=None, repr=False)
+    image_manifest_media_type: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PutImageResponse:
+    """The image ECR stored."""
+
+    image: Image
+
+
+@dataclass(frozen=True, slots=True)
+class BatchGetImageRequest:
+    """Fetch images by tag or digest (``image_ids`` of ``"tag"`` or ``"sha256:..."``)."""
+
+    repository_name: str
+    image_ids: tuple[str, ...]
+    accepted_media_types: tuple[str, ...] = ()
+    registry_id: str | None = None
+
+    def __post_init__(self) -> None:
+        validate_repository_name(self.repository_name)
+        validate_registry_id(self.registry_id)
+        if isinstance(self.image_ids, str) or not self.image_ids:
+            raise _fail("image_ids", self.image_ids, "must be a non-empty sequence of ids")
+        object.__setattr__(self, "image_ids", tuple(self.image_ids))
+        object.__setattr__(self, "accepted_media_types", tuple(self.accepted_media_types))
+
+
+@dataclass(frozen=True, slots=True)
+class BatchGetImageResponse:
+    """Images found, and ids that failed."""
+
+    images: tuple[Image, ...]
+    failures: tuple[dict[str, Any], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class LayerUploadResult:
+    """What one layer upload did.
+
+    ``already_existed`` is True when the repository had the layer (no part sent, or ECR said
+    so at complete). ``restarted`` counts fresh uploads started because ECR lost the upload.
+    """
+
+    digest: str
+    size: int
+    upload_id: str | None
+    part_count: int
+    already_existed: bool
+    restarted: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class UploadProgress:
+    """Progress after a committed part; ``total_bytes`` is None for a stream of unknown size."""
+
+    bytes_sent: int
+    total_bytes: int | None
+    parts_sent: int
+
+
+@dataclass(frozen=True, slots=True)
+class UploadCheckpoint:
+    """Where a stopped upload stands: ECR holds bytes [0, bytes_committed) of upload_id.
+
+    Pass it as ``resume=`` to continue. ``source_size`` and ``source_mtime_ns`` identify the
+    file it belongs to (a checkpoint of another file is refused); ``part_size`` is the size
+    the upload used. Serialize with ``to_json``/``from_json``.
+    """
+
+    repository_name: str
+    registry_id: str | None
+    upload_id: str
+    bytes_committed: int
+    part_size: int | None = None
+    source_path: str | None = None
+    source_size: int | None = None
+    source_mtime_ns: int | None = None
+
+    def __post_init__(self) -> None:
+        validate_repository_name(self.repository_name, "checkpoint.repository_name")
+        validate_registry_id(self.registry_id, "checkpoint.registry_id")
+        validate_upload_id(self.upload_id, "checkpoint.upload_id")
+        _check_int(self.bytes_committed, "checkpoint.bytes_committed", 0)
+        for name in ("part_size", "source_size", "source_mtime_ns"):
+            value = getattr(self, name)
+            if value is not None:
+                _check_int(value, f"checkpoint.{name}", 0)
+
+    def to_json(self) -> str:
+        """Serialize to a JSON object (``from_json`` reads it back)."""
+        return json.dumps({"ecrstream_checkpoint": 1, **asdict(self)}, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> UploadCheckpoint:
+        """Read a checkpoint written by ``to_json``; ValueError names what is wrong."""
+        try:
+            data = json.loads(text)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ValueError(f"checkpoint: not valid JSON ({exc})") from None
+        if not isinstance(data, dict) or data.get("ecrstream_checkpoint") != 1:
+            raise ValueError("checkpoint: not an ecrstream checkpoint (version 1) JSON object")
+        data.pop("ecrstream_checkpoint")
+        allowed = set(cls.__dataclass_fields__)
+        unknown = set(data) - allowed
+        if unknown:
+            raise ValueError(f"checkpoint: unknown field(s) {sorted(unknown)}")
+        missing = {"repository_name", "upload_id", "bytes_committed"} - set(data)
+        if missing:
+            raise ValueError(f"checkpoint: missing field(s) {sorted(missing)}")
+        data.setdefault("registry_id", None)
+        return cls(**data)
