@@ -107,25 +107,46 @@ def check_path(path: str | os.PathLike[str]) -> Path:
 
 
 class FileSource:
-    """A regular file, read with aiofiles at any offset; detects changes while it is read.
+    """A regular file (or ``length`` bytes of it from ``start``), read with aiofiles.
 
-    Use as an async context manager; ``identity`` is the size and mtime seen on opening.
+    Offsets given to ``read`` are layer offsets (0 is byte ``start`` of the file). Use as an
+    async context manager; ``identity`` is the file's size and mtime seen on opening, and
+    ``check_unchanged`` compares them again.
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], *, start: int = 0, length: int | None = None
+    ) -> None:
         self.path = check_path(path)
         self._file: Any = None
         self.identity = _identity(self.path.stat())
+        if not isinstance(start, int) or isinstance(start, bool) or start < 0:
+            raise ValueError(f"offset: must be an integer >= 0 (got {start!r})")
+        if length is not None and (
+            not isinstance(length, int) or isinstance(length, bool) or length < 0
+        ):
+            raise ValueError(f"length: must be an integer >= 0 or None (got {length!r})")
+        if start + (length or 0) > self.identity.size:
+            raise ValueError(
+                f"offset/length: bytes {start}..{start + (length or 0)} lie past the end of"
+                f" {self.path} ({self.identity.size} bytes)"
+            )
+        self.start = start
+        self.length = self.identity.size - start if length is None else length
 
     @property
     def size(self) -> int:
-        """The file's size when it was opened."""
-        return self.identity.size
+        """The layer's size: the file's (or the section's) when it was opened."""
+        return self.length
 
     async def __aenter__(self) -> FileSource:
         # buffering=0: readinto goes straight into our buffer, without BufferedReader's copy
         self._file = await aiofiles.open(self.path, "rb", buffering=0)
-        self.identity = _identity(os.fstat(self._file.fileno()))
+        opened = _identity(os.fstat(self._file.fileno()))
+        if opened != self.identity:
+            await self._file.close()
+            self._file = None
+            raise SourceChangedError(f"{self.path}: the file changed as it was opened")
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -139,17 +160,18 @@ class FileSource:
         file = self._file
         if file is None:
             raise RuntimeError("FileSource is not open")
-        await file.seek(offset)
+        into = into[: max(0, min(len(into), self.length - offset))]
+        await file.seek(self.start + offset)
         filled = 0
         while filled < len(into):
             count = await file.readinto(into[filled:])
             if not count:
                 break
             filled += count
-        if filled < len(into) and offset + filled < self.identity.size:
+        if filled < len(into):
             raise SourceChangedError(
                 f"{self.path}: the file shrank while it was read "
-                f"(was {self.identity.size} bytes, ended at {offset + filled})"
+                f"(was {self.identity.size} bytes, ended at {self.start + offset + filled})"
             )
         return filled
 

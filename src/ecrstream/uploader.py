@@ -37,6 +37,7 @@ import os
 import time
 from collections.abc import AsyncIterable, Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Final
 
 import anyio
@@ -300,7 +301,9 @@ class _Upload:
             upload_id=self.upload_id,
             bytes_committed=self.committed,
             part_size=self.part_size,
-            source_path=str(self.source.path) if isinstance(self.source, FileSource) else None,
+            source_path=(
+                str(self.source.path.resolve()) if isinstance(self.source, FileSource) else None
+            ),
             source_size=identity.size if identity else None,
             source_mtime_ns=identity.mtime_ns if identity else None,
         )
@@ -615,6 +618,13 @@ class LayerUploader:
                 f" not {self.registry_id!r}"
             )
         identity = source.identity
+        if (
+            resume.source_path is not None
+            and Path(resume.source_path).resolve() != source.path.resolve()
+        ):
+            raise ValueError(
+                f"resume: the checkpoint belongs to {resume.source_path}, not {source.path}"
+            )
         if (resume.source_size is not None and resume.source_size != identity.size) or (
             resume.source_mtime_ns is not None and resume.source_mtime_ns != identity.mtime_ns
         ):
@@ -623,10 +633,10 @@ class LayerUploader:
                 f" (checkpoint: {resume.source_size} bytes, mtime_ns {resume.source_mtime_ns};"
                 f" {source.path}: {identity.size} bytes, mtime_ns {identity.mtime_ns})"
             )
-        if resume.bytes_committed > identity.size:
+        if resume.bytes_committed > source.size:
             raise ValueError(
                 f"resume: checkpoint.bytes_committed {resume.bytes_committed} is past the end"
-                f" of the file ({identity.size} bytes)"
+                f" of the layer ({source.size} bytes)"
             )
         if resume.part_size is not None:
             _check_part_size(resume.part_size, "checkpoint.part_size")
@@ -683,8 +693,13 @@ class LayerUploader:
         on_progress: ProgressCallback | None = None,
         expected_digest: str | None = None,
         resume: UploadCheckpoint | None = None,
+        offset: int = 0,
+        length: int | None = None,
     ) -> LayerUploadResult:
         """Upload a file as one layer; returns its digest, size and what was done.
+
+        ``offset``/``length`` upload a section of the file instead (a blob inside a tar
+        archive, say), read in place.
 
         Raises ValueError for bad arguments (before any request), EmptyUploadError for an
         empty file (before InitiateLayerUpload), DigestMismatchError when the bytes do not
@@ -696,7 +711,7 @@ class LayerUploader:
         cancellation_token.throw_if_cancellation_requested()
         if expected_digest is not None:
             validate_digest(expected_digest, "expected_digest")
-        source = FileSource(path)
+        source = FileSource(path, start=offset, length=length)
         checkpoint = None if resume is None else self._check_resume(resume, source)
         if source.size == 0:
             raise EmptyUploadError(
