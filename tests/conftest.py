@@ -1,0 +1,73 @@
+"""Shared fixtures: one local ECR endpoint for the session, and clients pointed at it.
+
+- ``local_ecr`` (session): the running ``LocalEcr`` (moto behind the strict proxy). Tests should
+  ask for ``ecr`` instead, which resets it (faults, records, part sizes) first.
+- ``repository``: a fresh, unique repository name, already created.
+- ``aio_ecr_client``: a raw aiobotocore ECR client on the proxy, with botocore's retries off
+  (``NO_RETRIES``) so every call is exactly one request the proxy records.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from typing import TYPE_CHECKING
+
+import aiobotocore.session
+import pytest
+from botocore.config import Config
+
+from ecrstream.local import LocalEcr
+
+if TYPE_CHECKING:
+    from types_aiobotocore_ecr import ECRClient
+
+# total_max_attempts counts the first attempt; botocore's max_attempts counts retries only, so
+# {"max_attempts": 1} would still send a failed request twice.
+NO_RETRIES = Config(retries={"total_max_attempts": 1, "mode": "standard"})
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # aiobotocore hands aiohttp each request body as raw bytes, and aiohttp warns (a
+    # ResourceWarning, an error under filterwarnings = error) for any body over 1 MiB: every
+    # layer part. It is advice to aiobotocore, not a leak in our code.
+    config.addinivalue_line(
+        "filterwarnings",
+        "ignore:Sending a large body directly with raw bytes:ResourceWarning",
+    )
+
+
+@pytest.fixture(scope="session")
+def anyio_backend() -> str:
+    """aiobotocore runs on asyncio only. Session-scoped so fixtures of any scope can use it."""
+    return "asyncio"
+
+
+@pytest.fixture(scope="session")
+def local_ecr() -> Iterator[LocalEcr]:
+    """The session's local ECR endpoint; prefer the ``ecr`` fixture, which resets it."""
+    with LocalEcr() as endpoint:
+        yield endpoint
+
+
+@pytest.fixture
+def ecr(local_ecr: LocalEcr) -> LocalEcr:
+    """The local ECR endpoint with no faults, no records and default part sizes."""
+    local_ecr.reset()
+    return local_ecr
+
+
+@pytest.fixture
+def repository(ecr: LocalEcr) -> str:
+    """A new repository, unique to this test (moto's repositories live for the session)."""
+    name = f"test-{uuid.uuid4().hex[:16]}"
+    ecr.create_repository(name)
+    return name
+
+
+@pytest.fixture
+async def aio_ecr_client(ecr: LocalEcr, anyio_backend: str) -> AsyncIterator[ECRClient]:
+    """A raw aiobotocore ECR client on the proxy, one request per call (no botocore retries)."""
+    session = aiobotocore.session.get_session()
+    async with session.create_client("ecr", config=NO_RETRIES, **ecr.client_kwargs()) as client:
+        yield client
