@@ -39,6 +39,7 @@ import contextvars
 import hashlib
 import json
 import random
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -90,10 +91,11 @@ except ImportError:  # pragma: no cover - depends on the environment
         return b2a_base64(data, newline=False)
 
 
-__all__ = ["EcrClient", "PreparedPart", "RetryPolicy", "prepare_part"]
+__all__ = ["BandwidthLimiter", "EcrClient", "PreparedPart", "RetryPolicy", "prepare_part"]
 
 _NONE: Final = CancellationToken.NONE
 _B64_SLICE: Final = 3 * 256 * 1024  # 768 KiB of part -> 1 MiB of base64
+_SEND_SLICE: Final = 1024 * 1024
 # Set while EcrClient makes a call: tells the hooks below that the call is ours.
 _OUR_CALL: contextvars.ContextVar[bool] = contextvars.ContextVar("ecrstream_call", default=False)
 _PREPARED: contextvars.ContextVar[PreparedPart | None] = contextvars.ContextVar(
@@ -139,6 +141,7 @@ class PreparedPart:
     __slots__ = (
         "body",
         "body_sha256",
+        "limiter",
         "part_first_byte",
         "part_last_byte",
         "registry_id",
@@ -166,6 +169,7 @@ class PreparedPart:
         self.part_first_byte = part_first_byte
         self.part_last_byte = part_last_byte
         self.used = False
+        self.limiter: BandwidthLimiter | None = None
 
     @property
     def size(self) -> int:
@@ -242,6 +246,73 @@ def prepare_part(request: UploadLayerPartRequest, buffer: bytearray | None = Non
     )
 
 
+class BandwidthLimiter:
+    """A token bucket shared by the parts of an upload: the average rate stays under a limit.
+
+    The bucket holds at most ``burst`` bytes (default: a twentieth of a second's worth, at
+    most 256 KiB), so over any window of T seconds at most ``burst + rate * T`` bytes go
+    out: within 1 % of the limit over any 5 seconds. Bodies are sent in slices of ``burst``
+    bytes, each taken from the bucket first.
+    """
+
+    def __init__(
+        self,
+        bytes_per_second: float,
+        *,
+        burst: int | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not bytes_per_second > 0:
+            raise ValueError(f"max_bandwidth: must be > 0 bytes/s (got {bytes_per_second!r})")
+        self.rate = float(bytes_per_second)
+        self.burst = burst or max(1024, min(256 * 1024, int(self.rate / 20)))
+        self._clock = clock
+        self._tokens = float(self.burst)
+        self._stamp = clock()
+
+    async def consume(self, count: int) -> None:
+        """Wait until ``count`` bytes (at most ``burst``) may be sent, and take them."""
+        now = self._clock()
+        self._tokens = min(float(self.burst), self._tokens + (now - self._stamp) * self.rate)
+        self._stamp = now
+        self._tokens -= count
+        if self._tokens < 0:
+            await anyio.sleep(-self._tokens / self.rate)
+
+
+class _PartBody:
+    """A prepared body handed to aiohttp in slices, with its length known up front.
+
+    aiohttp writes an async iterable slice by slice, waiting on the socket between slices;
+    a single 27 MiB bytes object would be joined with the headers and copied into the
+    transport's buffer on the event loop thread (two copies, fresh pages, a long stall).
+    """
+
+    __slots__ = ("_limiter", "_slice", "_view")
+
+    def __init__(self, body: bytes | bytearray | memoryview, limiter: BandwidthLimiter | None):
+        self._view = memoryview(body).cast("B")
+        self._limiter = limiter
+        self._slice = limiter.burst if limiter is not None else _SEND_SLICE
+
+    def __len__(self) -> int:
+        return len(self._view)
+
+    def __bool__(self) -> bool:
+        return len(self._view) > 0
+
+    def __aiter__(self) -> AsyncIterator[memoryview]:
+        return self._slices()
+
+    async def _slices(self) -> AsyncIterator[memoryview]:
+        view, step, limiter = self._view, self._slice, self._limiter
+        for start in range(0, len(view), step):
+            piece = view[start : start + step]
+            if limiter is not None:
+                await limiter.consume(len(piece))
+            yield piece
+
+
 def _veto_botocore_retry(**_: Any) -> bool | None:
     # aiobotocore treats a handler's False as "do not retry"; None leaves the decision to
     # botocore's own handler, which is what calls made outside EcrClient get.
@@ -252,7 +323,7 @@ def _inject_prepared_body(params: dict[str, Any], **_: Any) -> None:
     prepared = _PREPARED.get()
     if prepared is None:
         return
-    params["body"] = prepared.body
+    params["body"] = _PartBody(prepared.body, prepared.limiter)
     params["headers"]["X-Amz-Content-SHA256"] = prepared.body_sha256
     prepared.used = True
 

@@ -34,7 +34,6 @@ import logging
 import math
 import mmap
 import os
-import time
 from collections.abc import AsyncIterable, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,7 +44,13 @@ from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ecrstream.cancellation import CancellationToken, OperationCanceledError, cancellation_scope
-from ecrstream.client import EcrClient, PreparedPart, RetryPolicy, prepare_part
+from ecrstream.client import (
+    BandwidthLimiter,
+    EcrClient,
+    PreparedPart,
+    RetryPolicy,
+    prepare_part,
+)
 from ecrstream.errors import (
     DigestMismatchError,
     EmptyUploadError,
@@ -283,8 +288,8 @@ class _Upload:
         self.committed = 0
         self.parts_sent = 0
         self.restarted = 0
-        self.paced_since = time.monotonic()
-        self.paced_bytes = 0
+        rate = uploader.max_bandwidth
+        self.limiter = BandwidthLimiter(rate) if rate is not None else None
 
     def fields(self) -> tuple[str, str | None, str]:
         assert self.upload_id is not None
@@ -338,17 +343,6 @@ class _Upload:
         if inspect.isawaitable(outcome):
             await outcome
 
-    async def pace(self, size: int) -> None:
-        """Hold a part back so the average rate stays under max_bandwidth (when set)."""
-        rate = self.uploader.max_bandwidth
-        if rate is None:
-            return
-        self.paced_bytes += size
-        due = self.paced_since + self.paced_bytes / rate
-        delay = due - time.monotonic()
-        if delay > 0:
-            await anyio.sleep(delay)
-
     async def send_part(self, part: PreparedPart) -> int:
         """Send one part with retries; returns the offset ECR expects next.
 
@@ -401,7 +395,7 @@ class _Upload:
                         f"part_size: the layer needs more than {MAX_LAYER_PARTS} parts of "
                         f"{self.part_size} bytes (ECR's limit); pass a larger part_size"
                     )
-                await self.pace(part.size)
+                part.limiter = self.limiter
                 try:
                     next_offset = await self.send_part(part)
                 except UploadNotFoundError:
