@@ -208,8 +208,7 @@ class _Pipeline:
                 raise RuntimeError(f"layer ended at {start} before offset {offset}")
             await anyio.to_thread.run_sync(self._hasher.update, start, self._raw[:count])
 
-    def _build(self, offset: int, data: memoryview, buffer: bytearray) -> PreparedPart:
-        self._hasher.update(offset, data)
+    def _prepare(self, offset: int, data: memoryview, buffer: bytearray) -> PreparedPart:
         repository_name, registry_id, upload_id = self._fields()
         request = UploadLayerPartRequest(
             repository_name=repository_name,
@@ -220,6 +219,24 @@ class _Pipeline:
             registry_id=registry_id,
         )
         return prepare_part(request, buffer)
+
+    async def _build(self, offset: int, data: memoryview, buffer: bytearray) -> PreparedPart:
+        # The layer's sha256 and the body (base64 + its SigV4 sha256) only read ``data``, and
+        # both release the GIL: two worker threads do them at once, on the two cores.
+        failures: list[Exception] = []
+
+        async def hash_layer() -> None:
+            try:
+                await anyio.to_thread.run_sync(self._hasher.update, offset, data)
+            except Exception as exc:
+                failures.append(exc)
+
+        async with anyio.create_task_group() as task_group:
+            task_group.start_soon(hash_layer)
+            part = await anyio.to_thread.run_sync(self._prepare, offset, data, buffer)
+        if failures:
+            raise failures[0]
+        return part
 
     async def _read_parts(
         self,
@@ -240,9 +257,7 @@ class _Pipeline:
                                 self._free_send.send_nowait(buffer)
                                 await send.send(None)
                                 return
-                            part = await anyio.to_thread.run_sync(
-                                self._build, offset, self._raw[:count], buffer
-                            )
+                            part = await self._build(offset, self._raw[:count], buffer)
                         except BaseException:
                             self._free_send.send_nowait(buffer)
                             raise
