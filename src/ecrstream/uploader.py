@@ -185,7 +185,11 @@ class _Pipeline:
         self.start(offset)
 
     def close(self) -> None:
-        """Free the read buffer (the reader must be stopped)."""
+        """Free the read buffer and the body buffers (the reader must be stopped)."""
+        # Unclosed memory object streams warn (ResourceWarning) when collected.
+        self._free_send.close()
+        self._free.close()
+        self._buffers.clear()
         self._raw.release()
         # BufferError: a view is still referenced somewhere; the GC frees the map later
         with contextlib.suppress(BufferError):
