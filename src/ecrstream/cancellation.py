@@ -447,7 +447,8 @@ class CancellationTokenSource:
             ExceptionGroup: (``throw_on_first_exception=False``) of every exception the
                 callbacks raised, after all of them have run.
             Exception: (``throw_on_first_exception=True``) the first exception a callback
-                raises; the remaining callbacks never run.
+                raises; the remaining callbacks never run. A ``BaseException`` that is not an
+                ``Exception`` (``KeyboardInterrupt``...) always escapes this way.
             RuntimeError: the source has been disposed.
         """
         self._throw_if_disposed()
