@@ -193,6 +193,8 @@ def test_bench_command_runs_end_to_end(tmp_path: Path) -> None:
             "--ceiling-size",
             "16M",
             "--verify",
+            "--wait-quiet",
+            "0",
             "--data-dir",
             str(tmp_path / "data"),
             "--output",
