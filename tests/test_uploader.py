@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
+import json
 import os
 import random
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -32,9 +35,14 @@ from ecrstream import (
     LayerUploader,
     LayerUploadResult,
     OperationCanceledError,
+    ServerError,
+    ThrottlingError,
     UploadCheckpoint,
+    UploadNotFoundError,
+    UploadProgress,
 )
-from ecrstream.local import LocalEcr, Operation
+from ecrstream.errors import EcrConnectionError
+from ecrstream.local import FaultKind, LocalEcr, Operation
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
 
@@ -140,8 +148,13 @@ async def assert_layer_uploaded(
     repository: str,
     result: LayerUploadResult,
     source: bytes | Path,
+    *,
+    since: int = 0,
 ) -> None:
-    """The invariant of every successful upload (see the module docstring)."""
+    """The invariant of every successful upload (see the module docstring).
+
+    ``since``: the last record before this call (a resumed upload counts parts from there).
+    """
     if isinstance(source, bytes):
         size, digest = len(source), sha256_digest(source)
     else:
@@ -159,12 +172,14 @@ async def assert_layer_uploaded(
         assert result.already_existed
         return
     assert_parts_are_source(ecr, result.upload_id, source)
-    assert result.part_count == len(ecr.accepted_parts(result.upload_id))
+    assert result.part_count == len(
+        [r for r in ecr.accepted_parts(result.upload_id) if r.sequence > since]
+    )
     completes = [r for r in ecr.requests(COMPLETE) if r.upload_id == result.upload_id]
     assert completes, "CompleteLayerUpload was never called"
     assert all(r.layer_digests == (digest,) for r in completes)
     if not result.already_existed:
-        assert any(r.status == 200 for r in completes)
+        assert any(r.accepted for r in completes)  # 200, or applied and the answer lost
 
 
 # -- clients, tasks, files ----------------------------------------------------------------------
@@ -422,3 +437,500 @@ async def test_empty_stream_raises_before_initiate(
     with pytest.raises(EmptyUploadError):
         await LayerUploader(client, repository).upload_stream(nothing())
     assert ecr.requests() == []
+
+
+# -- faults: every kind at the first, a middle and the last part --------------------------------
+
+FAULT_LAYER_SIZE = 2 * PART + 1234  # three parts: calls 1, 2 and 3 of UploadLayerPart
+TRANSIENT_KINDS = [
+    FaultKind.HTTP_500,
+    FaultKind.SERVER_EXCEPTION,
+    FaultKind.THROTTLING,
+    FaultKind.RESET,
+    FaultKind.DELAY,
+]
+
+
+@pytest.mark.parametrize("position", ["first", "middle", "last"])
+@pytest.mark.parametrize(
+    "kind", [*TRANSIENT_KINDS, FaultKind.LOST_RESPONSE, FaultKind.UPLOAD_NOT_FOUND]
+)
+async def test_fault_on_a_part_is_survived(
+    ecr: LocalEcr,
+    repository: str,
+    make_layer: Callable[..., LayerFile],
+    kind: FaultKind,
+    position: str,
+) -> None:
+    call = {"first": 1, "middle": 2, "last": 3}[position]
+    layer = make_layer(FAULT_LAYER_SIZE, seed=call)
+    # DELAY: the proxy sits on the part longer than the client's read timeout
+    config = {"read_timeout": 1.5} if kind is FaultKind.DELAY else {}
+    ecr.faults.add(PART_OP, kind, call=call, delay_seconds=30.0)
+
+    async with open_client(ecr, **config) as client:
+        uploader = LayerUploader(client, repository, part_size=PART, retry_base_delay=FAST_RETRY)
+        result = await uploader.upload_file(layer.path)
+        await assert_layer_uploaded(ecr, client, repository, result, layer.data)
+
+    await ecr.wait_idle_async()
+    parts = ecr.requests(PART_OP)
+    faulted = next(r for r in parts if r.fault is kind)
+    assert faulted.call == call
+    assert not faulted.accepted or kind is FaultKind.LOST_RESPONSE
+    after = [r for r in parts if r.sequence > faulted.sequence]
+    start = (call - 1) * PART
+    if kind is FaultKind.UPLOAD_NOT_FOUND:
+        # one fresh upload, from byte 0, and nothing more sent to the old one
+        assert result.restarted == 1
+        initiated = [r.upload_id for r in ecr.requests(INITIATE)]
+        assert len(initiated) == 2
+        assert result.upload_id == initiated[1] != faulted.upload_id
+        assert [r.upload_id for r in after] == [result.upload_id] * 3
+        assert result.part_count == 3
+        return
+    assert result.restarted == 0
+    assert len(ecr.requests(INITIATE)) == 1
+    retry = after[0]
+    # the same part again, the same bytes
+    assert (retry.part_first_byte, retry.blob_sha256) == (
+        start,
+        hashlib.sha256(layer.data[start : start + PART]).hexdigest(),
+    )
+    assert len(parts) == 4
+    if kind is FaultKind.LOST_RESPONSE:
+        # applied, answer lost: the retry is refused and the uploader re-aligns past it
+        assert faulted.status is None
+        assert (retry.accepted, retry.error_code) == (False, "InvalidLayerPartException")
+    else:
+        assert retry.accepted
+    assert result.part_count == 3
+
+
+async def test_upload_not_found_twice_gives_up(
+    ecr: LocalEcr, client: EcrClient, repository: str, make_layer: Callable[..., LayerFile]
+) -> None:
+    layer = make_layer(FAULT_LAYER_SIZE, seed=11)
+    ecr.faults.add(PART_OP, FaultKind.UPLOAD_NOT_FOUND, call=2, times=2)
+    uploader = LayerUploader(client, repository, part_size=PART, retry_base_delay=FAST_RETRY)
+    with pytest.raises(UploadNotFoundError):
+        await uploader.upload_file(layer.path)
+    assert len(ecr.requests(INITIATE)) == 2  # one fresh upload, not more
+    assert ecr.requests(COMPLETE) == []
+
+
+async def test_upload_not_found_in_a_stream_is_raised(
+    ecr: LocalEcr, client: EcrClient, repository: str
+) -> None:
+    data = random_bytes(FAULT_LAYER_SIZE, seed=12)
+    ecr.faults.add(PART_OP, FaultKind.UPLOAD_NOT_FOUND, call=2)
+    uploader = LayerUploader(client, repository, part_size=PART, retry_base_delay=FAST_RETRY)
+    with pytest.raises(UploadNotFoundError):  # a stream cannot go back to byte 0
+        await uploader.upload_stream(chunked(data, [MIB]))
+    assert len(ecr.requests(INITIATE)) == 1
+    assert ecr.requests(COMPLETE) == []
+
+
+@pytest.mark.parametrize("kind", [*TRANSIENT_KINDS, FaultKind.LOST_RESPONSE])
+async def test_fault_in_a_stream_is_survived(
+    ecr: LocalEcr, repository: str, kind: FaultKind
+) -> None:
+    data = random_bytes(FAULT_LAYER_SIZE, seed=13)
+    ecr.faults.add(PART_OP, kind, call=2)
+    config = {"read_timeout": 1.5} if kind is FaultKind.DELAY else {}
+    async with open_client(ecr, **config) as client:
+        uploader = LayerUploader(client, repository, part_size=PART, retry_base_delay=FAST_RETRY)
+        result = await uploader.upload_stream(chunked(data, [3 * MIB + 1]))
+        await assert_layer_uploaded(ecr, client, repository, result, data)
+    assert len(ecr.requests(PART_OP)) == 4
+
+
+@pytest.mark.parametrize(
+    ("operation", "kind"),
+    [
+        (INITIATE, FaultKind.SERVER_EXCEPTION),
+        (INITIATE, FaultKind.RESET),
+        (COMPLETE, FaultKind.THROTTLING),
+        (COMPLETE, FaultKind.LOST_RESPONSE),  # completed, answer lost: the retry finds it done
+        (COMPLETE, FaultKind.HTTP_500),
+    ],
+)
+async def test_fault_on_initiate_or_complete_is_survived(
+    ecr: LocalEcr,
+    client: EcrClient,
+    repository: str,
+    make_layer: Callable[..., LayerFile],
+    operation: str,
+    kind: FaultKind,
+) -> None:
+    layer = make_layer(PART + 99, seed=14)
+    ecr.faults.add(operation, kind)
+    uploader = LayerUploader(client, repository, part_size=PART, retry_base_delay=FAST_RETRY)
+
+    result = await uploader.upload_file(layer.path)
+
+    await assert_layer_uploaded(ecr, client, repository, result, layer.data)
+    assert result.already_existed is False
+    assert len(ecr.requests(operation)) == 2
+    assert len(ecr.requests(PART_OP)) == 2
+
+
+# -- max_attempts: exactly that many requests, then the last error ------------------------------
+
+
+@pytest.mark.parametrize("botocore_retries", ["off", "on"])
+@pytest.mark.parametrize(
+    ("operation", "earlier", "last", "error"),
+    [
+        (PART_OP, FaultKind.THROTTLING, FaultKind.SERVER_EXCEPTION, ServerError),
+        (PART_OP, FaultKind.SERVER_EXCEPTION, FaultKind.THROTTLING, ThrottlingError),
+        (PART_OP, FaultKind.HTTP_500, FaultKind.RESET, EcrConnectionError),
+        (INITIATE, FaultKind.RESET, FaultKind.HTTP_500, ServerError),
+        (COMPLETE, FaultKind.SERVER_EXCEPTION, FaultKind.THROTTLING, ThrottlingError),
+    ],
+)
+async def test_max_attempts_counts_requests_and_raises_the_last_error(
+    ecr: LocalEcr,
+    repository: str,
+    make_layer: Callable[..., LayerFile],
+    operation: str,
+    earlier: FaultKind,
+    last: FaultKind,
+    error: type[Exception],
+    botocore_retries: str,
+) -> None:
+    layer = make_layer(2 * PART, seed=15)
+    first_call = 2 if operation == PART_OP else 1  # a middle part: the first one goes through
+    ecr.faults.add(operation, earlier, call=first_call, times=2)
+    ecr.faults.add(operation, last, call=first_call + 2, times=None)
+    # The uploader's retries are its own, whatever botocore's configuration says.
+    config = {} if botocore_retries == "off" else {"retries": {"mode": "standard"}}
+    async with open_client(ecr, **config) as client:
+        uploader = LayerUploader(
+            client, repository, part_size=PART, max_attempts=3, retry_base_delay=FAST_RETRY
+        )
+        with pytest.raises(error):
+            await uploader.upload_file(layer.path)
+    assert [r.fault for r in ecr.requests(operation)][-3:] == [earlier, earlier, last]
+    assert len(ecr.requests(operation)) == first_call - 1 + 3
+    if operation != COMPLETE:
+        assert ecr.requests(COMPLETE) == []
+
+
+# -- cancellation: before start, during a read, a request, a backoff, before complete ----------
+
+CANCEL_LAYER_SIZE = 2 * PART + 4321  # three parts
+
+
+async def test_cancel_before_start_sends_nothing(
+    ecr: LocalEcr, client: EcrClient, repository: str, make_layer: Callable[..., LayerFile]
+) -> None:
+    layer = make_layer(PART, seed=20)
+    cts = CancellationTokenSource()
+    cts.cancel()
+    uploader = LayerUploader(client, repository)
+    with pytest.raises(OperationCanceledError) as caught:
+        await uploader.upload_file(layer.path, cancellation_token=cts.token)
+    assert caught.value.checkpoint is None  # no upload was initiated: nothing to resume
+    with pytest.raises(OperationCanceledError):
+        await uploader.upload_stream(chunked(layer.data, [MIB]), cancellation_token=cts.token)
+    assert ecr.requests() == []
+    assert open_fds_of(layer.path) == []
+
+
+async def test_cancel_during_initiate_has_no_checkpoint(
+    ecr: LocalEcr, client: EcrClient, repository: str, make_layer: Callable[..., LayerFile]
+) -> None:
+    layer = make_layer(PART, seed=21)
+    ecr.faults.add(INITIATE, FaultKind.DELAY)
+    cts = CancellationTokenSource()
+    upload = LayerUploader(client, repository).upload_file(layer.path, cancellation_token=cts.token)
+    canceled = await cancel_when(upload, cts, lambda: ecr.wait_for_delay_async(INITIATE))
+    assert canceled.latency < CANCEL_LATENCY
+    assert canceled.leftover_tasks == set()
+    assert canceled.error.checkpoint is None
+    await ecr.wait_idle_async()
+    assert [r.accepted for r in ecr.requests()] == [False]
+
+
+@dataclass
+class Scenario:
+    """An upload set up to be stopped at one point, and what ECR holds when it is."""
+
+    uploader: LayerUploader
+    start: Callable[[CancellationTokenSource], Awaitable[LayerUploadResult]]
+    ready: Callable[[], Awaitable[None]]
+    bytes_committed: int
+    layer: LayerFile | None
+
+
+def stop_scenario(
+    where: str, ecr: LocalEcr, client: EcrClient, repository: str, layer: LayerFile
+) -> Scenario:
+    uploader = LayerUploader(client, repository, part_size=PART, retry_base_delay=FAST_RETRY)
+
+    def file_upload(cts: CancellationTokenSource) -> Awaitable[LayerUploadResult]:
+        return uploader.upload_file(layer.path, cancellation_token=cts.token)
+
+    if where == "request":  # part 2 sits in the proxy
+        ecr.faults.add(PART_OP, FaultKind.DELAY, call=2)
+        return Scenario(
+            uploader, file_upload, lambda: ecr.wait_for_delay_async(PART_OP, call=2), PART, layer
+        )
+    if where == "backoff":  # part 2 failed; the retry waits up to 20 s
+        uploader = LayerUploader(client, repository, part_size=PART, retry_base_delay=1000.0)
+        ecr.faults.add(PART_OP, FaultKind.SERVER_EXCEPTION, call=2, times=None)
+
+        async def failed_once() -> None:
+            await ecr.wait_for_request_async(PART_OP, call=2)
+            await ecr.wait_idle_async()  # its answer is recorded: the uploader has it
+
+        return Scenario(uploader, file_upload, failed_once, PART, layer)
+    if where == "complete":  # every part is in; CompleteLayerUpload sits in the proxy
+        ecr.faults.add(COMPLETE, FaultKind.DELAY)
+        return Scenario(
+            uploader, file_upload, lambda: ecr.wait_for_delay_async(COMPLETE), layer.size, layer
+        )
+    assert where == "read"  # part 1 is in; the stream has not produced part 2 yet
+    stalled, committed, never = anyio.Event(), anyio.Event(), anyio.Event()
+
+    async def stalling_stream() -> AsyncIterator[bytes]:
+        yield layer.data[:PART]
+        stalled.set()
+        await never.wait()
+        yield layer.data[PART:]  # pragma: no cover - never reached
+
+    def on_progress(progress: UploadProgress) -> None:
+        committed.set()
+
+    def stream_upload(cts: CancellationTokenSource) -> Awaitable[LayerUploadResult]:
+        return uploader.upload_stream(
+            stalling_stream(), cancellation_token=cts.token, on_progress=on_progress
+        )
+
+    async def reader_waits() -> None:
+        await stalled.wait()
+        await committed.wait()
+
+    return Scenario(uploader, stream_upload, reader_waits, PART, None)
+
+
+STOP_POINTS = ["read", "request", "backoff", "complete"]
+
+
+@pytest.mark.parametrize("where", STOP_POINTS)
+async def test_cancel_stops_fast_and_leaves_a_checkpoint_ecr_holds(
+    ecr: LocalEcr,
+    client: EcrClient,
+    repository: str,
+    make_layer: Callable[..., LayerFile],
+    where: str,
+) -> None:
+    layer = make_layer(CANCEL_LAYER_SIZE, seed=22)
+    scenario = stop_scenario(where, ecr, client, repository, layer)
+    cts = CancellationTokenSource()
+
+    canceled = await cancel_when(scenario.start(cts), cts, scenario.ready)
+
+    assert_clean_stop(ecr, canceled, scenario.layer)
+    assert canceled.checkpoint.bytes_committed == scenario.bytes_committed
+    assert canceled.checkpoint.repository_name == repository
+    await ecr.wait_idle_async()
+    assert ecr.requests(COMPLETE) == [] or [r.accepted for r in ecr.requests(COMPLETE)] == [False]
+    upload = ecr.upload(canceled.checkpoint.upload_id)
+    assert upload is not None
+    assert upload.bytes_received == scenario.bytes_committed
+    if where == "backoff":
+        failed = [r for r in ecr.requests(PART_OP) if r.call >= 2]
+        assert failed
+        assert not any(r.accepted for r in failed)
+
+
+@pytest.mark.parametrize("where", STOP_POINTS)
+async def test_outer_task_cancel_propagates_as_cancelled_error_after_clean_up(
+    ecr: LocalEcr,
+    client: EcrClient,
+    repository: str,
+    make_layer: Callable[..., LayerFile],
+    where: str,
+) -> None:
+    layer = make_layer(CANCEL_LAYER_SIZE, seed=23)
+    scenario = stop_scenario(where, ecr, client, repository, layer)
+    cts = CancellationTokenSource()  # never canceled: the task is
+    before = asyncio.all_tasks()
+    task = asyncio.ensure_future(scenario.start(cts))
+    with anyio.fail_after(20):
+        await scenario.ready()
+
+    canceled_at = time.monotonic()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+    assert time.monotonic() - canceled_at < CANCEL_LATENCY
+    assert task.cancelled()
+    assert asyncio.all_tasks() - before == set()
+    assert open_fds_of(layer.path) == []
+    await ecr.wait_idle_async()
+    upload_id = ecr.requests(INITIATE)[0].upload_id
+    assert upload_id is not None
+    upload = ecr.upload(upload_id)
+    assert upload is not None
+    assert upload.bytes_received == scenario.bytes_committed
+
+
+# -- resume ---------------------------------------------------------------------------------------
+
+
+async def canceled_checkpoint(
+    ecr: LocalEcr, client: EcrClient, repository: str, layer: LayerFile, where: str
+) -> UploadCheckpoint:
+    """Stop an upload of ``layer`` at ``where`` with a token; the checkpoint, faults cleared."""
+    if where == "part-1":  # nothing committed yet
+        ecr.faults.add(PART_OP, FaultKind.DELAY, call=1)
+        uploader = LayerUploader(client, repository, part_size=PART)
+        cts = CancellationTokenSource()
+        canceled = await cancel_when(
+            uploader.upload_file(layer.path, cancellation_token=cts.token),
+            cts,
+            lambda: ecr.wait_for_delay_async(PART_OP, call=1),
+        )
+    else:
+        scenario = stop_scenario(where, ecr, client, repository, layer)
+        cts = CancellationTokenSource()
+        canceled = await cancel_when(scenario.start(cts), cts, scenario.ready)
+    assert_clean_stop(ecr, canceled, layer)
+    await ecr.wait_idle_async()
+    ecr.faults.clear()
+    return canceled.checkpoint
+
+
+def assert_nothing_resent(ecr: LocalEcr, since: int, checkpoint: UploadCheckpoint) -> None:
+    """After ``since``, no part below the checkpoint's bytes_committed went out again."""
+    sent = records_since(ecr, since, PART_OP)
+    assert all(
+        r.part_first_byte is not None and r.part_first_byte >= checkpoint.bytes_committed
+        for r in sent
+    ), [(r.part_first_byte, r.part_last_byte) for r in sent]
+    assert records_since(ecr, since, INITIATE) == []
+
+
+@pytest.mark.parametrize("where", ["part-1", "request", "complete"])
+async def test_resume_in_the_same_process(
+    ecr: LocalEcr,
+    client: EcrClient,
+    repository: str,
+    make_layer: Callable[..., LayerFile],
+    where: str,
+) -> None:
+    layer = make_layer(CANCEL_LAYER_SIZE, seed=24)
+    checkpoint = await canceled_checkpoint(ecr, client, repository, layer, where)
+    since = last_sequence(ecr)
+    progress: list[UploadProgress] = []
+
+    result = await LayerUploader(client, repository, part_size=PART).upload_file(
+        layer.path, resume=checkpoint, on_progress=progress.append
+    )
+
+    await assert_layer_uploaded(ecr, client, repository, result, layer.data, since=since)
+    assert result.upload_id == checkpoint.upload_id
+    assert result.restarted == 0
+    assert_nothing_resent(ecr, since, checkpoint)
+    assert [p.bytes_sent for p in progress] == [
+        end for end in (PART, 2 * PART, layer.size) if end > checkpoint.bytes_committed
+    ]
+
+
+async def test_resume_from_a_serialized_checkpoint_with_a_new_client(
+    ecr: LocalEcr, client: EcrClient, repository: str, make_layer: Callable[..., LayerFile]
+) -> None:
+    layer = make_layer(CANCEL_LAYER_SIZE, seed=25)
+    saved = (await canceled_checkpoint(ecr, client, repository, layer, "backoff")).to_json()
+    since = last_sequence(ecr)
+
+    checkpoint = UploadCheckpoint.from_json(saved)
+    async with open_client(ecr) as fresh_client:
+        result = await LayerUploader(fresh_client, repository).upload_file(
+            str(layer.path), resume=checkpoint
+        )
+        await assert_layer_uploaded(ecr, fresh_client, repository, result, layer.data, since=since)
+
+    assert checkpoint.bytes_committed == PART
+    assert result.upload_id == checkpoint.upload_id
+    assert_nothing_resent(ecr, since, checkpoint)
+    # the part size the upload began with, not the 10 MiB the endpoint would suggest
+    assert [r.blob_length for r in records_since(ecr, since, PART_OP)] == [PART, 4321]
+
+
+async def test_resume_in_another_process(
+    ecr: LocalEcr, client: EcrClient, repository: str, make_layer: Callable[..., LayerFile]
+) -> None:
+    layer = make_layer(CANCEL_LAYER_SIZE, seed=26)
+    checkpoint = await canceled_checkpoint(ecr, client, repository, layer, "request")
+    since = last_sequence(ecr)
+
+    answer = await run_child(ecr, repository, layer.path, checkpoint=checkpoint.to_json())
+
+    result = LayerUploadResult(**answer["result"])
+    await assert_layer_uploaded(ecr, client, repository, result, layer.data, since=since)
+    assert result.upload_id == checkpoint.upload_id
+    assert_nothing_resent(ecr, since, checkpoint)
+
+
+async def test_resume_when_the_upload_is_gone_starts_over(
+    ecr: LocalEcr, client: EcrClient, repository: str, make_layer: Callable[..., LayerFile]
+) -> None:
+    layer = make_layer(CANCEL_LAYER_SIZE, seed=27)
+    checkpoint = await canceled_checkpoint(ecr, client, repository, layer, "request")
+    assert ecr.forget_upload(checkpoint.upload_id)  # expired on ECR
+    since = last_sequence(ecr)
+
+    result = await LayerUploader(client, repository, part_size=PART).upload_file(
+        layer.path, resume=checkpoint
+    )
+
+    await assert_layer_uploaded(ecr, client, repository, result, layer.data)
+    assert result.restarted == 1
+    assert result.upload_id != checkpoint.upload_id
+    assert len(records_since(ecr, since, INITIATE)) == 1
+    assert result.part_count == 3
+
+
+@pytest.mark.parametrize("shift", [-PART, +PART], ids=["behind-ecr", "ahead-of-ecr"])
+async def test_resume_from_a_stale_checkpoint_realigns_to_what_ecr_holds(
+    ecr: LocalEcr,
+    client: EcrClient,
+    repository: str,
+    make_layer: Callable[..., LayerFile],
+    shift: int,
+) -> None:
+    """InvalidLayerPart re-aligns both ways: skip bytes ECR has, re-read bytes it lacks."""
+    layer = make_layer(3 * PART + 5, seed=28)
+    checkpoint = await canceled_checkpoint(ecr, client, repository, layer, "request")
+    assert checkpoint.bytes_committed == PART
+    stale = dataclasses.replace(checkpoint, bytes_committed=PART + shift)
+    since = last_sequence(ecr)
+
+    result = await LayerUploader(client, repository, part_size=PART).upload_file(
+        layer.path, resume=stale
+    )
+
+    await assert_layer_uploaded(ecr, client, repository, result, layer.data, since=since)
+    refused = [r for r in records_since(ecr, since, PART_OP) if not r.accepted]
+    assert [(r.part_first_byte, r.error_code) for r in refused] == [
+        (stale.bytes_committed, "InvalidLayerPartException")
+    ]
+
+
+CHILD = Path(__file__).with_name("uploader_child.py")
+
+
+async def run_child(ecr: LocalEcr, repository: str, path: Path, **args: Any) -> dict[str, Any]:
+    """Run one upload in another process (tests/uploader_child.py); its JSON answer."""
+    request = {"client": dict(ecr.client_kwargs()), "repository": repository, "path": str(path)}
+    process = await anyio.run_process(
+        [sys.executable, str(CHILD), json.dumps({**request, **args})], check=False
+    )
+    assert process.returncode == 0, process.stderr.decode()
+    answer: dict[str, Any] = json.loads(process.stdout)
+    return answer

@@ -362,17 +362,20 @@ class _Upload:
         if inspect.isawaitable(outcome):
             await outcome
 
-    async def send_part(self, part: PreparedPart) -> int:
-        """Send one part with retries; returns the offset ECR expects next.
+    async def send_part(self, part: PreparedPart) -> tuple[int, bool]:
+        """Send one part with retries; returns the offset ECR expects next, and whether
+        ECR took the part from this call.
 
-        That is ``part_last_byte + 1`` when the part was taken, or where
-        InvalidLayerPartError says ECR stands.
+        The offset is ``part_last_byte + 1`` when the part was taken, or where
+        InvalidLayerPartError says ECR stands. A refusal of a retry that shows ECR holding
+        the whole part means an earlier attempt was applied (its answer was lost): taken.
+        A refusal of the first attempt means ECR had those bytes before (a stale resume).
         """
         attempt = 1
         while True:
             try:
                 response = await self.client.upload_prepared_part(part, self.token)
-                return response.last_byte_received + 1
+                return response.last_byte_received + 1, True
             except InvalidLayerPartError as exc:
                 if exc.last_valid_byte_received is None:
                     raise
@@ -382,7 +385,8 @@ class _Upload:
                     part.part_last_byte,
                     exc.last_valid_byte_received,
                 )
-                return exc.last_valid_byte_received + 1
+                next_offset = exc.last_valid_byte_received + 1
+                return next_offset, attempt > 1 and next_offset > part.part_last_byte
             except Exception as exc:
                 if not is_transient(exc) or attempt >= self.retry.max_attempts:
                     raise
@@ -416,7 +420,7 @@ class _Upload:
                     )
                 part.limiter = self.limiter
                 try:
-                    next_offset = await self.send_part(part)
+                    next_offset, taken = await self.send_part(part)
                 except UploadNotFoundError:
                     pipeline.release(part)
                     if not await self.start_over(pipeline):
@@ -424,7 +428,7 @@ class _Upload:
                     expected = 0
                     continue
                 pipeline.release(part)
-                if next_offset > part.part_first_byte:
+                if taken:
                     self.parts_sent += 1
                 self.committed = next_offset
                 self.source.release(next_offset)
