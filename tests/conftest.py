@@ -3,6 +3,7 @@
 - ``local_ecr`` (session): the running ``LocalEcr`` (moto behind the strict proxy). Tests should
   ask for ``ecr`` instead, which resets it (faults, records, part sizes) first.
 - ``repository``: a fresh, unique repository name, already created.
+- ``aio_session``: one aiobotocore session for all (creating clients from it is cheap).
 - ``aio_ecr_client``: a raw aiobotocore ECR client on the proxy, with botocore's retries off
   (``NO_RETRIES``) so every call is exactly one request the proxy records.
 """
@@ -15,7 +16,8 @@ from typing import TYPE_CHECKING
 
 import aiobotocore.session
 import pytest
-from botocore.config import Config
+from aiobotocore.config import AioConfig
+from aiobotocore.session import AioSession
 
 from ecrstream.local import LocalEcr
 
@@ -24,7 +26,7 @@ if TYPE_CHECKING:
 
 # total_max_attempts counts the first attempt; botocore's max_attempts counts retries only, so
 # {"max_attempts": 1} would still send a failed request twice.
-NO_RETRIES = Config(retries={"total_max_attempts": 1, "mode": "standard"})
+NO_RETRIES = AioConfig(retries={"total_max_attempts": 1, "mode": "standard"})
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -65,9 +67,16 @@ def repository(ecr: LocalEcr) -> str:
     return name
 
 
+@pytest.fixture(scope="session")
+def aio_session() -> AioSession:
+    """One aiobotocore session: it caches the service models, so clients start fast."""
+    return aiobotocore.session.get_session()
+
+
 @pytest.fixture
-async def aio_ecr_client(ecr: LocalEcr, anyio_backend: str) -> AsyncIterator[ECRClient]:
+async def aio_ecr_client(
+    ecr: LocalEcr, aio_session: AioSession, anyio_backend: str
+) -> AsyncIterator[ECRClient]:
     """A raw aiobotocore ECR client on the proxy, one request per call (no botocore retries)."""
-    session = aiobotocore.session.get_session()
-    async with session.create_client("ecr", config=NO_RETRIES, **ecr.client_kwargs()) as client:
+    async with aio_session.create_client("ecr", config=NO_RETRIES, **ecr.client_kwargs()) as client:
         yield client

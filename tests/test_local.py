@@ -6,6 +6,7 @@ Every call goes through aiobotocore (or a plain socket) to 127.0.0.1; nothing is
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import http.client
 import json
@@ -13,16 +14,18 @@ import random
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
-import aiobotocore.session
 import anyio
 import botocore.session
 import pytest
-from botocore.config import Config
+from aiobotocore.config import AioConfig
+from aiobotocore.session import AioSession
 from botocore.exceptions import BotoCoreError, ClientError
 
+from ecrstream import local
 from ecrstream.local import (
     DEFAULT_MIN_PART_SIZE,
     MAX_PART_SIZE,
@@ -170,7 +173,8 @@ async def test_requests_filter_by_operation_and_reset_clears_everything(
     ecr.reset()
     assert ecr.requests() == []
     assert ecr.faults.faults == ()
-    assert (ecr.min_part_size, ecr.part_size) == (DEFAULT_MIN_PART_SIZE, None)
+    restored: tuple[int, int | None] = (ecr.min_part_size, ecr.part_size)
+    assert restored == (DEFAULT_MIN_PART_SIZE, None)
     assert ecr.upload(upload_id) is not None  # open uploads survive a reset
     await aio_ecr_client.batch_check_layer_availability(
         repositoryName=repository, layerDigests=[digest_of(b"x")]
@@ -219,14 +223,13 @@ async def test_part_not_starting_after_last_valid_byte_reports_where_to_resume(
 
 @pytest.mark.anyio
 async def test_part_over_20_mib_is_rejected_and_20_mib_is_accepted(
-    ecr: LocalEcr, repository: str
+    ecr: LocalEcr, repository: str, aio_session: AioSession
 ) -> None:
     # botocore checks the blob size itself; turn that off to see what the endpoint does.
-    session = aiobotocore.session.get_session()
-    unchecked = Config(
+    unchecked = AioConfig(
         parameter_validation=False, retries={"total_max_attempts": 1, "mode": "standard"}
     )
-    async with session.create_client("ecr", config=unchecked, **ecr.client_kwargs()) as client:
+    async with aio_session.create_client("ecr", config=unchecked, **ecr.client_kwargs()) as client:
         upload_id = await initiate(client, repository)
         error = await client_error(
             put_part(client, repository, upload_id, 0, bytes(MAX_PART_SIZE + 1))
@@ -242,30 +245,31 @@ async def test_part_over_20_mib_is_rejected_and_20_mib_is_accepted(
 
 @pytest.mark.anyio
 @pytest.mark.parametrize(
-    ("last_byte_offset", "size"),
-    [(+1, 100), (-1, 100), (0, 0)],
+    ("last_byte", "size"),
+    [(110, 100), (108, 100), (9, 0)],  # the part starts at byte 10
     ids=["range-too-long", "range-too-short", "empty-part"],
 )
-async def test_part_whose_byte_range_does_not_match_its_blob_is_rejected(
+async def test_part_whose_byte_range_does_not_match_its_blob_or_is_empty_is_rejected(
     ecr: LocalEcr,
     repository: str,
     aio_ecr_client: ECRClient,
-    last_byte_offset: int,
+    last_byte: int,
     size: int,
 ) -> None:
     upload_id = await initiate(aio_ecr_client, repository)
+    await put_part(aio_ecr_client, repository, upload_id, 0, blob(10))
     error = await client_error(
         aio_ecr_client.upload_layer_part(
             repositoryName=repository,
             uploadId=upload_id,
-            partFirstByte=0,
-            partLastByte=max(0, size - 1 + last_byte_offset),
+            partFirstByte=10,
+            partLastByte=last_byte,
             layerPartBlob=blob(size),
         )
     )
     assert error["Error"]["Code"] == "InvalidLayerPartException"
-    assert error["lastValidByteReceived"] == -1
-    assert ecr.accepted_parts(upload_id) == []
+    assert error["lastValidByteReceived"] == 9
+    assert [r.part_first_byte for r in ecr.accepted_parts(upload_id)] == [0]
 
 
 @pytest.mark.anyio
@@ -300,18 +304,18 @@ async def test_part_under_min_size_before_the_last_is_layer_part_too_small(
     upload_id = await initiate(aio_ecr_client, repository)
     await put_part(aio_ecr_client, repository, upload_id, 0, first)
     await put_part(aio_ecr_client, repository, upload_id, len(first), last)
-    complete = {
-        "repositoryName": repository,
-        "uploadId": upload_id,
-        "layerDigests": [digest_of(first + last)],
-    }
+
+    def complete() -> Awaitable[Any]:
+        return aio_ecr_client.complete_layer_upload(
+            repositoryName=repository, uploadId=upload_id, layerDigests=[digest_of(first + last)]
+        )
 
     ecr.min_part_size = len(first) + 1
-    error = await client_error(aio_ecr_client.complete_layer_upload(**complete))
+    error = await client_error(complete())
     assert error["Error"]["Code"] == "LayerPartTooSmallException"
 
     ecr.min_part_size = len(first)  # exactly the minimum is enough; the last may be smaller
-    answer = await aio_ecr_client.complete_layer_upload(**complete)
+    answer = await complete()
     assert answer["layerDigest"] == digest_of(first + last)
 
 
@@ -406,7 +410,7 @@ async def test_forget_upload_expires_it_in_the_proxy_and_in_moto(
     assert error["Error"]["Code"] == "UploadNotFoundException"
 
     # Straight to moto, past the proxy: it has forgotten the upload (and its bytes) too.
-    upstream = botocore.session.get_session().create_client(
+    upstream: Any = botocore.session.get_session().create_client(
         "ecr",
         region_name=ecr.region_name,
         endpoint_url=ecr.upstream_url,
@@ -791,6 +795,64 @@ async def test_client_leaving_a_delayed_request_ends_it(
     assert snapshot.bytes_received == (3 if applied else 0)
 
 
+@pytest.mark.anyio
+async def test_client_leaving_while_the_request_is_applied_upstream_keeps_proxy_and_moto_in_step(
+    ecr: LocalEcr,
+    repository: str,
+    aio_ecr_client: ECRClient,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Hold the proxy's call to moto until the client has gone: the only way to leave at that
+    # exact moment. Everything else stays real HTTP.
+    upload_id = await initiate(aio_ecr_client, repository)
+    forwarding, release = threading.Event(), threading.Event()
+    post_upstream = local._post_blocking
+
+    def held_post(*args: Any) -> Any:
+        forwarding.set()
+        release.wait(10)
+        return post_upstream(*args)
+
+    monkeypatch.setattr(local, "_post_blocking", held_post)
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(put_part, aio_ecr_client, repository, upload_id, 0, b"abc")
+            await anyio.to_thread.run_sync(forwarding.wait)
+            tasks.cancel_scope.cancel()
+        release.set()
+        await ecr.wait_idle_async()
+    monkeypatch.undo()
+
+    record = ecr.requests(ULP)[0]
+    assert (record.status, record.accepted) == (None, True)
+    snapshot = ecr.upload(upload_id)
+    assert snapshot is not None
+    assert snapshot.bytes_received == 3  # moto has the part, and the proxy knows it
+    error = await client_error(put_part(aio_ecr_client, repository, upload_id, 0, b"abc"))
+    assert error["lastValidByteReceived"] == 2
+
+
+@pytest.mark.anyio
+async def test_a_request_in_flight_across_a_reset_is_not_recorded(
+    ecr: LocalEcr, repository: str, aio_ecr_client: ECRClient
+) -> None:
+    ecr.faults.add(CHECK, FaultKind.DELAY, delay_seconds=60)
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(
+                functools.partial(
+                    aio_ecr_client.batch_check_layer_availability,
+                    repositoryName=repository,
+                    layerDigests=[digest_of(b"")],
+                )
+            )
+            await ecr.wait_for_delay_async(CHECK)
+            ecr.reset()
+            tasks.cancel_scope.cancel()
+        await ecr.wait_idle_async()
+    assert ecr.requests() == []
+
+
 # -- lifecycle and API --------------------------------------------------------------------------
 
 
@@ -813,7 +875,8 @@ def test_start_and_stop_leave_no_thread_and_no_open_port() -> None:
         urls = (endpoint.endpoint_url, endpoint.upstream_url)
         assert all(url.startswith("http://127.0.0.1:") for url in urls)
         assert not any(refuses_connections(url) for url in urls)
-        assert endpoint.create_repository("lifecycle-test").endswith("/lifecycle-test")
+        name = f"lifecycle-{uuid.uuid4().hex[:12]}"
+        assert endpoint.create_repository(name).endswith("/" + name)
         assert (endpoint.min_part_size, endpoint.part_size) == (1, MIB)
     assert not endpoint.running
     assert all(refuses_connections(url) for url in urls)
@@ -826,25 +889,29 @@ def test_start_and_stop_leave_no_thread_and_no_open_port() -> None:
 
 
 @pytest.mark.anyio
-async def test_async_context_manager_and_stop_with_a_request_in_flight() -> None:
+async def test_async_context_manager_and_stop_with_a_request_in_flight(
+    aio_session: AioSession,
+) -> None:
+    name = f"lifecycle-{uuid.uuid4().hex[:12]}"
     async with LocalEcr() as endpoint:
-        endpoint.create_repository("async-lifecycle")
+        endpoint.create_repository(name)
         endpoint.faults.add(CHECK, FaultKind.DELAY, delay_seconds=60)
-        session = aiobotocore.session.get_session()
-        config = Config(retries={"total_max_attempts": 1})
-        async with session.create_client("ecr", config=config, **endpoint.client_kwargs()) as c:
+        config = AioConfig(retries={"total_max_attempts": 1})
+        async with aio_session.create_client("ecr", config=config, **endpoint.client_kwargs()) as c:
             with anyio.fail_after(10):
                 async with anyio.create_task_group() as tasks:
 
                     async def delayed() -> None:
                         with pytest.raises(BotoCoreError):
                             await c.batch_check_layer_availability(
-                                repositoryName="async-lifecycle", layerDigests=[digest_of(b"")]
+                                repositoryName=name, layerDigests=[digest_of(b"")]
                             )
 
                     tasks.start_soon(delayed)
                     await endpoint.wait_for_delay_async(CHECK)
-                    await anyio.to_thread.run_sync(endpoint.stop)  # cuts the delay short
+                    started = time.monotonic()
+                    await anyio.to_thread.run_sync(endpoint.stop)
+    assert time.monotonic() - started < 3  # the delay was cut short, not waited out
     assert not endpoint.running
 
 

@@ -95,7 +95,6 @@ muted.
 from __future__ import annotations
 
 import asyncio
-import base64
 import binascii
 import concurrent.futures
 import contextlib
@@ -431,7 +430,7 @@ def _parse_part(body: bytes) -> _Parsed | None:
     if not isinstance(encoded, str):
         return parsed
     try:
-        blob = base64.b64decode(encoded, validate=True)
+        blob = binascii.a2b_base64(encoded, strict_mode=True)
     except binascii.Error:
         return parsed
     return _Parsed(parsed.fields, blob, hashlib.sha256(blob).hexdigest())
@@ -884,6 +883,8 @@ class _Proxy:
             self._background.discard(finished)
             self._release(exchange)
 
+        # Registered before shield's own callback, so it runs first: the handler, resuming
+        # after it, is the last owner and commits the record before the answer is sent.
         work.add_done_callback(done)
         return await asyncio.shield(work)
 
@@ -983,8 +984,12 @@ class _Proxy:
                 )
             reply = await self._post_upstream(headers, body)
             if reply.status == 200 and parsed.blob is not None:
-                await asyncio.to_thread(upload.hasher.update, parsed.blob)
+                # Hash into a copy and swap under the lock: a snapshot never sees a digest
+                # ahead of part_sizes.
+                hasher = upload.hasher.copy()
+                await asyncio.to_thread(hasher.update, parsed.blob)
                 with self._lock:
+                    upload.hasher = hasher
                     upload.part_sizes.append(len(parsed.blob))
                     upload.last_byte_received += len(parsed.blob)
             return reply
