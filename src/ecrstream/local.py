@@ -70,6 +70,10 @@ and 4. The kinds (``FaultKind``):
 - ``DELAY``: waits ``delay_seconds`` before handling (nothing applied while waiting).
 - ``DELAY_AFTER_APPLY``: handles the request, then waits ``delay_seconds`` before answering.
 
+aiobotocore reports RESET and LOST_RESPONSE alike, as ``EndpointConnectionError`` wrapping
+aiohttp's "Connection reset by peer". Note that botocore's ``retries={"max_attempts": n}``
+counts retries, not attempts: ``{"total_max_attempts": 1}`` turns its retries off.
+
 Delays never block other requests, and end early when the client goes away or the endpoint
 stops. The forwarding of a request and the update of the proxy's state form one unit that a
 client going away never interrupts, so the proxy and moto always agree.
@@ -80,11 +84,16 @@ answer: ``sequence``, ``operation``, ``call``, ``fault``, ``repository_name``, `
 ``part_first_byte``, ``part_last_byte``, ``blob_length``, ``blob_sha256`` (hex digest of the
 decoded part; blobs are never kept), ``layer_digests``, ``status`` (``None`` when no answer was
 sent), ``error_code``, ``accepted`` (applied upstream: for a part, its bytes are now in the
-upload). Helpers: ``requests(operation=None)``, ``accepted_parts(upload_id)``,
+upload). A RESET request's body is never parsed, so only its operation, call and fault are
+known. Helpers: ``requests(operation=None)``, ``accepted_parts(upload_id)``,
 ``upload(upload_id) -> UploadSnapshot | None``, and, to synchronize without sleeping,
 ``wait_for_request`` (a call has arrived), ``wait_for_delay`` (it sleeps in its delay: the
 moment to cancel a client), ``wait_idle`` (all recorded), and their ``_async`` twins (use those
 from a coroutine: the sync ones block the event loop the client needs to finish).
+
+Settings: ``min_part_size`` (default 5 MiB, as ECR) and ``part_size`` (default None: moto's
+10 MiB) are properties that may be changed while running; ``reset()`` restores the values given
+to the constructor.
 
 Threads: every public method may be called from any thread. Repositories live in moto's
 process-wide state: two ``LocalEcr`` in one process share them (and ``moto.mock_aws`` resets
