@@ -30,12 +30,14 @@ from aiobotocore.config import AioConfig
 from ecrstream import (
     BatchCheckLayerAvailabilityRequest,
     CancellationTokenSource,
+    DigestMismatchError,
     EcrClient,
     EmptyUploadError,
     LayerUploader,
     LayerUploadResult,
     OperationCanceledError,
     ServerError,
+    SourceChangedError,
     ThrottlingError,
     UploadCheckpoint,
     UploadNotFoundError,
@@ -934,3 +936,361 @@ async def run_child(ecr: LocalEcr, repository: str, path: Path, **args: Any) -> 
     assert process.returncode == 0, process.stderr.decode()
     answer: dict[str, Any] = json.loads(process.stdout)
     return answer
+
+
+@pytest.mark.parametrize(
+    "wrong",
+    [
+        "other-repository",
+        "other-registry",
+        "other-file",
+        "file-changed-since",
+        "past-the-end",
+    ],
+)
+async def test_resume_with_a_checkpoint_of_something_else_is_refused_before_any_request(
+    ecr: LocalEcr,
+    client: EcrClient,
+    repository: str,
+    make_layer: Callable[..., LayerFile],
+    wrong: str,
+) -> None:
+    layer, other = make_layer(PART + 1, seed=29), make_layer(PART + 2, seed=30)
+    info = layer.path.stat()
+    checkpoint = UploadCheckpoint(
+        repository_name=repository,
+        registry_id=None,
+        upload_id="01234567-89ab-cdef-0123-456789abcdef",
+        bytes_committed=PART,
+        part_size=PART,
+        source_path=str(layer.path),
+        source_size=info.st_size,
+        source_mtime_ns=info.st_mtime_ns,
+    )
+    uploader = LayerUploader(client, repository, part_size=PART)
+    path = layer.path
+    if wrong == "other-repository":
+        uploader = LayerUploader(client, repository + "-other", part_size=PART)
+    elif wrong == "other-registry":
+        checkpoint = dataclasses.replace(checkpoint, registry_id=ecr.registry_id)
+    elif wrong == "other-file":
+        path = other.path
+    elif wrong == "file-changed-since":
+        os.utime(layer.path, ns=(info.st_atime_ns, info.st_mtime_ns + 1_000_000_000))
+    else:
+        checkpoint = dataclasses.replace(
+            checkpoint, bytes_committed=layer.size + 1, source_size=None, source_mtime_ns=None
+        )
+
+    with pytest.raises(ValueError, match="resume"):
+        await uploader.upload_file(path, resume=checkpoint)
+    assert ecr.requests() == []
+
+
+# -- skip existing, layers that exist, digests, changing files ----------------------------------
+
+
+async def upload_once(client: EcrClient, repository: str, layer: LayerFile) -> LayerUploadResult:
+    return await LayerUploader(client, repository, part_size=PART).upload_file(layer.path)
+
+
+@pytest.mark.parametrize("source", ["file", "stream"])
+async def test_skip_existing_layer_sends_no_part(
+    ecr: LocalEcr,
+    client: EcrClient,
+    repository: str,
+    make_layer: Callable[..., LayerFile],
+    source: str,
+) -> None:
+    layer = make_layer(PART + 3, seed=31)
+    first = await upload_once(client, repository, layer)
+    await assert_layer_uploaded(ecr, client, repository, first, layer.data)
+    since = last_sequence(ecr)
+
+    uploader = LayerUploader(client, repository, part_size=PART)
+    if source == "file":
+        result = await uploader.upload_file(layer.path, expected_digest=layer.digest)
+    else:
+        result = await uploader.upload_stream(
+            chunked(layer.data, [MIB]), expected_digest=layer.digest
+        )
+
+    assert result == LayerUploadResult(
+        digest=layer.digest, size=layer.size, upload_id=None, part_count=0, already_existed=True
+    )
+    assert [r.operation for r in records_since(ecr, since)] == [CHECK]
+    await assert_layer_uploaded(ecr, client, repository, result, layer.data)
+
+
+async def test_expected_digest_of_a_new_layer_uploads_it(
+    ecr: LocalEcr, client: EcrClient, repository: str, make_layer: Callable[..., LayerFile]
+) -> None:
+    layer = make_layer(PART + 4, seed=32)
+    result = await LayerUploader(client, repository, part_size=PART).upload_file(
+        layer.path, expected_digest=layer.digest
+    )
+    await assert_layer_uploaded(ecr, client, repository, result, layer.data)
+    assert result.already_existed is False
+    assert [r.operation for r in ecr.requests()][:2] == [CHECK, INITIATE]
+
+
+async def test_layer_already_exists_at_complete_counts_as_success(
+    ecr: LocalEcr, client: EcrClient, repository: str, make_layer: Callable[..., LayerFile]
+) -> None:
+    layer = make_layer(PART + 5, seed=33)
+    await upload_once(client, repository, layer)
+    since = last_sequence(ecr)
+
+    result = await upload_once(client, repository, layer)  # no expected_digest: no check first
+
+    assert result.already_existed is True
+    await assert_layer_uploaded(ecr, client, repository, result, layer.data)
+    assert [r.error_code for r in records_since(ecr, since, COMPLETE)] == [
+        "LayerAlreadyExistsException"
+    ]
+
+
+@pytest.mark.parametrize("source", ["file", "stream"])
+async def test_digest_mismatch_does_not_complete(
+    ecr: LocalEcr,
+    client: EcrClient,
+    repository: str,
+    make_layer: Callable[..., LayerFile],
+    source: str,
+) -> None:
+    layer = make_layer(2 * PART + 6, seed=34)
+    wrong = sha256_digest(b"something else")
+    uploader = LayerUploader(client, repository, part_size=PART)
+    upload = (
+        uploader.upload_file(layer.path, expected_digest=wrong)
+        if source == "file"
+        else uploader.upload_stream(chunked(layer.data, [MIB]), expected_digest=wrong)
+    )
+
+    with pytest.raises(DigestMismatchError) as caught:
+        await upload
+
+    assert (caught.value.expected, caught.value.actual) == (wrong, layer.digest)
+    assert ecr.requests(COMPLETE) == []
+    assert len(ecr.requests(PART_OP)) == 3
+
+
+@pytest.mark.parametrize("change", ["grow", "shrink", "touch"])
+async def test_source_changed_during_upload_does_not_complete(
+    ecr: LocalEcr,
+    client: EcrClient,
+    repository: str,
+    make_layer: Callable[..., LayerFile],
+    change: str,
+) -> None:
+    layer = make_layer(2 * PART + 7, seed=35)
+
+    def modify(progress: UploadProgress) -> None:
+        if progress.parts_sent != 1:
+            return
+        if change == "grow":
+            with layer.path.open("ab") as file:
+                file.write(b"more")
+        elif change == "shrink":
+            os.truncate(layer.path, PART // 2)
+        else:  # same bytes, a new modification time
+            info = layer.path.stat()
+            os.utime(layer.path, ns=(info.st_atime_ns, info.st_mtime_ns + 1_000_000_000))
+
+    with pytest.raises(SourceChangedError):
+        await LayerUploader(client, repository, part_size=PART).upload_file(
+            layer.path, on_progress=modify
+        )
+    assert ecr.requests(COMPLETE) == []
+    assert open_fds_of(layer.path) == []
+
+
+# -- progress --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["plain", "async"])
+async def test_on_progress_is_called_after_each_committed_part(
+    ecr: LocalEcr,
+    client: EcrClient,
+    repository: str,
+    make_layer: Callable[..., LayerFile],
+    kind: str,
+) -> None:
+    layer = make_layer(2 * PART + 8, seed=36)
+    seen: list[tuple[UploadProgress, int]] = []
+
+    def held_by_ecr() -> int:
+        # records are complete before the client reads the answer: the part is in them
+        upload_id = ecr.requests(INITIATE)[0].upload_id or ""
+        return sum(r.blob_length or 0 for r in ecr.accepted_parts(upload_id))
+
+    def plain(progress: UploadProgress) -> None:
+        seen.append((progress, held_by_ecr()))
+
+    async def asynchronous(progress: UploadProgress) -> None:
+        await anyio.lowlevel.checkpoint()
+        seen.append((progress, held_by_ecr()))
+
+    callback = plain if kind == "plain" else asynchronous
+    result = await LayerUploader(client, repository, part_size=PART).upload_file(
+        layer.path, on_progress=callback
+    )
+
+    await assert_layer_uploaded(ecr, client, repository, result, layer.data)
+    assert seen == [
+        (UploadProgress(bytes_sent=PART, total_bytes=layer.size, parts_sent=1), PART),
+        (UploadProgress(bytes_sent=2 * PART, total_bytes=layer.size, parts_sent=2), 2 * PART),
+        (UploadProgress(bytes_sent=layer.size, total_bytes=layer.size, parts_sent=3), layer.size),
+    ]
+
+
+async def test_on_progress_of_a_stream_has_no_total(
+    ecr: LocalEcr, client: EcrClient, repository: str
+) -> None:
+    data = random_bytes(PART + 9, seed=37)
+    seen: list[UploadProgress] = []
+    result = await LayerUploader(client, repository, part_size=PART).upload_stream(
+        chunked(data, [MIB]), on_progress=seen.append
+    )
+    await assert_layer_uploaded(ecr, client, repository, result, data)
+    assert seen == [UploadProgress(PART, None, 1), UploadProgress(PART + 9, None, 2)]
+
+
+class ProgressRefused(Exception):
+    pass
+
+
+@pytest.mark.parametrize("kind", ["plain", "async"])
+async def test_an_exception_in_on_progress_aborts_and_propagates(
+    ecr: LocalEcr,
+    client: EcrClient,
+    repository: str,
+    make_layer: Callable[..., LayerFile],
+    kind: str,
+) -> None:
+    layer = make_layer(2 * PART + 10, seed=38)
+
+    def plain(progress: UploadProgress) -> None:
+        raise ProgressRefused(progress.parts_sent)
+
+    async def asynchronous(progress: UploadProgress) -> None:
+        await anyio.lowlevel.checkpoint()
+        raise ProgressRefused(progress.parts_sent)
+
+    before = running_tasks()
+    with pytest.raises(ProgressRefused, match=r"^1$"):
+        await LayerUploader(client, repository, part_size=PART).upload_file(
+            layer.path, on_progress=plain if kind == "plain" else asynchronous
+        )
+    assert running_tasks() - before == set()
+    assert open_fds_of(layer.path) == []
+    assert len(ecr.requests(PART_OP)) == 1
+    assert ecr.requests(COMPLETE) == []
+
+
+# -- pacing ----------------------------------------------------------------------------------------
+
+
+async def test_max_bandwidth_holds_the_average_rate_under_the_limit(
+    ecr: LocalEcr, client: EcrClient, repository: str, make_layer: Callable[..., LayerFile]
+) -> None:
+    limit = 10 * MIB
+    layer = make_layer(3 * PART, seed=39)
+    progress: list[tuple[float, int]] = []
+    uploader = LayerUploader(client, repository, part_size=PART, max_bandwidth=limit)
+
+    started = time.monotonic()
+    result = await uploader.upload_file(
+        layer.path, on_progress=lambda p: progress.append((time.monotonic(), p.bytes_sent))
+    )
+    elapsed = time.monotonic() - started
+
+    await assert_layer_uploaded(ecr, client, repository, result, layer.data)
+    # generous: the layer's bytes (the wire carries a third more, as base64) never run ahead
+    # of the limit; and a limit this far under loopback speed does slow the upload down
+    for at, sent in progress:
+        assert sent <= limit * (at - started) * 1.05 + 256 * 1024
+    assert elapsed >= layer.size / limit * 0.9
+    assert elapsed < 30
+
+
+@pytest.mark.parametrize("value", [0, -1, float("nan"), "fast", True])
+async def test_invalid_max_bandwidth_or_max_attempts_is_refused(
+    ecr: LocalEcr, client: EcrClient, repository: str, value: Any
+) -> None:
+    if value is not True:
+        with pytest.raises(ValueError, match="max_bandwidth"):
+            LayerUploader(client, repository, max_bandwidth=value)
+    if not isinstance(value, float):
+        with pytest.raises(ValueError, match="max_attempts"):
+            LayerUploader(client, repository, max_attempts=value)
+    assert ecr.requests() == []
+
+
+# -- ECR's 4,200 parts -------------------------------------------------------------------------
+
+
+def sparse_file(path: Path, size: int) -> Path:
+    with path.open("wb") as file:
+        file.truncate(size)
+    return path
+
+
+async def test_a_layer_too_large_for_4200_parts_is_refused_before_any_request(
+    ecr: LocalEcr, client: EcrClient, repository: str, tmp_path: Path
+) -> None:
+    path = sparse_file(tmp_path / "huge.bin", 4200 * 20_971_520 + 1)
+    with pytest.raises(ValueError, match="4200"):
+        await LayerUploader(client, repository).upload_file(path)
+    assert ecr.requests() == []
+
+
+async def test_a_layer_over_4200_parts_gets_larger_parts(
+    ecr: LocalEcr, client: EcrClient, repository: str, tmp_path: Path
+) -> None:
+    path = sparse_file(tmp_path / "large.bin", 4200 * PART + 1)
+    ecr.faults.add(PART_OP, FaultKind.DELAY)
+    cts = CancellationTokenSource()
+    canceled = await cancel_when(
+        LayerUploader(client, repository, part_size=PART).upload_file(
+            path, cancellation_token=cts.token
+        ),
+        cts,
+        lambda: ecr.wait_for_delay_async(PART_OP),
+    )
+    await ecr.wait_idle_async()
+    assert canceled.checkpoint.part_size == 6 * MIB
+    assert [r.blob_length for r in ecr.requests(PART_OP)] == [6 * MIB]
+
+
+# -- memory ----------------------------------------------------------------------------------------
+
+
+def write_random_file(path: Path, size: int, seed: int) -> Path:
+    generator = random.Random(seed)
+    with path.open("wb") as file:
+        for offset in range(0, size, 8 * MIB):
+            file.write(generator.randbytes(min(8 * MIB, size - offset)))
+    return path
+
+
+@pytest.mark.timeout(120)
+async def test_memory_stays_bounded_whatever_the_layer_size(
+    ecr: LocalEcr, client: EcrClient, repository: str, tmp_path: Path
+) -> None:
+    """A 200 MiB upload in 10 MiB parts, measured in a process of its own.
+
+    The endpoint (moto keeps every byte of an open upload) lives in this process; the
+    uploader's process holds only its buffers. tracemalloc sees Python's allocations; the
+    peak resident set also sees the page-aligned read buffer (an mmap) and C allocations.
+    """
+    part_size = 10 * MIB
+    path = await anyio.to_thread.run_sync(write_random_file, tmp_path / "big.bin", 200 * MIB, 40)
+
+    answer = await run_child(ecr, repository, path, part_size=part_size)
+
+    result = LayerUploadResult(**answer["result"])
+    await assert_layer_uploaded(ecr, client, repository, result, path)
+    assert result.part_count == 20
+    assert answer["traced_peak"] < 6 * part_size, answer
+    assert answer["rss_growth"] < 6 * part_size, answer
