@@ -528,15 +528,16 @@ def test_timeout_writes_checkpoint_and_exits_1(
     saved = tmp_path / "elsewhere" / "upload.json"
     args = ["upload-layer", str(layer), "--repository", repository, *on(ecr)]
 
-    result = cli(*args, "--timeout", "3", "--checkpoint-file", str(saved), env=env)
+    result = cli(*args, "--timeout", "4", "--checkpoint-file", str(saved), env=env)
 
     assert result.returncode == 1, result.stderr
     assert_clean(result)
-    assert "timed out after 3 s (--timeout); ECR holds 0 B of 6.0 MiB" in result.stderr
+    assert "timed out after 4 s (--timeout); ECR holds 0 B of 6.0 MiB" in result.stderr
     assert json.loads(saved.read_text())["bytes_committed"] == 0
     command = resume_command(result.stderr)
-    assert command[command.index("--timeout") + 1] == "3.0"
+    assert command[command.index("--timeout") + 1] == "4.0"
     assert command[-2:] == ["--resume", str(saved)]
+    ecr.wait_idle()  # the held part is recorded once the proxy sees the client gone
     assert len(ecr.requests(Operation.UPLOAD_LAYER_PART)) == 1
 
 
