@@ -474,6 +474,7 @@ async def test_fault_on_a_part_is_survived(
     make_layer: Callable[..., LayerFile],
     kind: FaultKind,
     position: str,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     call = {"first": 1, "middle": 2, "last": 3}[position]
     layer = make_layer(FAULT_LAYER_SIZE, seed=call)
@@ -494,8 +495,11 @@ async def test_fault_on_a_part_is_survived(
     after = [r for r in parts if r.sequence > faulted.sequence]
     start = (call - 1) * PART
     if kind is FaultKind.UPLOAD_NOT_FOUND:
-        # one fresh upload, from byte 0, and nothing more sent to the old one
+        # one fresh upload, from byte 0, and nothing more sent to the old one; logged
         assert result.restarted == 1
+        assert [r.levelname for r in caplog.records if "started over" in r.getMessage()] == [
+            "WARNING"
+        ]
         initiated = [r.upload_id for r in ecr.requests(INITIATE)]
         assert len(initiated) == 2
         assert result.upload_id == initiated[1] != faulted.upload_id
@@ -566,9 +570,11 @@ async def test_fault_in_a_stream_is_survived(
         (COMPLETE, FaultKind.THROTTLING),
         (COMPLETE, FaultKind.LOST_RESPONSE),  # completed, answer lost: the retry finds it done
         (COMPLETE, FaultKind.HTTP_500),
+        (CHECK, FaultKind.SERVER_EXCEPTION),
+        (CHECK, FaultKind.THROTTLING),
     ],
 )
-async def test_fault_on_initiate_or_complete_is_survived(
+async def test_fault_on_check_initiate_or_complete_is_survived(
     ecr: LocalEcr,
     client: EcrClient,
     repository: str,
@@ -580,12 +586,15 @@ async def test_fault_on_initiate_or_complete_is_survived(
     ecr.faults.add(operation, kind)
     uploader = LayerUploader(client, repository, part_size=PART, retry_base_delay=FAST_RETRY)
 
-    result = await uploader.upload_file(layer.path)
+    result = await uploader.upload_file(layer.path, expected_digest=layer.digest)
 
+    assert len(ecr.requests(operation)) == 2
+    expected = [CHECK, INITIATE, PART_OP, PART_OP, COMPLETE]
+    if (operation, kind) == (COMPLETE, FaultKind.LOST_RESPONSE):
+        expected.append(CHECK)  # the retry finds no upload: was the layer completed?
+    assert [r.operation for r in ecr.requests() if r.fault is None] == expected
     await assert_layer_uploaded(ecr, client, repository, result, layer.data)
     assert result.already_existed is False
-    assert len(ecr.requests(operation)) == 2
-    assert len(ecr.requests(PART_OP)) == 2
 
 
 # -- max_attempts: exactly that many requests, then the last error ------------------------------
@@ -753,6 +762,8 @@ async def test_cancel_stops_fast_and_leaves_a_checkpoint_ecr_holds(
     upload = ecr.upload(canceled.checkpoint.upload_id)
     assert upload is not None
     assert upload.bytes_received == scenario.bytes_committed
+    if where == "request":  # aborted in flight: the proxy never answered it
+        assert [(r.status, r.accepted) for r in ecr.requests(PART_OP)][1:] == [(None, False)]
     if where == "backoff":
         failed = [r for r in ecr.requests(PART_OP) if r.call >= 2]
         assert failed
@@ -1442,3 +1453,33 @@ async def test_resume_with_a_checkpoint_of_another_section_is_refused(
             archive.path, offset=PART, length=2 * PART, resume=canceled.checkpoint
         )
     assert records_since(ecr, since) == []
+
+
+class StreamBroke(Exception):
+    pass
+
+
+async def test_an_error_from_the_stream_propagates_without_completing(
+    ecr: LocalEcr, client: EcrClient, repository: str
+) -> None:
+    data = random_bytes(PART, seed=63)
+
+    async def breaking() -> AsyncIterator[bytes]:
+        yield data
+        yield data
+        raise StreamBroke
+
+    before = running_tasks()
+    with pytest.raises(StreamBroke):
+        await LayerUploader(client, repository, part_size=PART).upload_stream(breaking())
+    assert running_tasks() - before == set()
+    assert ecr.requests(COMPLETE) == []
+
+
+@pytest.mark.parametrize("chunks", [[b"abc"], b"abc", None])
+async def test_upload_stream_wants_an_async_iterable(
+    ecr: LocalEcr, client: EcrClient, repository: str, chunks: Any
+) -> None:
+    with pytest.raises(TypeError, match="async iterable"):
+        await LayerUploader(client, repository).upload_stream(chunks)
+    assert ecr.requests() == []
