@@ -724,6 +724,8 @@ class LayerUploader:
         file changes while it is read, OperationCanceledError (with ``.checkpoint``) when the
         token stops it, and the EcrServiceError/EcrConnectionError that made it give up.
         With ``expected_digest``, a layer the repository already has is not uploaded.
+        The result's ``part_count`` counts the parts this call put into ECR (after a
+        ``resume=``, not the ones committed before).
         """
         cancellation_token.throw_if_cancellation_requested()
         if expected_digest is not None:
