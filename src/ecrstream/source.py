@@ -140,13 +140,16 @@ class FileSource:
         return self.length
 
     async def __aenter__(self) -> FileSource:
-        # buffering=0: readinto goes straight into our buffer, without BufferedReader's copy
-        self._file = await aiofiles.open(self.path, "rb", buffering=0)
-        opened = _identity(os.fstat(self._file.fileno()))
-        if opened != self.identity:
-            await self._file.close()
-            self._file = None
-            raise SourceChangedError(f"{self.path}: the file changed as it was opened")
+        # buffering=0: readinto goes straight into our buffer, without BufferedReader's copy.
+        # Shielded: a task cancelled while the worker thread opens the file would never see
+        # the file object, and it would leak (ResourceWarning); the cancel lands after.
+        with anyio.CancelScope(shield=True):
+            self._file = await aiofiles.open(self.path, "rb", buffering=0)
+            opened = _identity(os.fstat(self._file.fileno()))
+            if opened != self.identity:
+                await self._file.close()
+                self._file = None
+                raise SourceChangedError(f"{self.path}: the file changed as it was opened")
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
