@@ -14,7 +14,7 @@ from ecrstream.cancellation import (
     cancellation_scope,
     run_cancellable,
 )
-from ecrstream.client import EcrClient, PreparedPart, RetryPolicy, prepare_part
+from ecrstream.client import BandwidthLimiter, EcrClient, PreparedPart, RetryPolicy, prepare_part
 from ecrstream.errors import (
     AuthenticationError,
     CredentialsError,
@@ -62,10 +62,12 @@ from ecrstream.models import (
     UploadLayerPartResponse,
     UploadProgress,
 )
+from ecrstream.image import PushCanceledError, PushImageResult, PushProgress, push_image
 from ecrstream.uploader import LayerUploader
 
 __all__ = [
     "AuthenticationError",
+    "BandwidthLimiter",
     "BatchCheckLayerAvailabilityRequest",
     "BatchCheckLayerAvailabilityResponse",
     "BatchGetImageRequest",
@@ -103,6 +105,9 @@ __all__ = [
     "LimitExceededError",
     "OperationCanceledError",
     "PreparedPart",
+    "PushCanceledError",
+    "PushImageResult",
+    "PushProgress",
     "PutImageRequest",
     "PutImageResponse",
     "ReferencedImagesNotFoundError",
@@ -118,5 +123,6 @@ __all__ = [
     "UploadProgress",
     "cancellation_scope",
     "prepare_part",
+    "push_image",
     "run_cancellable",
 ]
