@@ -42,6 +42,7 @@ from ecrstream.errors import (
     ThrottlingError,
     UploadNotFoundError,
 )
+from ecrstream.image import PushCanceledError, PushImageResult, PushProgress, push_image
 from ecrstream.models import (
     BatchCheckLayerAvailabilityRequest,
     BatchCheckLayerAvailabilityResponse,
@@ -62,7 +63,6 @@ from ecrstream.models import (
     UploadLayerPartResponse,
     UploadProgress,
 )
-from ecrstream.image import PushCanceledError, PushImageResult, PushProgress, push_image
 from ecrstream.uploader import LayerUploader
 
 __all__ = [
