@@ -1435,10 +1435,6 @@ async def test_upload_a_section_of_a_file(
     await assert_layer_uploaded(ecr, client, repository, result, section)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="UploadCheckpoint does not record the section (offset/length) it was taken on",
-)
 async def test_resume_with_a_checkpoint_of_another_section_is_refused(
     ecr: LocalEcr, client: EcrClient, repository: str, make_layer: Callable[..., LayerFile]
 ) -> None:
@@ -1455,7 +1451,7 @@ async def test_resume_with_a_checkpoint_of_another_section_is_refused(
     ecr.faults.clear()
     since = last_sequence(ecr)
 
-    with pytest.raises(ValueError, match="resume"):  # today: InvalidLayerError at complete
+    with pytest.raises(ValueError, match="resume"):
         await uploader.upload_file(
             archive.path, offset=PART, length=2 * PART, resume=canceled.checkpoint
         )

@@ -371,7 +371,8 @@ class UploadCheckpoint:
 
     Pass it as ``resume=`` to continue. ``source_size`` and ``source_mtime_ns`` identify the
     file it belongs to (a checkpoint of another file is refused); ``part_size`` is the size
-    the upload used. Serialize with ``to_json``/``from_json``.
+    the upload used; ``source_offset``/``source_length`` the section of the file the layer
+    is (the whole file: 0 and its size). Serialize with ``to_json``/``from_json``.
     """
 
     repository_name: str
@@ -382,13 +383,16 @@ class UploadCheckpoint:
     source_path: str | None = None
     source_size: int | None = None
     source_mtime_ns: int | None = None
+    source_offset: int = 0
+    source_length: int | None = None
 
     def __post_init__(self) -> None:
         validate_repository_name(self.repository_name, "checkpoint.repository_name")
         validate_registry_id(self.registry_id, "checkpoint.registry_id")
         validate_upload_id(self.upload_id, "checkpoint.upload_id")
         _check_int(self.bytes_committed, "checkpoint.bytes_committed", 0)
-        for name in ("part_size", "source_size", "source_mtime_ns"):
+        _check_int(self.source_offset, "checkpoint.source_offset", 0)
+        for name in ("part_size", "source_size", "source_mtime_ns", "source_length"):
             value = getattr(self, name)
             if value is not None:
                 _check_int(value, f"checkpoint.{name}", 0)

@@ -330,6 +330,8 @@ class _Upload:
             ),
             source_size=identity.size if identity else None,
             source_mtime_ns=identity.mtime_ns if identity else None,
+            source_offset=self.source.start if isinstance(self.source, FileSource) else 0,
+            source_length=self.source.length if isinstance(self.source, FileSource) else None,
         )
 
     @property
@@ -649,6 +651,14 @@ class LayerUploader:
                 f"resume: the checkpoint belongs to another file or an older version of it"
                 f" (checkpoint: {resume.source_size} bytes, mtime_ns {resume.source_mtime_ns};"
                 f" {source.path}: {identity.size} bytes, mtime_ns {identity.mtime_ns})"
+            )
+        if resume.source_offset != source.start or (
+            resume.source_length is not None and resume.source_length != source.length
+        ):
+            raise ValueError(
+                f"resume: the checkpoint is for bytes {resume.source_offset}.."
+                f"{resume.source_offset + (resume.source_length or 0)} of {source.path}, not"
+                f" {source.start}..{source.start + source.length} (another section)"
             )
         if resume.bytes_committed > source.size:
             raise ValueError(
