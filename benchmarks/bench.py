@@ -39,6 +39,8 @@ import sink_ceiling  # noqa: E402  (sibling modules, importable once the path is
 import variants  # noqa: E402
 
 MIB = 1 << 20
+# A run during which other processes used more than this many cores is marked disturbed.
+DISTURBED_CORES = 0.25
 GIB = 1 << 30
 DEFAULT_SIZES = "64M,256M,1G"
 DEFAULT_VARIANTS = ",".join(variants.VARIANTS)
@@ -312,7 +314,7 @@ def _print_progress(record: dict[str, Any]) -> None:
             f"{head} {record['mb_per_s']:7.1f} MB/s, peak RSS "
             f"{record['peak_rss_kib'] / 1024:.0f} MiB{stall_text}, sink CPU "
             f"{record['sink']['cpu_s']:.2f} s, other CPU {record['machine']['other_cores']:.2f} "
-            f"cores{' (DISTURBED)' if record['machine']['other_cores'] > 0.25 else ''}",
+            f"cores{' (DISTURBED)' if record['machine']['other_cores'] > DISTURBED_CORES else ''}",
             flush=True,
         )
     else:
@@ -352,6 +354,7 @@ def summarize(results: dict[str, Any], config: Config) -> list[dict[str, Any]]:
                 row["note"] = records[0].get("error", "") if records else "not run"
             else:
                 gib = size / GIB
+                quiet = [r for r in ok if r["machine"]["other_cores"] <= DISTURBED_CORES]
                 stalls = [r["stall"] for r in ok if "stall" in r]
                 row.update(
                     status="ok",
@@ -375,6 +378,10 @@ def summarize(results: dict[str, Any], config: Config) -> list[dict[str, Any]]:
                         r["sink"]["cpu_s"] / r["wall_s"] for r in ok
                     ),
                     other_cores_median=statistics.median(r["machine"]["other_cores"] for r in ok),
+                    runs_quiet=len(quiet),
+                    mb_per_s_median_quiet=(
+                        statistics.median(r["mb_per_s"] for r in quiet) if quiet else None
+                    ),
                 )
                 if stalls:
                     row["stall_p99_ms_median"] = statistics.median(s["p99_ms"] for s in stalls)
@@ -541,6 +548,8 @@ def main(argv: list[str] | None = None) -> int:
         wait_quiet_s=args.wait_quiet,
     )
     started = time.time()
+    # Taken before the runs: other sessions may commit to src/ while a long run goes on.
+    environment_at_start = environment()
     results = run_all(config)
     rows = summarize(results, config)
     table = markdown_table(rows)
@@ -557,7 +566,7 @@ def main(argv: list[str] | None = None) -> int:
             "sink_verify": config.verify,
             "tick_interval_s": variants.TICK_INTERVAL_S,
         },
-        "environment": environment(),
+        "environment": environment_at_start,
         "summary": rows,
         "table_markdown": table,
         **results,
@@ -580,8 +589,20 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"\nOther processes used {statistics.median(disturbed):.2f} cores (median; max "
             f"{max(disturbed):.2f}) of {os.cpu_count()} during the runs"
-            + ("; the figures are DISTURBED." if statistics.median(disturbed) > 0.25 else ".")
+            + (
+                "; the figures are DISTURBED."
+                if statistics.median(disturbed) > DISTURBED_CORES
+                else "."
+            )
         )
+        quiet_rows = [r for r in rows if r.get("runs_quiet")]
+        if statistics.median(disturbed) > DISTURBED_CORES and quiet_rows:
+            print("Medians over the undisturbed runs only:")
+            for row in quiet_rows:
+                print(
+                    f"  {format_size(row['size']):>8} {row['variant']:<12} "
+                    f"{row['mb_per_s_median_quiet']:7.1f} MB/s ({row['runs_quiet']} runs)"
+                )
     print(f"\nbench: wrote {output}")
     failed = [r for r in rows if r["status"] == "error"]
     return 1 if failed else 0
