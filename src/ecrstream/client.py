@@ -41,7 +41,7 @@ import json
 import random
 import time
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, cast
 
@@ -223,7 +223,12 @@ def prepare_part(request: UploadLayerPartRequest, buffer: bytearray | None = Non
     if buffer is None:
         buffer = bytearray(size)
     elif len(buffer) < size:
-        buffer.extend(bytes(size - len(buffer)))
+        try:
+            buffer.extend(bytes(size - len(buffer)))
+        except BufferError:
+            # An earlier part's body (or anything else) still views the buffer, so it
+            # cannot move: build this body in a buffer of its own rather than fail.
+            buffer = bytearray(size)
     view = memoryview(buffer)
     view[: len(prefix)] = prefix
     # Encode in slices (multiples of 3 bytes) straight into the buffer: no part-sized
@@ -389,23 +394,26 @@ class EcrClient:
         if config is not None and not isinstance(config, AioConfig):
             # aiobotocore wants its own Config subclass; carry over what the caller set
             config = AioConfig(**getattr(config, "_user_provided_options", {}))
-        try:
-            creator = cast(Any, session).create_client(
-                "ecr",
-                region_name=region_name,
-                endpoint_url=endpoint_url,
-                config=config,
-                aws_access_key_id=aws_access_key_id,
-                aws_secret_access_key=aws_secret_access_key,
-                aws_session_token=aws_session_token,
-            )
-            async with creator as client:
-                yield cls(client, retry=retry)
-        except Exception as exc:
-            translated = translate_botocore_error(exc, "CreateClient")
-            if translated is exc:
-                raise
-            raise translated from exc
+        async with AsyncExitStack() as stack:
+            # Only the making of the client is translated: an exception from the caller's
+            # ``async with`` body (a FileNotFoundError, a TimeoutError) must reach it as is.
+            try:
+                creator = cast(Any, session).create_client(
+                    "ecr",
+                    region_name=region_name,
+                    endpoint_url=endpoint_url,
+                    config=config,
+                    aws_access_key_id=aws_access_key_id,
+                    aws_secret_access_key=aws_secret_access_key,
+                    aws_session_token=aws_session_token,
+                )
+                client = await stack.enter_async_context(creator)
+            except Exception as exc:
+                translated = translate_botocore_error(exc, "CreateClient")
+                if translated is exc:
+                    raise
+                raise translated from exc
+            yield cls(client, retry=retry)
 
     @property
     def aiobotocore_client(self) -> Any:
