@@ -41,6 +41,7 @@ cancellation passes through untouched.
 from __future__ import annotations
 
 import asyncio
+import errno
 from typing import Any
 
 import aiohttp
@@ -381,11 +382,54 @@ def translate_botocore_error(exc: Exception, operation: str) -> Exception:
     if isinstance(exc, BotoConnectionError | HTTPClientError | aiohttp.ClientError | OSError):
         timed_out = "timeout" in type(exc).__name__.lower()
         return EcrConnectionError(
-            f"no answer from the endpoint ({exc})", operation=operation, timed_out=timed_out
+            f"no answer from the endpoint ({_connection_failure(exc)})",
+            operation=operation,
+            timed_out=timed_out,
         )
     if isinstance(exc, BotoCoreError):
         return EcrStreamError(f"{operation}: {exc}")
     return exc
+
+
+_RESET_ERRNOS = frozenset({errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED})
+
+
+def _connection_failure(exc: Exception) -> str:
+    """What went wrong on the connection, in words that name the real cause.
+
+    aiobotocore wraps a connection reset mid-request in botocore's EndpointConnectionError,
+    whose text ("Could not connect to the endpoint URL") says the opposite of what happened;
+    the aiohttp error it wraps (``kwargs["error"]``) knows better.
+    """
+    text = str(exc)
+    details: dict[str, Any] = getattr(exc, "kwargs", None) or {}
+    cause = details.get("error") if isinstance(exc, BotoCoreError) else None
+    if not isinstance(cause, BaseException):
+        return text
+    cause_text = str(cause) or type(cause).__name__
+    reset = _reset_in_chain(cause)
+    if reset is not None:
+        endpoint = details.get("endpoint_url")
+        where = f" by {endpoint}" if endpoint else ""
+        reason = str(reset) or type(reset).__name__
+        if reason not in cause_text:
+            cause_text = f"{cause_text} ({reason})"
+        return f"the connection was reset{where}: {cause_text}"
+    return text if cause_text in text else f"{text}: {cause_text}"
+
+
+def _reset_in_chain(error: BaseException) -> BaseException | None:
+    """The connection reset behind ``error`` (itself, or a cause or context of it), if any."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, ConnectionResetError | BrokenPipeError | ConnectionAbortedError):
+            return current
+        if getattr(current, "errno", None) in _RESET_ERRNOS:
+            return current
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def is_transient(exc: BaseException) -> bool:
