@@ -396,6 +396,9 @@ class UploadCheckpoint:
             value = getattr(self, name)
             if value is not None:
                 _check_int(value, f"checkpoint.{name}", 0)
+        if self.source_path is not None and not isinstance(self.source_path, str):
+            # A number or a list here would only fail later, inside Path(), far from the cause.
+            raise _fail("checkpoint.source_path", self.source_path, "must be a string (a path)")
 
     def to_json(self) -> str:
         """Serialize to a JSON object (``from_json`` reads it back)."""
@@ -408,6 +411,8 @@ class UploadCheckpoint:
             data = json.loads(text)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ValueError(f"checkpoint: not valid JSON ({exc})") from None
+        except RecursionError:  # hostile input: arrays or objects nested thousands deep
+            raise ValueError("checkpoint: not valid JSON (nested too deeply)") from None
         if not isinstance(data, dict) or data.get("ecrstream_checkpoint") != 1:
             raise ValueError("checkpoint: not an ecrstream checkpoint (version 1) JSON object")
         data.pop("ecrstream_checkpoint")
