@@ -53,6 +53,7 @@ import functools
 import hashlib
 import inspect
 import json
+import logging
 import math
 import os
 import queue
@@ -140,22 +141,27 @@ class Tally:
     other: int = 0
     latencies: list[float] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    kinds: collections.Counter[str] = field(default_factory=collections.Counter)
+
+    def _problem(self, where: str, text: str) -> None:
+        self.problems.append(f"{where}: {text}")
+        self.kinds[_kind_of(text)] += 1
 
     def lost(self, where: str, count: int, text: str) -> None:
         self.bytes_lost += max(count, 0)
-        self.problems.append(f"{where}: bytes lost ({count}): {text}")
+        self._problem(where, f"bytes lost ({count}): {text}")
 
     def wrong_layer(self, where: str, text: str) -> None:
         self.wrong_layers += 1
-        self.problems.append(f"{where}: wrong layer: {text}")
+        self._problem(where, f"wrong layer: {text}")
 
     def leak(self, where: str, text: str) -> None:
         self.leaks += 1
-        self.problems.append(f"{where}: leak: {text}")
+        self._problem(where, f"leak: {text}")
 
     def other_problem(self, where: str, text: str) -> None:
         self.other += 1
-        self.problems.append(f"{where}: {text}")
+        self._problem(where, text)
 
     def latency(self, fraction: float) -> float | None:
         """The ``fraction`` quantile (nearest rank) of the cancel latencies, in seconds."""
@@ -180,10 +186,35 @@ class Tally:
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.latencies += other.latencies
         self.problems += other.problems
+        self.kinds += other.kinds
 
     @property
     def must_be_zero(self) -> int:
         return self.bytes_lost + self.wrong_layers + self.leaks + self.other
+
+
+_VARYING = (
+    (re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"), "<upload id>"),
+    (re.compile(r"sha256:[0-9a-f]{64}"), "<digest>"),
+    (re.compile(r"reliability-[0-9a-f]{12}"), "<repository>"),
+    (re.compile(r"(/[\w.+-]+)+"), "<path>"),
+    (re.compile(r"\d+(\.\d+)?(e-?\d+)?"), "N"),
+)
+
+
+def _kind_of(text: str) -> str:
+    """A problem's text without what varies from run to run (ids, paths, numbers)."""
+    for pattern, replacement in _VARYING:
+        text = pattern.sub(replacement, text)
+    return text[:300]
+
+
+def format_kinds(tallies: Sequence[Tally]) -> str:
+    """Every kind of problem, with how many times it happened, most frequent first."""
+    kinds: collections.Counter[str] = collections.Counter()
+    for tally in tallies:
+        kinds += tally.kinds
+    return "\n".join(f"- {count} x {kind}" for kind, count in kinds.most_common())
 
 
 def format_table(tallies: Sequence[Tally]) -> str:
@@ -2013,6 +2044,20 @@ async def long_run(minutes: float, seed: int, cancel_points: int, folder: Path) 
     return [cells_tally, fuzz_tally, bad]
 
 
+def _commit() -> str:
+    try:
+        found = subprocess.run(
+            ["git", "describe", "--always", "--dirty"],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).parent,
+            timeout=10,
+        )
+    except OSError:
+        return "an unknown commit"
+    return found.stdout.strip() or "an unknown commit"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description="ecrstream's long reliability run: prints the README's table."
@@ -2023,17 +2068,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--cancel-points", type=int, default=5000, help="stop the fuzz after this many cancels"
     )
     args = parser.parse_args(argv)
+    # The uploader's warnings ("started over as upload ...") are expected here, by the hundred.
+    logging.getLogger("ecrstream").addHandler(logging.NullHandler())
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="ecrstream-reliability-") as folder:
         tallies = asyncio.run(long_run(args.minutes, args.seed, args.cancel_points, Path(folder)))
     elapsed = time.monotonic() - started
-    command = "python tests/reliability.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    print(f"`{command.strip()}`, seed {args.seed}, {elapsed / 60:.1f} minutes:\n")
+    command = " ".join(["tests/reliability.py", *(sys.argv[1:] if argv is None else argv)])
+    print(
+        f"`{command}`: seed {args.seed}, {elapsed / 60:.1f} minutes on {os.cpu_count()} CPUs,"
+        f" ecrstream at {_commit()}\n"
+    )
     print(format_table(tallies))
     problems = [problem for tally in tallies for problem in tally.problems]
     if problems:
-        print(f"\n{len(problems)} problems; the first 40:")
-        for problem in problems[:40]:
+        print(f"\n{len(problems)} problems, by kind:\n{format_kinds(tallies)}")
+        print("\nThe first 20, in full:")
+        for problem in problems[:20]:
             print(f"- {problem}")
     return 1 if any(tally.must_be_zero for tally in tallies) else 0
 

@@ -37,6 +37,7 @@ from reliability import (
     check_success,
     checkpoint_of,
     cli_repository,
+    format_kinds,
     format_table,
     fuzz_layer_sizes,
     make_bad_files,
@@ -278,6 +279,7 @@ def test_format_table_totals_sections_and_quantiles() -> None:
     assert table[4] == "| **total** | 13 | 4 | 8 | 4 | 1 | 0 | 0 | 1 | 0 | 50 ms / 99 ms |"
     assert fuzz_tally.must_be_zero == 1
     assert matrix_tally.must_be_zero == 0
+    assert format_kinds([matrix_tally, fuzz_tally]) == "- 1 x leak: a task"
 
 
 def test_a_checkpoint_of_the_bad_inputs_is_well_formed(tmp_path: Path) -> None:
