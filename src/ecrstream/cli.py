@@ -369,10 +369,24 @@ class _RichBar:
             console=self._console,
         )
         self._task = self._progress.add_task(label, total=total, completed=completed, detail=detail)
+        self._items: dict[str, Any] = {}
         self._progress.start()
 
     def show(self, completed: int, total: int, detail: str) -> None:
         self._progress.update(self._task, completed=completed, total=total, detail=detail)
+
+    def show_item(self, key: str, label: str, completed: int, total: int, done: bool) -> None:
+        """One more bar under the main one (a layer in flight); removed when ``done``."""
+        task = self._items.get(key)
+        if task is None:
+            if done:
+                return
+            task = self._progress.add_task(label, total=total, completed=completed, detail="")
+            self._items[key] = task
+        self._progress.update(task, completed=completed, total=total)
+        if done:
+            self._progress.remove_task(task)
+            del self._items[key]
 
     def close(self) -> None:
         self._progress.stop()
@@ -414,6 +428,11 @@ class _Display:
             self._bar.show(completed, total, detail)
         elif self._lines is not None:
             print(line(), file=self._lines, flush=True)
+
+    def show_item(self, key: str, label: str, completed: int, total: int, done: bool) -> None:
+        """A bar of its own for one item in flight (terminal only)."""
+        if self._bar is not None:
+            self._bar.show_item(key, label, completed, total, done)
 
     @property
     def has_bar(self) -> bool:
@@ -863,6 +882,13 @@ class _PushView:
 
         if progress.event == "done" or self.display.has_bar:
             self.display.show(progress.total_bytes_sent, progress.total_bytes, layers, line)
+        self.display.show_item(
+            progress.digest,
+            f"  {progress.kind} {progress.digest[7:19]}",
+            progress.blob_bytes_sent,
+            progress.blob_total_bytes,
+            progress.event == "done",
+        )
 
 
 def _cmd_push(args: argparse.Namespace) -> int:
