@@ -1486,3 +1486,53 @@ async def test_upload_stream_wants_an_async_iterable(
     with pytest.raises(TypeError, match="async iterable"):
         await LayerUploader(client, repository).upload_stream(chunks)
     assert ecr.requests() == []
+
+
+@pytest.mark.parametrize(
+    ("fault", "gone"),
+    [
+        (FaultKind.DELAY_AFTER_APPLY, False),  # ECR completed it; the answer never came
+        (FaultKind.DELAY, True),  # ECR never saw the complete, then expired the upload
+    ],
+    ids=["completed-before-the-cancel", "upload-expired"],
+)
+async def test_resume_after_a_cancel_during_complete(
+    ecr: LocalEcr,
+    client: EcrClient,
+    repository: str,
+    make_layer: Callable[..., LayerFile],
+    fault: FaultKind,
+    gone: bool,
+) -> None:
+    """A resume whose upload ECR no longer knows: done if ECR has the layer, else start over."""
+    layer = make_layer(2 * PART + 9, seed=71)
+    ecr.faults.add(COMPLETE, fault, call=1)
+    uploader = LayerUploader(client, repository, part_size=PART)
+    cts = CancellationTokenSource()
+    canceled = await cancel_when(
+        uploader.upload_file(layer.path, cancellation_token=cts.token),
+        cts,
+        lambda: ecr.wait_for_delay_async(COMPLETE, call=1),
+    )
+    checkpoint = canceled.checkpoint
+    assert checkpoint.bytes_committed == len(layer.data)
+    await ecr.wait_idle_async()
+    ecr.faults.clear()
+    if gone:
+        assert ecr.forget_upload(checkpoint.upload_id)
+    since = last_sequence(ecr)
+
+    result = await uploader.upload_file(layer.path, resume=checkpoint)
+
+    assert result.digest == sha256_digest(layer.data)
+    assert result.restarted == (1 if gone else 0)
+    if gone:
+        await assert_layer_uploaded(ecr, client, repository, result, layer.data, since=since)
+        assert len(records_since(ecr, since, INITIATE)) == 1
+    else:
+        assert records_since(ecr, since, PART_OP) == []
+        assert records_since(ecr, since, INITIATE) == []
+        check = await client.batch_check_layer_availability(
+            BatchCheckLayerAvailabilityRequest(repository, (result.digest,))
+        )
+        assert check.available_digests() == {result.digest}

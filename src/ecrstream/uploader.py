@@ -497,8 +497,10 @@ class _Upload:
             except LayerAlreadyExistsError:
                 return digest, True
             except UploadNotFoundError:
-                # An earlier attempt may have completed it before its answer was lost.
-                if attempt > 1 and await self.layer_available(digest):
+                # An earlier attempt (or, after a resume, the call that was stopped during
+                # CompleteLayerUpload) may have completed it before its answer was lost: if
+                # ECR has a layer with exactly this digest, it has these bytes.
+                if await self.layer_available(digest):
                     return digest, False
                 raise
             except Exception as exc:
@@ -540,15 +542,8 @@ class _Upload:
                 raise ValueError(f"resume: the file ends at {start}, before the checkpoint's {end}")
             await anyio.to_thread.run_sync(self.hasher.update, start, view[:count])
 
-    async def run(self, resume: UploadCheckpoint | None) -> LayerUploadResult:
-        start = 0
-        if resume is not None:
-            self.upload_id = resume.upload_id
-            self.part_size = resume.part_size or self.part_size
-            self.committed = start = resume.bytes_committed
-            await self.rehash_prefix(start)
-        else:
-            await self.initiate()
+    async def send_from(self, start: int) -> None:
+        """Send the layer from ``start`` to its end, then check the file did not change."""
         async with anyio.create_task_group() as task_group:
             failure: Exception | None = None
             try:
@@ -562,7 +557,35 @@ class _Upload:
             self.source.check_unchanged()
             if self.committed != self.source.size:
                 raise RuntimeError(f"sent {self.committed} bytes of a {self.source.size}-byte file")
-        digest, existed = await self.complete()
+
+    async def run(self, resume: UploadCheckpoint | None) -> LayerUploadResult:
+        start = 0
+        if resume is not None:
+            self.upload_id = resume.upload_id
+            self.part_size = resume.part_size or self.part_size
+            self.committed = start = resume.bytes_committed
+            await self.rehash_prefix(start)
+        else:
+            await self.initiate()
+        await self.send_from(start)
+        try:
+            digest, existed = await self.complete()
+        except UploadNotFoundError:
+            # ECR lost the whole upload (it expired, say) and does not have the layer either
+            # (complete() asked): a file can be sent again, once.
+            if self.restarted or not isinstance(self.source, FileSource):
+                raise
+            old = self.upload_id
+            await self.initiate()
+            self.restarted += 1
+            self.parts_sent = 0
+            logger.warning(
+                "upload %s was gone on ECR at CompleteLayerUpload: started over as upload %s",
+                old,
+                self.upload_id,
+            )
+            await self.send_from(0)
+            digest, existed = await self.complete()
         return LayerUploadResult(
             digest=digest,
             size=self.committed,
