@@ -1536,3 +1536,32 @@ async def test_resume_after_a_cancel_during_complete(
             BatchCheckLayerAvailabilityRequest(repository, (result.digest,))
         )
         assert check.available_digests() == {result.digest}
+
+
+async def test_a_resume_stopped_before_it_sends_hands_its_checkpoint_back(
+    ecr: LocalEcr, client: EcrClient, repository: str, make_layer: Callable[..., LayerFile]
+) -> None:
+    layer = make_layer(2 * PART + 1, seed=72)
+    checkpoint = await canceled_checkpoint(ecr, client, repository, layer, "request")
+    since = last_sequence(ecr)
+    uploader = LayerUploader(client, repository, part_size=PART)
+    cts = CancellationTokenSource()
+    cts.cancel()
+
+    with pytest.raises(OperationCanceledError) as early:
+        await uploader.upload_file(layer.path, resume=checkpoint, cancellation_token=cts.token)
+
+    assert early.value.checkpoint == checkpoint
+    assert records_since(ecr, since) == []
+    # The same while the committed prefix is re-hashed (the first await of a resume).
+    cts = CancellationTokenSource()
+    task = asyncio.ensure_future(
+        uploader.upload_file(layer.path, resume=checkpoint, cancellation_token=cts.token)
+    )
+    await asyncio.sleep(0)  # let it start: the cancel lands on its first await, wherever
+    cts.cancel()
+    with pytest.raises(OperationCanceledError) as during:
+        await task
+    assert during.value.checkpoint is not None
+    assert during.value.checkpoint.upload_id == checkpoint.upload_id
+    assert during.value.checkpoint.bytes_committed == checkpoint.bytes_committed

@@ -561,9 +561,7 @@ class _Upload:
     async def run(self, resume: UploadCheckpoint | None) -> LayerUploadResult:
         start = 0
         if resume is not None:
-            self.upload_id = resume.upload_id
-            self.part_size = resume.part_size or self.part_size
-            self.committed = start = resume.bytes_committed
+            start = resume.bytes_committed
             await self.rehash_prefix(start)
         else:
             await self.initiate()
@@ -724,6 +722,10 @@ class LayerUploader:
         resume: UploadCheckpoint | None,
     ) -> LayerUploadResult:
         upload = _Upload(self, source, token, on_progress, expected_digest)
+        if resume is not None:  # from here on, a stop hands back (at least) this checkpoint
+            upload.upload_id = resume.upload_id
+            upload.part_size = resume.part_size or upload.part_size
+            upload.committed = resume.bytes_committed
         try:
             async with cancellation_scope(token):
                 if expected_digest is not None and resume is None:
@@ -760,7 +762,10 @@ class LayerUploader:
         The result's ``part_count`` counts the parts this call put into ECR (after a
         ``resume=``, not the ones committed before).
         """
-        cancellation_token.throw_if_cancellation_requested()
+        if cancellation_token.is_cancellation_requested:
+            error = OperationCanceledError(cancellation_token=cancellation_token)
+            error.checkpoint = resume  # still where it was
+            raise error
         if expected_digest is not None:
             validate_digest(expected_digest, "expected_digest")
         source = FileSource(path, start=offset, length=length)
