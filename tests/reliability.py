@@ -8,9 +8,9 @@ strict, fault-injecting, recording proxy) and is checked against the invariants 
   UploadLayerPart at the first, a middle or the last part; CompleteLayerUpload) x once/always x
   seed. The seed picks the layer size, the part layout (an explicit part size or the partSize
   the endpoint returns) and, for "once" cells, up to two extra probabilistic faults. A fault
-  injected once is recovered from, except UploadNotFound at initiate or complete (final: no
-  part to start over from, or after the last); a fault on every call fails with an error whose
-  ``str()`` names the operation and the cause.
+  injected once is recovered from, except UploadNotFound answering InitiateLayerUpload (final:
+  there is no upload to start over); a fault on every call fails with an error whose ``str()``
+  names the operation and the cause.
 - **Cancellation fuzz** (``run_fuzz``): chains of uploads of one layer; each link is canceled
   at a random moment (from the loop, a timer thread, a worker thread, or ``cancel_after``) and
   the next link resumes from its checkpoint; the last link runs to the end. Background faults
@@ -581,9 +581,9 @@ class Cell:
     def expect_recovery(self) -> bool:
         if self.always:
             return False
-        # "The upload is gone" before any part, or after the last one, is final.
-        final = self.kind is FaultKind.UPLOAD_NOT_FOUND and self.where in ("initiate", "complete")
-        return not final
+        # "The upload is gone" answering InitiateLayerUpload is final (no upload to start
+        # over); at a part or at complete, a file upload starts over once.
+        return not (self.kind is FaultKind.UPLOAD_NOT_FOUND and self.where == "initiate")
 
 
 def matrix(
@@ -2068,6 +2068,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--cancel-points", type=int, default=5000, help="stop the fuzz after this many cancels"
     )
     args = parser.parse_args(argv)
+    commit = _commit()  # now: the code a long run imports is the code at its start
     # The uploader's warnings ("started over as upload ...") are expected here, by the hundred.
     logging.getLogger("ecrstream").addHandler(logging.NullHandler())
     started = time.monotonic()
@@ -2077,7 +2078,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = " ".join(["tests/reliability.py", *(sys.argv[1:] if argv is None else argv)])
     print(
         f"`{command}`: seed {args.seed}, {elapsed / 60:.1f} minutes on {os.cpu_count()} CPUs,"
-        f" ecrstream at {_commit()}\n"
+        f" ecrstream at {commit}\n"
     )
     print(format_table(tallies))
     problems = [problem for tally in tallies for problem in tally.problems]
