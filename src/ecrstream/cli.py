@@ -28,6 +28,7 @@ import re
 import shlex
 import shutil
 import signal
+import stat
 import sys
 import tempfile
 import threading
@@ -643,9 +644,23 @@ def _check_file(path_text: str) -> Path:
     return path
 
 
+_MAX_CHECKPOINT_BYTES = 64 * 1024
+
+
 def _load_checkpoint(path_text: str) -> UploadCheckpoint:
+    path = Path(path_text)
+    with contextlib.suppress(OSError):  # a missing file is reported by the read below
+        info = path.stat()
+        if not stat.S_ISREG(info.st_mode) and not stat.S_ISDIR(info.st_mode):
+            # A FIFO or device would block the read (or never end): refuse it up front
+            raise UsageError(f"--resume: {path_text} is not a regular file (a checkpoint is)")
+        if info.st_size > _MAX_CHECKPOINT_BYTES:
+            raise UsageError(
+                f"--resume: {path_text} is {info.st_size} bytes; an ecrstream checkpoint is a"
+                " small JSON file"
+            )
     try:
-        text = Path(path_text).read_bytes()
+        text = path.read_bytes()
     except FileNotFoundError:
         raise UsageError(f"--resume: no such checkpoint file: {path_text}") from None
     except IsADirectoryError:
