@@ -609,6 +609,29 @@ def _add_image_manifest(plan: _Plan, tree: _Tree, manifest: _Manifest, what: str
         _add_blob(plan, tree, layer, "layer", f"{what} layer {number}")
 
 
+def _choose_image(
+    items: list[dict[str, Any]],
+    names_of: Callable[[dict[str, Any]], list[str]],
+    image_ref: str | None,
+    where: str,
+) -> dict[str, Any]:
+    """The one image of ``items`` named ``image_ref`` (or the only one); ImageSourceError."""
+    if image_ref is None:
+        if len(items) == 1:
+            return items[0]
+        known = sorted({name for item in items for name in names_of(item)})
+        raise ImageSourceError(
+            f"{where} holds {len(items)} images; choose one with image_ref (names: {known})"
+        )
+    chosen = [item for item in items if image_ref in names_of(item)]
+    if len(chosen) != 1:
+        known = sorted({name for item in items for name in names_of(item)})
+        raise ImageSourceError(
+            f"{where}: {len(chosen)} images are named {image_ref!r} (names: {known})"
+        )
+    return chosen[0]
+
+
 def _refs_of(entry: dict[str, Any]) -> list[str]:
     annotations = entry.get("annotations")
     if not isinstance(annotations, dict):
@@ -637,23 +660,7 @@ def _plan_oci(tree: _Tree, image_ref: str | None) -> _Plan:
         )
     if any(not isinstance(item, dict) for item in entries):
         raise ImageSourceError(f"{tree.description}: index.json: a descriptor is not an object")
-    if image_ref is not None:
-        chosen = [item for item in entries if image_ref in _refs_of(item)]
-        if len(chosen) != 1:
-            known = sorted({ref for item in entries for ref in _refs_of(item)})
-            raise ImageSourceError(
-                f"{tree.description}: {len(chosen)} images are named {image_ref!r}"
-                f" in index.json (names: {known})"
-            )
-        entry = chosen[0]
-    elif len(entries) == 1:
-        entry = entries[0]
-    else:
-        known = sorted({ref for item in entries for ref in _refs_of(item)})
-        raise ImageSourceError(
-            f"{tree.description}: index.json holds {len(entries)} images; choose one with"
-            f" image_ref (names: {known})"
-        )
+    entry = _choose_image(entries, _refs_of, image_ref, f"{tree.description}: index.json")
     top = _descriptor(tree, entry, "index.json image")
     plan: _Plan
     if top.media_type in _MANIFEST_TYPES:
@@ -743,23 +750,7 @@ def _plan_legacy(tree: _Tree, image_ref: str | None) -> _LegacyImage:
         tags = item.get("RepoTags")
         return [str(tag) for tag in tags] if isinstance(tags, list) else []
 
-    if image_ref is not None:
-        chosen = [item for item in document if image_ref in tags_of(item)]
-        if len(chosen) != 1:
-            known = sorted({tag for item in document for tag in tags_of(item)})
-            raise ImageSourceError(
-                f"{tree.description}: {len(chosen)} images are tagged {image_ref!r} in"
-                f" manifest.json (tags: {known})"
-            )
-        image = chosen[0]
-    elif len(document) == 1:
-        image = document[0]
-    else:
-        known = sorted({tag for item in document for tag in tags_of(item)})
-        raise ImageSourceError(
-            f"{tree.description}: manifest.json holds {len(document)} images; choose one with"
-            f" image_ref (tags: {known})"
-        )
+    image = _choose_image(document, tags_of, image_ref, f"{tree.description}: manifest.json")
     if image.get("LayerSources"):
         raise ImageSourceError(
             f"{tree.description}: the image has foreign layers (LayerSources), whose blobs a"
