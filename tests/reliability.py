@@ -76,6 +76,7 @@ import anyio
 from aiobotocore.config import AioConfig
 from aiobotocore.session import AioSession
 
+import ecrstream
 from ecrstream import (
     BatchCheckLayerAvailabilityRequest,
     CancellationToken,
@@ -398,12 +399,55 @@ def resources() -> Resources:
     )
 
 
+def _task_name(task: asyncio.Task[Any]) -> str:
+    coro = task.get_coro()
+    name = getattr(coro, "__qualname__", None) or type(coro).__name__
+    if name == "async_generator_athrow":
+        # the loop's finalizer hook: the GC found an async generator nobody closed
+        return "async_generator_athrow (aclose() of an abandoned async generator)"
+    return str(name)
+
+
+_ECRSTREAM_CODE = str(Path(ecrstream.__file__).resolve().parent)
+
+
+@contextlib.asynccontextmanager
+async def abandoned_async_generators() -> AsyncIterator[list[str]]:
+    """Yields a list that, on exit, names the async generators of ecrstream's own code that were
+    started inside and left suspended: never run to the end nor closed.
+
+    Such a generator is closed later by the GC, through a task the loop's finalizer hook
+    creates at whatever moment the collection happens (a "task left" in somebody else's run;
+    "Event loop is closed" if the loop has gone). Tracking holds them until the end, so the
+    GC never does: the check is deterministic. They are closed here afterwards.
+    """
+    found: list[str] = []
+    started: list[Any] = []
+    hooks = sys.get_asyncgen_hooks()
+
+    def firstiter(generator: Any) -> None:
+        if generator.ag_code.co_filename.startswith(_ECRSTREAM_CODE):
+            started.append(generator)
+        if hooks.firstiter is not None:
+            hooks.firstiter(generator)
+
+    sys.set_asyncgen_hooks(firstiter=firstiter, finalizer=hooks.finalizer)
+    try:
+        yield found
+    finally:
+        sys.set_asyncgen_hooks(*hooks)
+        for generator in started:
+            if generator.ag_frame is not None and not generator.ag_running:
+                found.append(generator.ag_code.co_qualname)
+                await generator.aclose()
+
+
 def leaks_since(before: Resources, *, socket_limit: int | None = None) -> list[str]:
     """What is held now and was not before (but the known pools); empty if nothing."""
     found = []
     tasks = asyncio.all_tasks() - before.tasks
     if tasks:
-        found.append(f"tasks left: {sorted(t.get_coro().__qualname__ for t in tasks)}")  # type: ignore[union-attr]
+        found.append(f"tasks left: {sorted(_task_name(task) for task in tasks)}")
     threads = threading.enumerate()
     strays = [
         t.name for t in threads if t not in before.threads and not _POOL_THREAD.fullmatch(t.name)
@@ -707,16 +751,19 @@ async def run_cell(
     before = resources()
     result: LayerUploadResult | None = None
     error: Exception | None = None
-    try:
-        result = await uploader.upload_file(layer.path)
-    except Exception as exc:
-        error = exc
+    async with abandoned_async_generators() as abandoned:
+        try:
+            result = await uploader.upload_file(layer.path)
+        except Exception as exc:
+            error = exc
     try:
         await settle(ecr)
         ecr.faults.clear()
         tally.runs += 1
         for leak in leaks_since(before):
             tally.leak(where, leak)
+        if abandoned:
+            tally.leak(where, f"async generators left suspended, for the GC to close: {abandoned}")
         injected = sum(r.fault is not None for r in ecr.requests())
         tally.faults_injected += injected
         if not any(r.fault is cell.kind for r in ecr.requests(cell.operation)):
@@ -1019,16 +1066,20 @@ async def run_link(
     stop = arm(mode, delay, shot, fuzz.canceler) if delay is not None else shot.disarm
     result: LayerUploadResult | None = None
     error: Exception | None = None
-    try:
-        result = await task
-    except Exception as exc:
-        error = exc
-    raised_at = time.perf_counter()
+    raised_at = 0.0
+    async with abandoned_async_generators() as abandoned:
+        try:
+            result = await task
+        except Exception as exc:
+            error = exc
+        raised_at = time.perf_counter()
     stop()
     source.dispose()
     tally.runs += 1
     for leak in leaks_since(before, socket_limit=fuzz.socket_limit):
         tally.leak(where, leak)
+    if abandoned:
+        tally.leak(where, f"async generators left suspended, for the GC to close: {abandoned}")
     await settle(ecr)
     resent = [
         (r.part_first_byte, r.part_last_byte)

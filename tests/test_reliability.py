@@ -34,6 +34,7 @@ from reliability import (
     CliOutcome,
     FuzzPlan,
     Tally,
+    abandoned_async_generators,
     check_success,
     checkpoint_of,
     cli_repository,
@@ -260,6 +261,30 @@ async def test_a_resumed_upload_canceled_before_it_starts_keeps_its_checkpoint(
             )
 
     assert second.value.checkpoint == checkpoint
+
+
+async def test_a_part_body_cut_short_leaves_no_async_generator_for_the_gc(
+    ecr: LocalEcr, repository: str, tmp_path: Path
+) -> None:
+    """A part request that dies mid-body (a reset here; a cancel does the same) must close the
+    iterator that feeds aiohttp the body.
+
+    Left suspended, the async generator is closed by the GC instead: the loop's finalizer hook
+    then creates an ``aclose()`` task at whatever moment the collection happens (a stray task
+    in a later run; "Event loop is closed" if the loop has gone by then).
+    """
+    layer = write_layer(tmp_path, PART + 4321, "part-body-cut")
+    ecr.faults.add(Operation.UPLOAD_LAYER_PART, FaultKind.RESET, reset_after_bytes=100_000)
+    async with open_client(ecr) as client:
+        uploader = LayerUploader(client, repository, part_size=PART, retry_base_delay=0.001)
+        async with abandoned_async_generators() as abandoned:
+            result = await uploader.upload_file(layer.path)
+        tally = Tally("pinned")
+        await check_success(ecr, client, repository, layer, result, tally, "reset mid-body")
+
+    assert tally.problems == []
+    assert ecr.requests(Operation.UPLOAD_LAYER_PART)[0].fault is FaultKind.RESET
+    assert abandoned == []
 
 
 # -- the table ----------------------------------------------------------------------------------
