@@ -296,16 +296,34 @@ class _PartBody:
     def __bool__(self) -> bool:
         return len(self._view) > 0
 
-    def __aiter__(self) -> AsyncIterator[memoryview]:
-        return self._slices()
+    def __aiter__(self) -> _PartBodySlices:
+        return _PartBodySlices(self._view, self._slice, self._limiter)
 
-    async def _slices(self) -> AsyncIterator[memoryview]:
-        view, step, limiter = self._view, self._slice, self._limiter
-        for start in range(0, len(view), step):
-            piece = view[start : start + step]
-            if limiter is not None:
-                await limiter.consume(len(piece))
-            yield piece
+
+class _PartBodySlices:
+    """The iterator of a _PartBody: a plain object, so an aborted request leaves no
+    suspended async generator behind to be finalized later."""
+
+    __slots__ = ("_limiter", "_position", "_slice", "_view")
+
+    def __init__(self, view: memoryview, step: int, limiter: BandwidthLimiter | None) -> None:
+        self._view = view
+        self._slice = step
+        self._limiter = limiter
+        self._position = 0
+
+    def __aiter__(self) -> _PartBodySlices:
+        return self
+
+    async def __anext__(self) -> memoryview:
+        start = self._position
+        if start >= len(self._view):
+            raise StopAsyncIteration
+        piece = self._view[start : start + self._slice]
+        self._position = start + len(piece)
+        if self._limiter is not None:
+            await self._limiter.consume(len(piece))
+        return piece
 
 
 def _veto_botocore_retry(**_: Any) -> bool | None:
