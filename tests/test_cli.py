@@ -7,12 +7,10 @@ delays, never sleeps.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import http.server
 import json
 import os
-import pty
 import re
 import shlex
 import signal
@@ -25,6 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from terminal import run_on_terminal
 
 from ecrstream.cli import parse_size
 from ecrstream.local import FaultKind, LocalEcr, Operation
@@ -175,32 +174,11 @@ def test_terminal_gets_a_live_bar(
     layer = tmp_path / "layer.bin"
     digest = make_layer(layer, 11 * MIB)
     args = ["upload-layer", str(layer), "--repository", repository, *on(ecr), "--part-size", "5M"]
-    controller, terminal = pty.openpty()
-    chunks: list[bytes] = []
 
-    def read_terminal() -> None:
-        with contextlib.suppress(OSError):  # EIO once the child closed the terminal
-            while chunk := os.read(controller, 65536):
-                chunks.append(chunk)
+    run = run_on_terminal([sys.executable, "-m", "ecrstream", *args], env)
 
-    reader = threading.Thread(target=read_terminal)
-    reader.start()
-    try:
-        with subprocess.Popen(
-            [sys.executable, "-m", "ecrstream", *args],
-            env={**env, "COLUMNS": "120", "TERM": "xterm"},
-            stdin=subprocess.DEVNULL,
-            stdout=terminal,
-            stderr=subprocess.PIPE,
-        ) as child:
-            os.close(terminal)
-            _, stderr = child.communicate(timeout=60)
-        reader.join(timeout=30)
-    finally:
-        os.close(controller)
-
-    assert child.returncode == 0, stderr
-    screen = re.sub(rb"\x1b\[[0-9;?]*[A-Za-z]", b"", b"".join(chunks)).decode()
+    assert run.returncode == 0, run.stderr
+    screen = run.screen
     assert "━" in screen  # the bar itself
     assert "11.0/11.0 MiB" in screen
     assert "part 3/3" in screen

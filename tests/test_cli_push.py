@@ -6,24 +6,21 @@ subprocess gets dummy credentials and the local endpoint's URL.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import json
 import os
-import pty
 import random
-import re
 import subprocess
 import sys
 import tarfile
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import botocore.session
 import pytest
+from terminal import run_on_terminal
 
 from ecrstream.local import LocalEcr, Operation
 
@@ -186,16 +183,6 @@ def test_push_on_a_terminal_shows_a_bar_per_layer_in_flight_and_a_total(
 ) -> None:
     path = tmp_path / "image.tar"
     _, layer_digests = write_oci_tar(path, [6 * 1024 * 1024, 2_000_000, 3_000_000])
-    controller, terminal = pty.openpty()
-    chunks: list[bytes] = []
-
-    def read_terminal() -> None:
-        with contextlib.suppress(OSError):  # EIO once the child closed the terminal
-            while chunk := os.read(controller, 65536):
-                chunks.append(chunk)
-
-    reader = threading.Thread(target=read_terminal)
-    reader.start()
     env = {key: value for key, value in os.environ.items() if not key.startswith("AWS_")}
     env.update(
         AWS_ACCESS_KEY_ID="testing",
@@ -203,23 +190,14 @@ def test_push_on_a_terminal_shows_a_bar_per_layer_in_flight_and_a_total(
         AWS_CONFIG_FILE=os.devnull,
         AWS_SHARED_CREDENTIALS_FILE=os.devnull,
         AWS_EC2_METADATA_DISABLED="true",
-        COLUMNS="120",
-        TERM="xterm",
     )
     command = [sys.executable, "-m", "ecrstream", "push", str(path), "--repository", repository]
     command += ["--tag", "v1", "--endpoint-url", ecr.endpoint_url, "--region", "us-east-1"]
-    try:
-        with subprocess.Popen(
-            command, env=env, stdin=subprocess.DEVNULL, stdout=terminal, stderr=subprocess.PIPE
-        ) as child:
-            os.close(terminal)
-            _, stderr = child.communicate(timeout=50)
-        reader.join(timeout=30)
-    finally:
-        os.close(controller)
 
-    assert child.returncode == 0, stderr
-    screen = re.sub(rb"\x1b\[[0-9;?]*[A-Za-z]", b"", b"".join(chunks)).decode()
+    run = run_on_terminal(command, env, timeout=50)
+
+    assert run.returncode == 0, run.stderr
+    screen = run.screen
     assert "layers 3/3" in screen  # the total bar
     for digest in layer_digests:  # a bar of its own for each layer while it uploads
         assert f"layer {digest[7:19]}" in screen
