@@ -25,7 +25,6 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any
 
-import aiobotocore.session
 import anyio
 import botocore.session
 import pytest
@@ -210,24 +209,20 @@ async def expect_canceled_quickly(
 # -- fixtures --------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def session() -> AioSession:
-    """One aiobotocore session for the module: it loads the ECR model once, not per client."""
-    return aiobotocore.session.get_session()
-
-
 @pytest.fixture
 async def client(
-    ecr: LocalEcr, session: AioSession, anyio_backend: str
+    ecr: LocalEcr, aio_session: AioSession, anyio_backend: str
 ) -> AsyncIterator[EcrClient]:
     """An EcrClient made by ``EcrClient.create`` on the proxy; transient retries: no backoff."""
-    async with EcrClient.create(**ecr.client_kwargs(), session=session, retry=NO_BACKOFF) as made:
+    async with EcrClient.create(
+        **ecr.client_kwargs(), session=aio_session, retry=NO_BACKOFF
+    ) as made:
         yield made
 
 
-def raw_client(ecr: LocalEcr, session: AioSession, config: AioConfig) -> Any:
+def raw_client(ecr: LocalEcr, aio_session: AioSession, config: AioConfig) -> Any:
     """A raw aiobotocore ECR client context on the proxy (the caller enters it)."""
-    return session.create_client("ecr", config=config, **ecr.client_kwargs())
+    return aio_session.create_client("ecr", config=config, **ecr.client_kwargs())
 
 
 # -- every method ----------------------------------------------------------------------------
@@ -355,9 +350,9 @@ async def test_put_image_and_batch_get_image_by_tag_and_digest(
 
 
 async def test_wrapped_client_serves_every_method_and_is_never_closed(
-    ecr: LocalEcr, repository: str, session: AioSession
+    ecr: LocalEcr, repository: str, aio_session: AioSession
 ) -> None:
-    async with raw_client(ecr, session, BOTOCORE_NO_RETRIES) as raw:
+    async with raw_client(ecr, aio_session, BOTOCORE_NO_RETRIES) as raw:
         wrapped = EcrClient(raw, retry=NO_BACKOFF)
         assert wrapped.aiobotocore_client is raw
         manifest = await push_blobs_for_manifest(wrapped, repository)
@@ -387,13 +382,13 @@ async def test_create_closes_the_client_it_made(ecr: LocalEcr, repository: str) 
 
 
 async def test_create_lets_exceptions_of_the_body_through_untranslated(
-    ecr: LocalEcr, session: AioSession
+    ecr: LocalEcr, aio_session: AioSession
 ) -> None:
     # An OSError or TimeoutError of the caller's own code is not a connection failure of
     # CreateClient: it must come out exactly as raised.
     for error in (FileNotFoundError("layer.tar"), TimeoutError("mine")):
         with pytest.raises(type(error)) as caught:
-            async with EcrClient.create(**ecr.client_kwargs(), session=session):
+            async with EcrClient.create(**ecr.client_kwargs(), session=aio_session):
                 raise error
         assert caught.value is error
 
@@ -413,10 +408,10 @@ async def test_create_without_a_region_is_a_value_error(
 
 
 async def test_repr_names_the_endpoint_and_never_the_keys(
-    ecr: LocalEcr, session: AioSession
+    ecr: LocalEcr, aio_session: AioSession
 ) -> None:
     async with EcrClient.create(
-        session=session,
+        session=aio_session,
         region_name="eu-west-1",
         endpoint_url=ecr.endpoint_url,
         aws_access_key_id="AKIDEXAMPLEKEYID1234",
@@ -509,10 +504,12 @@ async def test_errors_that_are_not_transient_are_not_retried(
     ids=lambda k: k.value,
 )
 async def test_upload_layer_part_is_never_retried(
-    ecr: LocalEcr, repository: str, kind: FaultKind, session: AioSession
+    ecr: LocalEcr, repository: str, kind: FaultKind, aio_session: AioSession
 ) -> None:
     async with EcrClient.create(
-        **ecr.client_kwargs(), session=session, retry=RetryPolicy(max_attempts=5, base_delay=0.0)
+        **ecr.client_kwargs(),
+        session=aio_session,
+        retry=RetryPolicy(max_attempts=5, base_delay=0.0),
     ) as made:
         call = await prepare_call(UPLOAD_PART, made, repository)
         ecr.reset()
@@ -525,10 +522,10 @@ async def test_upload_layer_part_is_never_retried(
 
 @pytest.mark.parametrize("mode", ["standard", "legacy"])
 async def test_botocore_retries_of_a_wrapped_client_are_suppressed(
-    ecr: LocalEcr, repository: str, mode: str, session: AioSession
+    ecr: LocalEcr, repository: str, mode: str, aio_session: AioSession
 ) -> None:
     config = AioConfig(retries={"max_attempts": 5, "mode": mode})
-    async with raw_client(ecr, session, config) as raw:
+    async with raw_client(ecr, aio_session, config) as raw:
         wrapped = EcrClient(raw, retry=RetryPolicy(max_attempts=2, base_delay=0.0))
         for operation in ALL_OPERATIONS:
             ecr.reset()
@@ -545,10 +542,10 @@ async def test_botocore_retries_of_a_wrapped_client_are_suppressed(
 
 
 async def test_botocore_retries_are_suppressed_for_a_client_from_create(
-    ecr: LocalEcr, repository: str, session: AioSession
+    ecr: LocalEcr, repository: str, aio_session: AioSession
 ) -> None:
     async with EcrClient.create(
-        **ecr.client_kwargs(), session=session, config=BOTOCORE_FIVE_RETRIES, retry=NO_BACKOFF
+        **ecr.client_kwargs(), session=aio_session, config=BOTOCORE_FIVE_RETRIES, retry=NO_BACKOFF
     ) as made:
         for operation in (CHECK, UPLOAD_PART):
             ecr.reset()
@@ -562,11 +559,11 @@ async def test_botocore_retries_are_suppressed_for_a_client_from_create(
 
 
 async def test_calls_outside_ecrclient_keep_botocore_retries(
-    ecr: LocalEcr, repository: str, session: AioSession
+    ecr: LocalEcr, repository: str, aio_session: AioSession
 ) -> None:
     # The control for the two tests above: the same kind of client, wrapped, still retries
     # on its own when called directly, so the fault is one botocore would retry.
-    async with raw_client(ecr, session, BOTOCORE_FIVE_RETRIES) as raw:
+    async with raw_client(ecr, aio_session, BOTOCORE_FIVE_RETRIES) as raw:
         EcrClient(raw)
         ecr.faults.add(CHECK, FaultKind.THROTTLING, times=1)
         answer = await raw.batch_check_layer_availability(
@@ -636,10 +633,10 @@ class _LongBackoff(RetryPolicy):
 
 
 async def test_cancel_during_the_retry_backoff_raises_and_sends_no_retry(
-    ecr: LocalEcr, repository: str, session: AioSession
+    ecr: LocalEcr, repository: str, aio_session: AioSession
 ) -> None:
     async with EcrClient.create(
-        **ecr.client_kwargs(), session=session, retry=_LongBackoff()
+        **ecr.client_kwargs(), session=aio_session, retry=_LongBackoff()
     ) as made:
         call = await prepare_call(CHECK, made, repository)
         ecr.reset()
@@ -664,12 +661,12 @@ async def test_cancel_during_the_retry_backoff_raises_and_sends_no_retry(
 
 
 async def test_a_read_timeout_is_a_connection_error_not_a_cancel(
-    ecr: LocalEcr, repository: str, session: AioSession
+    ecr: LocalEcr, repository: str, aio_session: AioSession
 ) -> None:
     source = CancellationTokenSource()
     async with EcrClient.create(
         **ecr.client_kwargs(),
-        session=session,
+        session=aio_session,
         config=Config(read_timeout=0.2, connect_timeout=5),
         retry=RetryPolicy(max_attempts=2, base_delay=0.0),
     ) as made:

@@ -19,7 +19,6 @@ import socket
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
-import aiobotocore.session
 import aiohttp
 import anyio
 import botocore.session
@@ -139,18 +138,14 @@ def assert_service_error(
 # -- fixtures --------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def session() -> AioSession:
-    """One aiobotocore session for the module: it loads the ECR model once, not per client."""
-    return aiobotocore.session.get_session()
-
-
 @pytest.fixture
 async def client(
-    ecr: LocalEcr, session: AioSession, anyio_backend: str
+    ecr: LocalEcr, aio_session: AioSession, anyio_backend: str
 ) -> AsyncIterator[EcrClient]:
     """An EcrClient on the proxy that tries each request once, so each error is one request."""
-    async with EcrClient.create(**ecr.client_kwargs(), session=session, retry=ONE_ATTEMPT) as made:
+    async with EcrClient.create(
+        **ecr.client_kwargs(), session=aio_session, retry=ONE_ATTEMPT
+    ) as made:
         yield made
 
 
@@ -520,12 +515,12 @@ async def test_no_answer_is_a_connection_error(
 
 @pytest.mark.anyio
 async def test_a_read_timeout_is_a_timed_out_connection_error(
-    ecr: LocalEcr, session: AioSession, repository: str
+    ecr: LocalEcr, aio_session: AioSession, repository: str
 ) -> None:
     ecr.faults.add(Operation.INITIATE_LAYER_UPLOAD, FaultKind.DELAY, delay_seconds=30.0)
     async with EcrClient.create(
         **ecr.client_kwargs(),
-        session=session,
+        session=aio_session,
         config=Config(read_timeout=0.2),
         retry=ONE_ATTEMPT,
     ) as made:
@@ -539,14 +534,14 @@ async def test_a_read_timeout_is_a_timed_out_connection_error(
 
 
 @pytest.mark.anyio
-async def test_nothing_listening_is_a_connection_error(session: AioSession) -> None:
+async def test_nothing_listening_is_a_connection_error(aio_session: AioSession) -> None:
     with socketless_port() as port:
         async with EcrClient.create(
             region_name="us-east-1",
             endpoint_url=f"http://127.0.0.1:{port}",
             aws_access_key_id="testing",
             aws_secret_access_key="testing",
-            session=session,
+            session=aio_session,
             retry=ONE_ATTEMPT,
         ) as made:
             with pytest.raises(EcrConnectionError) as caught:

@@ -21,7 +21,7 @@ from typing import Any
 
 import anyio
 import pytest
-from aiobotocore.session import AioSession, get_session
+from aiobotocore.session import AioSession
 
 from ecrstream.cancellation import CancellationToken, CancellationTokenSource
 from ecrstream.client import EcrClient, RetryPolicy
@@ -272,12 +272,6 @@ def write_tar(files: dict[str, bytes | Link], path: Path, prefix: str = "") -> P
 
 
 # -- fixtures and helpers -----------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def aio_session() -> AioSession:
-    """One session for the module: it loads ECR's service model once, not per test."""
-    return get_session()
 
 
 @pytest.fixture

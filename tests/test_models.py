@@ -16,7 +16,6 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-import aiobotocore.session
 import anyio
 import botocore.session
 import pytest
@@ -58,19 +57,13 @@ Send = Callable[[EcrClient, str], Awaitable[object]]
 # -- fixtures and the check every rule goes through ------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def session() -> AioSession:
-    """One aiobotocore session for the module: it loads the ECR model once, not per client."""
-    return aiobotocore.session.get_session()
-
-
 @pytest.fixture
 async def client(
-    ecr: LocalEcr, session: AioSession, anyio_backend: str
+    ecr: LocalEcr, aio_session: AioSession, anyio_backend: str
 ) -> AsyncIterator[EcrClient]:
     """An EcrClient on the proxy, one request per call."""
     async with EcrClient.create(
-        **ecr.client_kwargs(), session=session, retry=RetryPolicy(max_attempts=1)
+        **ecr.client_kwargs(), session=aio_session, retry=RetryPolicy(max_attempts=1)
     ) as made:
         yield made
 
