@@ -4,8 +4,11 @@ The tree::
 
     Exception
     ├── OperationCanceledError            (ecrstream.cancellation; a token stopped the operation)
-    ├── ValueError                        (invalid arguments, raised before any request is sent)
+    ├── ValueError
+    │   └── InvalidArgumentError          an argument broke a rule (.field, .rule); raised before
+    │                                     any request is sent; also an EcrStreamError
     └── EcrStreamError
+        ├── InvalidArgumentError          (the same class: both a ValueError and an EcrStreamError)
         ├── EcrServiceError               ECR answered with an error (.code .message .operation
         │   │                             .request_id .status_code); unknown codes stay here
         │   ├── InvalidLayerPartError     (.last_valid_byte_received, .upload_id)
@@ -71,6 +74,7 @@ __all__ = [
     "ImageDigestDoesNotMatchError",
     "ImageSourceError",
     "ImageTagAlreadyExistsError",
+    "InvalidArgumentError",
     "InvalidLayerError",
     "InvalidLayerPartError",
     "InvalidParameterError",
@@ -92,6 +96,20 @@ __all__ = [
 
 class EcrStreamError(Exception):
     """Root of every error ecrstream raises on purpose (OperationCanceledError aside)."""
+
+
+class InvalidArgumentError(EcrStreamError, ValueError):
+    """An argument broke a rule; raised before any request is sent.
+
+    ``field`` is the argument's Python name (``part_size``, ``image_tag``), so that a caller
+    such as the command line can name its own option for it; ``rule`` says what was wrong.
+    The message is ``"<field>: <rule>"``.
+    """
+
+    def __init__(self, field: str, rule: str) -> None:
+        self.field = field
+        self.rule = rule
+        super().__init__(f"{field}: {rule}")
 
 
 class EcrServiceError(EcrStreamError):
