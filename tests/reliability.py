@@ -1337,7 +1337,8 @@ async def main():
         try:
             await LayerUploader(client, repository).upload_file(path)
         except Exception as exc:
-            print(json.dumps({"type": type(exc).__name__, "message": str(exc)}))
+            kind = "ValueError" if isinstance(exc, ValueError) else type(exc).__name__
+            print(json.dumps({"type": kind, "message": str(exc)}))
         else:
             print(json.dumps({"type": None, "message": "uploaded"}))
 asyncio.run(main())
