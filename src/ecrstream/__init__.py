@@ -1,10 +1,19 @@
 """ecrstream: stream container image layers into Amazon ECR from asyncio applications.
 
 The public API (see README.md): cancellation tokens ported from .NET, a typed cancellable
-ECR client, the streaming LayerUploader, and push_image for whole images.
+ECR client, the streaming LayerUploader, and push_image for whole images. The low-level
+pieces (part bodies, the bandwidth limiter, sources, the retry loop) are in
+``ecrstream.lowlevel``.
+
+``import ecrstream`` does not import aiobotocore, botocore or aiohttp: the names that need
+them (``EcrClient``, ``LayerUploader``, ``push_image`` and the push's types) are loaded on
+first use.
 """
 
 from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from ecrstream.cancellation import (
     CancellationToken,
@@ -14,7 +23,6 @@ from ecrstream.cancellation import (
     cancellation_scope,
     run_cancellable,
 )
-from ecrstream.client import BandwidthLimiter, EcrClient, PreparedPart, RetryPolicy, prepare_part
 from ecrstream.errors import (
     AuthenticationError,
     CredentialsError,
@@ -26,8 +34,8 @@ from ecrstream.errors import (
     ImageAlreadyExistsError,
     ImageDigestDoesNotMatchError,
     ImageSourceError,
-    InvalidArgumentError,
     ImageTagAlreadyExistsError,
+    InvalidArgumentError,
     InvalidLayerError,
     InvalidLayerPartError,
     InvalidParameterError,
@@ -36,6 +44,7 @@ from ecrstream.errors import (
     LayerPartTooSmallError,
     LayersNotFoundError,
     LimitExceededError,
+    ProtocolViolationError,
     ReferencedImagesNotFoundError,
     RepositoryNotFoundError,
     ServerError,
@@ -43,7 +52,6 @@ from ecrstream.errors import (
     ThrottlingError,
     UploadNotFoundError,
 )
-from ecrstream.image import PushCanceledError, PushImageResult, PushProgress, push_image
 from ecrstream.models import (
     BatchCheckLayerAvailabilityRequest,
     BatchCheckLayerAvailabilityResponse,
@@ -64,11 +72,25 @@ from ecrstream.models import (
     UploadLayerPartResponse,
     UploadProgress,
 )
-from ecrstream.uploader import LayerUploader
+from ecrstream.retry import RetryPolicy
+
+if TYPE_CHECKING:
+    from ecrstream.client import EcrClient
+    from ecrstream.image import PushCanceledError, PushImageResult, PushProgress, push_image
+    from ecrstream.uploader import LayerUploader
+
+# Loaded on first use (module __getattr__): each of these imports aiobotocore.
+_LAZY = {
+    "EcrClient": "ecrstream.client",
+    "LayerUploader": "ecrstream.uploader",
+    "PushCanceledError": "ecrstream.image",
+    "PushImageResult": "ecrstream.image",
+    "PushProgress": "ecrstream.image",
+    "push_image": "ecrstream.image",
+}
 
 __all__ = [
     "AuthenticationError",
-    "BandwidthLimiter",
     "BatchCheckLayerAvailabilityRequest",
     "BatchCheckLayerAvailabilityResponse",
     "BatchGetImageRequest",
@@ -89,10 +111,10 @@ __all__ = [
     "ImageAlreadyExistsError",
     "ImageDigestDoesNotMatchError",
     "ImageSourceError",
-    "InvalidArgumentError",
     "ImageTagAlreadyExistsError",
     "InitiateLayerUploadRequest",
     "InitiateLayerUploadResponse",
+    "InvalidArgumentError",
     "InvalidLayerError",
     "InvalidLayerPartError",
     "InvalidParameterError",
@@ -106,7 +128,7 @@ __all__ = [
     "LayersNotFoundError",
     "LimitExceededError",
     "OperationCanceledError",
-    "PreparedPart",
+    "ProtocolViolationError",
     "PushCanceledError",
     "PushImageResult",
     "PushProgress",
@@ -124,7 +146,19 @@ __all__ = [
     "UploadNotFoundError",
     "UploadProgress",
     "cancellation_scope",
-    "prepare_part",
     "push_image",
     "run_cancellable",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'ecrstream' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
