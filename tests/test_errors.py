@@ -12,9 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import hashlib
 import json
-import random
 import socket
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -36,10 +34,11 @@ from botocore.exceptions import (
     PartialCredentialsError,
     ReadTimeoutError,
 )
+from helpers import digest_of, push_layer, random_bytes
 
 import ecrstream.errors
 from ecrstream.cancellation import OperationCanceledError
-from ecrstream.client import EcrClient, RetryPolicy
+from ecrstream.client import EcrClient
 from ecrstream.errors import (
     AuthenticationError,
     CredentialsError,
@@ -71,6 +70,7 @@ from ecrstream.models import (
     PutImageRequest,
     UploadLayerPartRequest,
 )
+from ecrstream.retry import RetryPolicy
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -83,15 +83,6 @@ UPLOAD_OPERATIONS = (
 )
 ONE_ATTEMPT = RetryPolicy(max_attempts=1)
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-
-
-def layer_bytes(size: int, seed: int = 0) -> bytes:
-    return random.Random(seed).randbytes(size)
-
-
-def digest_of(data: bytes | str) -> str:
-    raw = data.encode() if isinstance(data, str) else data
-    return "sha256:" + hashlib.sha256(raw).hexdigest()
 
 
 def client_error(
@@ -163,15 +154,6 @@ async def send_part(
     return answer.last_byte_received
 
 
-async def push_layer(client: EcrClient, repository: str, data: bytes) -> str:
-    upload_id = await start_upload(client, repository)
-    await send_part(client, repository, upload_id, 0, data)
-    done = await client.complete_layer_upload(
-        CompleteLayerUploadRequest(repository, upload_id, (digest_of(data),))
-    )
-    return done.layer_digest
-
-
 def manifest_of(config_digest: str, layer_digests: list[str]) -> str:
     return json.dumps(
         {
@@ -192,7 +174,7 @@ def manifest_of(config_digest: str, layer_digests: list[str]) -> str:
 
 async def valid_manifest(client: EcrClient, repository: str) -> str:
     config = await push_layer(client, repository, b"{}")
-    layer = await push_layer(client, repository, layer_bytes(512, 1))
+    layer = await push_layer(client, repository, random_bytes(512, 1))
     return manifest_of(config, [layer])
 
 
@@ -319,7 +301,7 @@ async def test_layer_part_too_small_at_complete(
     client: EcrClient, ecr: LocalEcr, repository: str
 ) -> None:
     # ECR's real 5 MiB minimum: two 1 KiB parts leave the first one too small.
-    data = layer_bytes(2048, 2)
+    data = random_bytes(2048, 2)
     upload_id = await start_upload(client, repository)
     await send_part(client, repository, upload_id, 0, data[:1024])
     await send_part(client, repository, upload_id, 1024, data[1024:])
@@ -351,7 +333,7 @@ async def test_empty_upload_at_complete(client: EcrClient, ecr: LocalEcr, reposi
 async def test_layer_already_exists_at_complete(
     client: EcrClient, ecr: LocalEcr, repository: str
 ) -> None:
-    data = layer_bytes(3000, 3)
+    data = random_bytes(3000, 3)
     await push_layer(client, repository, data)
     upload_id = await start_upload(client, repository)
     await send_part(client, repository, upload_id, 0, data)
@@ -482,7 +464,7 @@ async def test_a_bare_http_500_is_a_server_error(
 async def test_no_answer_is_a_connection_error(
     client: EcrClient, ecr: LocalEcr, repository: str, operation: str, kind: FaultKind
 ) -> None:
-    data = layer_bytes(200_000, 4)  # larger than what RESET reads before it resets
+    data = random_bytes(200_000, 4)  # larger than what RESET reads before it resets
     upload_id = await start_upload(client, repository)
     if operation == "CompleteLayerUpload":
         await send_part(client, repository, upload_id, 0, data)

@@ -351,7 +351,7 @@ _BY_CODE["TooManyRequestsException"] = ThrottlingError
 _BY_CODE["RequestLimitExceeded"] = ThrottlingError
 
 
-def service_error(
+def _service_error(
     code: str,
     message: str,
     *,
@@ -404,7 +404,7 @@ def translate_botocore_error(exc: Exception, operation: str) -> Exception:
         message = str(error.get("Message") or error.get("message") or "")
         if not message and status:
             message = f"HTTP {status} without an error message"
-        return service_error(
+        return _service_error(
             code,
             message,
             operation=operation,

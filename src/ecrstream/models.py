@@ -17,6 +17,7 @@ from ecrstream.errors import InvalidArgumentError
 
 __all__ = [
     "MAX_LAYER_PARTS",
+    "MAX_MANIFEST_BYTES",
     "MAX_PART_SIZE",
     "MIN_PART_SIZE",
     "BatchCheckLayerAvailabilityRequest",
@@ -37,6 +38,10 @@ __all__ = [
     "UploadLayerPartRequest",
     "UploadLayerPartResponse",
     "UploadProgress",
+    "validate_digest",
+    "validate_registry_id",
+    "validate_repository_name",
+    "validate_upload_id",
 ]
 
 #: ECR's largest part, from the API model (ECR's quota is 10 MiB in practice).
@@ -45,6 +50,7 @@ MAX_PART_SIZE = 20_971_520
 MIN_PART_SIZE = 5 * 1024 * 1024
 #: ECR's most parts per layer.
 MAX_LAYER_PARTS = 4_200
+#: ECR's largest image manifest (PutImage's imageManifest), in UTF-8 bytes.
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
 
 _REPOSITORY_RE_ECR = re.compile(

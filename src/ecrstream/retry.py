@@ -23,7 +23,7 @@ import anyio
 from ecrstream.cancellation import CancellationToken, run_cancellable
 from ecrstream.errors import InvalidArgumentError, is_transient
 
-__all__ = ["RetryPolicy", "call_with_retries"]
+__all__ = ["RetryHook", "RetryPolicy", "call_with_retries"]
 
 _T = TypeVar("_T")
 _NONE: Final = CancellationToken.NONE
