@@ -14,6 +14,8 @@ import contextlib
 import errno
 import json
 import socket
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
@@ -48,6 +50,7 @@ from ecrstream.errors import (
     EmptyUploadError,
     ImageAlreadyExistsError,
     ImageDigestDoesNotMatchError,
+    InvalidArgumentError,
     InvalidLayerError,
     InvalidLayerPartError,
     InvalidParameterError,
@@ -59,6 +62,7 @@ from ecrstream.errors import (
     ThrottlingError,
     UploadNotFoundError,
     is_transient,
+    map_botocore_errors,
     translate_botocore_error,
 )
 from ecrstream.local import FaultKind, LocalEcr, Operation
@@ -734,3 +738,39 @@ def test_the_tree() -> None:
     assert not issubclass(OperationCanceledError, EcrStreamError)
     assert issubclass(EcrConnectionError, EcrStreamError)
     assert not issubclass(EcrConnectionError, EcrServiceError)
+
+
+# -- the boundary as a context manager -----------------------------------------------------
+
+
+def test_the_boundary_raises_the_translation_from_the_original() -> None:
+    original = client_error("UploadNotFoundException", operation="UploadLayerPart")
+    with pytest.raises(UploadNotFoundError) as caught, map_botocore_errors("UploadLayerPart"):
+        raise original
+    assert caught.value.__cause__ is original
+    assert caught.value.operation == "UploadLayerPart"
+    with pytest.raises(InvalidArgumentError) as region, map_botocore_errors("CreateClient"):
+        raise NoRegionError()
+    assert (region.value.field, region.value.__cause__.__class__) == ("region_name", NoRegionError)
+
+
+@pytest.mark.parametrize(
+    "error", [KeyError("not botocore's"), asyncio.CancelledError(), KeyboardInterrupt()]
+)
+def test_the_boundary_lets_what_it_does_not_know_and_cancellation_through(
+    error: BaseException,
+) -> None:
+    with pytest.raises(type(error)) as caught, map_botocore_errors("PutImage"):
+        raise error
+    assert caught.value is error
+    assert caught.value.__cause__ is None
+
+
+def test_importing_the_errors_loads_neither_botocore_nor_aiohttp() -> None:
+    code = (
+        "import sys, ecrstream.errors; print('botocore' in sys.modules, 'aiohttp' in sys.modules)"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert loaded.stdout.split() == ["False", "False"]

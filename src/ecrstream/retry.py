@@ -20,7 +20,7 @@ from typing import Final, TypeVar
 
 import anyio
 
-from ecrstream.cancellation import CancellationToken, run_cancellable
+from ecrstream.cancellation import CancellationToken, OperationCanceledError, run_cancellable
 from ecrstream.errors import InvalidArgumentError, is_transient
 
 __all__ = ["RetryHook", "RetryPolicy", "call_with_retries"]
@@ -82,15 +82,19 @@ async def call_with_retries(
     and makes one request. An exception that ``is_retryable`` accepts is retried after the
     policy's backoff, unless it came from the last attempt; any other exception, and the last
     attempt's, propagates as it is. ``on_retry(n, error)`` runs before the backoff that
-    follows attempt n (for logging). Cancellation (the token during a backoff, or a task
-    cancel anywhere) is never retried.
+    follows attempt n (for logging). Cancellation (``OperationCanceledError``, whatever the
+    predicate says, or a task cancel) is never retried; the token also ends a backoff.
     """
     number = 1
     while True:
         try:
             return await attempt(number)
         except Exception as exc:
-            if number >= policy.max_attempts or not is_retryable(exc):
+            if (
+                number >= policy.max_attempts
+                or isinstance(exc, OperationCanceledError)
+                or not is_retryable(exc)
+            ):
                 raise
             if on_retry is not None:
                 on_retry(number, exc)
