@@ -321,8 +321,10 @@ class LayerUpload:
                     operation="UploadLayerPart",
                 )
         finally:
-            await pipeline.stop()
-            pipeline.close()
+            try:
+                await pipeline.stop()  # raises a cancel it held until the reader had stopped
+            finally:
+                pipeline.close()
 
     async def send_from_committed(self) -> None:
         """Send the layer from ``committed`` to its end, then check the source did not change."""

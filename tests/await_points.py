@@ -1,0 +1,295 @@
+"""Cancel an upload at every point where one of its tasks waits, both ways, and check the stop.
+
+An *await point* (a ``Site``) is where a task of the upload is suspended: the chain of
+ecrstream (and caller) frames from the task's coroutine down to the innermost await, with
+line numbers (``pipeline.Pipeline._read_parts:231 > source.StreamSource.read:350``). A probe
+callback runs once per event-loop iteration (it reschedules itself with ``call_soon``) and
+looks at every task the upload has started.
+
+- ``discover`` runs a scenario once without a cancel and returns the sites it passed through;
+- ``cancel_at`` runs it again and, the first time any of its tasks sits at the target site,
+  cancels: the token (``"token"``) or the upload's task (``"native"``, ``task.cancel()``);
+  ``cancel_when`` does the same when a predicate over all the sites at once holds (a window:
+  the caller in ``on_progress`` *while* the reader waits at the end of the input);
+- ``check_stop`` says what is wrong with how it stopped, in words: the exception (exactly
+  OperationCanceledError with the token and a checkpoint ECR holds, or CancelledError), tasks
+  left behind, files left open, ResourceWarnings (unclosed streams, files, generators).
+
+Sites are found by looking, not by timing: a site a run does not pass through again (reads
+ahead are faster or slower from run to run) is reported as missed, not as a failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import linecache
+import warnings
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from helpers import open_fds_of
+
+import ecrstream
+from ecrstream import (
+    BatchCheckLayerAvailabilityRequest,
+    CancellationTokenSource,
+    EcrClient,
+    LayerUploadResult,
+    OperationCanceledError,
+    UploadCheckpoint,
+)
+from ecrstream.local import LocalEcr
+
+_PACKAGE = str(Path(ecrstream.__file__).resolve().parent)
+KINDS = ("token", "native")
+
+#: Where one task waits: its role, then the frames from its coroutine to the innermost await.
+Site = tuple[str, ...]
+
+
+def _frames_of(task: asyncio.Task[Any], files: frozenset[str]) -> list[str]:
+    frames: list[str] = []
+    awaiting: Any = task.get_coro()
+    for _ in range(200):  # an await chain is never this deep; a cycle would be
+        if awaiting is None:
+            break
+        frame = (
+            getattr(awaiting, "cr_frame", None)
+            or getattr(awaiting, "ag_frame", None)
+            or getattr(awaiting, "gi_frame", None)
+        )
+        if frame is not None:
+            name = frame.f_code.co_filename
+            if name.startswith(_PACKAGE) or name in files:
+                frames.append(f"{Path(name).stem}.{frame.f_code.co_qualname}:{frame.f_lineno}")
+        awaiting = (
+            getattr(awaiting, "cr_await", None)
+            or getattr(awaiting, "ag_await", None)
+            or getattr(awaiting, "gi_yieldfrom", None)
+        )
+    return frames
+
+
+def sites_of(
+    host: asyncio.Task[Any], tasks: Iterable[asyncio.Task[Any]], files: frozenset[str]
+) -> set[Site]:
+    """Where each of ``tasks`` waits now (the host's role is "host", others their root)."""
+    found: set[Site] = set()
+    for task in tasks:
+        if task.done():
+            continue
+        frames = _frames_of(task, files)
+        if frames:
+            role = "host" if task is host else frames[0].split(":")[0]
+            found.add((role, *frames))
+    return found
+
+
+def all_sites(files: frozenset[str] = frozenset()) -> set[Site]:
+    """Where every task of the running loop waits (roles: each task's root function)."""
+    current = asyncio.current_task()
+    tasks = [task for task in asyncio.all_tasks() if task is not current]
+    return sites_of(current, tasks, files)  # type: ignore[arg-type]
+
+
+def show(site: Site) -> str:
+    """A site in one line."""
+    return f"[{site[0]}] " + " > ".join(site[1:])
+
+
+def source_line(frame: str) -> str:
+    """The source text of a frame of a site (``pipeline.Pipeline._read_parts:225``)."""
+    stem, _, line = frame.rpartition(":")
+    path = Path(_PACKAGE) / f"{stem.split('.')[0]}.py"
+    return linecache.getline(str(path), int(line)).strip()
+
+
+def waits_at(sites: set[Site], function: str, text: str) -> bool:
+    """True if some task waits innermost in ``function`` at a line that contains ``text``."""
+    for site in sites:
+        frame = site[-1]
+        if frame.rpartition(":")[0].endswith(function) and text in source_line(frame):
+            return True
+    return False
+
+
+#: When to cancel: a predicate over the sites where the upload's tasks all wait at once.
+Target = Callable[[set[Site]], bool]
+
+
+@dataclass
+class Run:
+    """One run of a scenario: how it ended, where it was canceled (if it was), what it left."""
+
+    outcome: LayerUploadResult | BaseException
+    canceled_at: Site | None
+    sites: set[Site] = field(default_factory=set)
+    leftover_tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+    resource_warnings: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """An upload to stop: ``start(cts)`` makes the upload's coroutine (run as its own task);
+    ``prepare()``, awaited before each run, sets up what the run needs (faults, an upload
+    to resume); ``files`` are the caller's source files whose frames count in a site."""
+
+    start: Callable[[CancellationTokenSource], Awaitable[LayerUploadResult]]
+    prepare: Callable[[], Awaitable[None]] | None = None
+    files: frozenset[str] = frozenset()
+
+
+async def _run(scenario: Scenario, target: Target | None = None, kind: str = "token") -> Run:
+    if scenario.prepare is not None:
+        await scenario.prepare()
+    files = scenario.files
+    loop = asyncio.get_running_loop()
+    before = asyncio.all_tasks()
+    cts = CancellationTokenSource()
+    host = asyncio.ensure_future(scenario.start(cts))
+    run = Run(outcome=RuntimeError("not run"), canceled_at=None)
+
+    def probe() -> None:
+        if host.done():
+            return
+        now = sites_of(host, asyncio.all_tasks() - before, files)
+        if target is None:
+            run.sites |= now
+        elif run.canceled_at is None and target(now):
+            run.canceled_at = min(now)
+            if kind == "token":
+                cts.cancel()
+            else:
+                host.cancel()
+            return  # nothing more to look at
+        loop.call_soon(probe)
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        loop.call_soon(probe)
+        try:
+            run.outcome = await host
+        except BaseException as exc:  # the outcome, whatever it is, is what gets checked
+            run.outcome = exc
+            if isinstance(exc, asyncio.CancelledError) and not host.cancelled():
+                run.outcome = RuntimeError(f"CancelledError, but the task is not canceled: {exc!r}")
+        for _ in range(3):  # let finished tasks go, then collect what is unreachable
+            await asyncio.sleep(0)
+        run.leftover_tasks = asyncio.all_tasks() - before
+        gc.collect()
+    run.resource_warnings = [
+        str(warning.message) for warning in caught if issubclass(warning.category, ResourceWarning)
+    ]
+    return run
+
+
+async def discover(scenario: Scenario) -> set[Site]:
+    """The sites one run without a cancel passes through (it must succeed)."""
+    run = await _run(scenario)
+    if not isinstance(run.outcome, LayerUploadResult):
+        raise AssertionError(f"the scenario fails without a cancel: {run.outcome!r}")
+    return run.sites
+
+
+async def cancel_at(scenario: Scenario, target: Site, kind: str) -> Run:
+    """Run ``scenario`` and cancel (``kind``: "token" or "native") when it reaches ``target``."""
+    return await _run(scenario, lambda now: target in now, kind)
+
+
+async def cancel_when(scenario: Scenario, target: Target, kind: str) -> Run:
+    """Run ``scenario`` and cancel (``kind``) the first time ``target(sites)`` holds."""
+    return await _run(scenario, target, kind)
+
+
+async def sweep(
+    scenario: Scenario, kind: str, check: Callable[[Run], Awaitable[list[str]]]
+) -> tuple[dict[str, list[str]], list[Site], set[Site]]:
+    """Cancel ``scenario`` at each site it passes through, one run per site.
+
+    Returns the problems by site, the sites a run did not meet again, and all the sites.
+    """
+    sites = await discover(scenario)
+    problems: dict[str, list[str]] = {}
+    missed: list[Site] = []
+    for site in sorted(sites):
+        run = await cancel_at(scenario, site, kind)
+        if run.canceled_at is None:
+            missed.append(site)
+            continue
+        found = await check(run)
+        if found:
+            problems[show(site)] = found
+    return problems, missed, sites
+
+
+async def check_stop(
+    run: Run,
+    kind: str,
+    ecr: LocalEcr,
+    client: EcrClient,
+    repository: str,
+    layer_path: Path | None,
+    digest: str,
+    resumed: UploadCheckpoint | None = None,
+) -> list[str]:
+    """What is wrong with how ``run`` stopped (nothing, for a clean stop).
+
+    ``resumed``: the checkpoint the run resumed from; a stop before ECR answered anything
+    may hand it back unchanged, even if it claims more than ECR holds (it was the caller's).
+    """
+    problems: list[str] = []
+    outcome = run.outcome
+    if kind == "native":
+        if not isinstance(outcome, asyncio.CancelledError):
+            problems.append(f"task.cancel() ended in {outcome!r}, not CancelledError")
+    elif isinstance(outcome, OperationCanceledError):
+        checkpoint = outcome.checkpoint
+        handed_back = (
+            resumed is not None
+            and checkpoint is not None
+            and (checkpoint.upload_id, checkpoint.bytes_committed)
+            == (resumed.upload_id, resumed.bytes_committed)
+        )
+        if not handed_back:
+            problems += await _check_checkpoint(checkpoint, ecr, client, repository, digest)
+    elif not isinstance(outcome, LayerUploadResult):  # a late cancel may let it finish
+        problems.append(f"a token cancel ended in {outcome!r}, not OperationCanceledError")
+    if run.leftover_tasks:
+        problems.append(f"tasks left behind: {run.leftover_tasks}")
+    if layer_path is not None and open_fds_of(layer_path):
+        problems.append(f"{layer_path} left open")
+    if run.resource_warnings:
+        problems.append(f"ResourceWarnings: {run.resource_warnings}")
+    return problems
+
+
+async def _check_checkpoint(
+    checkpoint: UploadCheckpoint | None,
+    ecr: LocalEcr,
+    client: EcrClient,
+    repository: str,
+    digest: str,
+) -> list[str]:
+    if checkpoint is None:
+        return []  # stopped before InitiateLayerUpload answered (the caller checks when)
+    await ecr.wait_idle_async()
+    held = ecr.upload(checkpoint.upload_id)
+    if held is not None:
+        # ECR may hold more: a part whose answer the cancel cut off was applied (a resume
+        # re-aligns past it). Never less, and only whole parts.
+        boundaries = {0, *(sum(held.part_sizes[:n]) for n in range(1, len(held.part_sizes) + 1))}
+        if checkpoint.bytes_committed > held.bytes_received:
+            return [f"the checkpoint says {checkpoint.bytes_committed} bytes, ECR holds {held}"]
+        if checkpoint.bytes_committed not in boundaries:
+            return [f"the checkpoint ({checkpoint.bytes_committed}) is not at a part boundary"]
+        return []
+    # Gone: the CompleteLayerUpload the cancel cut off was applied; then ECR has the layer.
+    answer = await client.batch_check_layer_availability(
+        BatchCheckLayerAvailabilityRequest(repository_name=repository, layer_digests=(digest,))
+    )
+    if digest not in answer.available_digests():
+        return [f"the checkpoint's upload {checkpoint.upload_id} is gone and the layer is not in"]
+    return []
