@@ -246,8 +246,9 @@ class LayerUpload:
             of_layer = f" of a {self.total}-byte layer" if self.total is not None else ""
             raise ProtocolViolationError(
                 f"the endpoint claims to hold {claimed} bytes of upload {self.upload_id}, but"
-                f" this client sent it only {self.sent_end}{of_layer}: it answered something"
-                " impossible (a proxy or emulator bug?); the upload was not completed",
+                f" this client sent it only {self.sent_end}{of_layer}: no ECR answers that;"
+                " check the endpoint URL and any proxy between this client and ECR. The"
+                " upload was not completed",
                 operation="UploadLayerPart",
             )
         if claimed < self.committed and not self.source.can_rewind:
