@@ -17,6 +17,9 @@ looks at every task the upload has started.
 
 Sites are found by looking, not by timing: a site a run does not pass through again (reads
 ahead are faster or slower from run to run) is reported as missed, not as a failure.
+
+``scenario_of`` builds the uploads that tests/test_cancel_points.py and the reliability
+tool sweep: a file, a stream, a resume that re-aligns, an upload ECR loses.
 """
 
 from __future__ import annotations
@@ -24,24 +27,29 @@ from __future__ import annotations
 import asyncio
 import gc
 import linecache
+import time
 import warnings
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from helpers import open_fds_of
+from helpers import digest_of, open_fds_of, random_bytes
 
 import ecrstream
 from ecrstream import (
     BatchCheckLayerAvailabilityRequest,
     CancellationTokenSource,
     EcrClient,
+    InitiateLayerUploadRequest,
+    LayerUploader,
     LayerUploadResult,
     OperationCanceledError,
     UploadCheckpoint,
+    UploadLayerPartRequest,
+    UploadProgress,
 )
-from ecrstream.local import LocalEcr
+from ecrstream.local import FaultKind, LocalEcr, Operation
 
 _PACKAGE = str(Path(ecrstream.__file__).resolve().parent)
 KINDS = ("token", "native")
@@ -128,6 +136,8 @@ class Run:
 
     outcome: LayerUploadResult | BaseException
     canceled_at: Site | None
+    latency: float | None = None
+    """Seconds from the cancel to the end of the upload's task."""
     sites: set[Site] = field(default_factory=set)
     leftover_tasks: set[asyncio.Task[Any]] = field(default_factory=set)
     resource_warnings: list[str] = field(default_factory=list)
@@ -153,6 +163,7 @@ async def _run(scenario: Scenario, target: Target | None = None, kind: str = "to
     cts = CancellationTokenSource()
     host = asyncio.ensure_future(scenario.start(cts))
     run = Run(outcome=RuntimeError("not run"), canceled_at=None)
+    canceled = [0.0]
 
     def probe() -> None:
         if host.done():
@@ -162,6 +173,7 @@ async def _run(scenario: Scenario, target: Target | None = None, kind: str = "to
             run.sites |= now
         elif run.canceled_at is None and target(now):
             run.canceled_at = min(now)
+            canceled[0] = time.perf_counter()
             if kind == "token":
                 cts.cancel()
             else:
@@ -178,6 +190,8 @@ async def _run(scenario: Scenario, target: Target | None = None, kind: str = "to
             run.outcome = exc
             if isinstance(exc, asyncio.CancelledError) and not host.cancelled():
                 run.outcome = RuntimeError(f"CancelledError, but the task is not canceled: {exc!r}")
+        if run.canceled_at is not None:
+            run.latency = time.perf_counter() - canceled[0]
         for _ in range(3):  # let finished tasks go, then collect what is unreachable
             await asyncio.sleep(0)
         run.leftover_tasks = asyncio.all_tasks() - before
@@ -298,3 +312,141 @@ async def _check_checkpoint(
     if digest not in answer.available_digests():
         return [f"the checkpoint's upload {checkpoint.upload_id} is gone and the layer is not in"]
     return []
+
+
+# -- the scenarios the tests and the reliability tool sweep ------------------------------------
+
+MIB = 1024 * 1024
+PART = 5 * MIB
+HERE = frozenset({__file__})  # on_progress below: its frames count in a site
+
+
+async def on_progress(progress: UploadProgress) -> None:
+    """An async on_progress that really waits (twice), as a UI update or a queue put would."""
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+
+
+async def chunks(data: bytes) -> AsyncIterator[bytes]:
+    for start in range(0, len(data), MIB):
+        yield data[start : start + MIB]
+
+
+class Layer:
+    """A layer on disk and what its uploads must satisfy (``resumed``: the checkpoint the
+    current run resumes from, if it does)."""
+
+    def __init__(self, folder: Path, size: int, seed: int) -> None:
+        self.data = random_bytes(size, seed)
+        self.path = folder / f"layer-{size}-{seed}.bin"
+        self.path.write_bytes(self.data)
+        self.digest = digest_of(self.data)
+        self.resumed: UploadCheckpoint | None = None
+
+
+def reader_at_the_end(sites: set[Site]) -> bool:
+    """The pipeline's reader has read the whole input and waits to say so."""
+    return waits_at(sites, "_read_parts", "send.send(None)")
+
+
+async def on_progress_until_the_input_ends(progress: UploadProgress) -> None:
+    """An async on_progress that, before the last part, waits until the reader has read the
+    whole input (yielding to the loop, not sleeping; bounded)."""
+    if progress.total_bytes is not None and progress.bytes_sent >= progress.total_bytes:
+        return
+    for _ in range(100_000):
+        if reader_at_the_end(all_sites()):
+            break
+        await asyncio.sleep(0)
+    await on_progress(progress)  # the window: still in on_progress, the reader at the end
+
+
+def scenario_of(
+    name: str,
+    ecr: LocalEcr,
+    client: EcrClient,
+    repository: str,
+    folder: Path,
+    progress: Callable[[UploadProgress], Awaitable[None]] = on_progress,
+) -> tuple[Scenario, Layer]:
+    """The uploads swept: a file, a stream, a resume that re-aligns, an upload ECR loses."""
+    uploader = LayerUploader(client, repository, part_size=PART, retry_base_delay=0.001)
+    if name == "file":
+        layer = Layer(folder, PART + 1, 1)
+
+        def file(cts: CancellationTokenSource) -> Awaitable[LayerUploadResult]:
+            return uploader.upload_file(
+                layer.path, cancellation_token=cts.token, on_progress=progress
+            )
+
+        return Scenario(file, files=HERE), layer
+    if name == "stream":
+        layer = Layer(folder, PART + 1, 2)
+
+        def stream(cts: CancellationTokenSource) -> Awaitable[LayerUploadResult]:
+            return uploader.upload_stream(
+                chunks(layer.data), cancellation_token=cts.token, on_progress=progress
+            )
+
+        return Scenario(stream, files=HERE), layer
+    if name == "realign":
+        # ECR holds the first part; the checkpoint claims two: the uploader re-reads backward.
+        layer = Layer(folder, 2 * PART + 1, 3)
+
+        async def one_part_in() -> None:
+            upload = await client.initiate_layer_upload(InitiateLayerUploadRequest(repository))
+            await client.upload_layer_part(
+                UploadLayerPartRequest(
+                    repository, upload.upload_id, 0, PART - 1, memoryview(layer.data)[:PART]
+                )
+            )
+            info = layer.path.stat()
+            layer.resumed = UploadCheckpoint(
+                repository_name=repository,
+                registry_id=None,
+                upload_id=upload.upload_id,
+                bytes_committed=2 * PART,
+                part_size=PART,
+                source_path=str(layer.path.resolve()),
+                source_size=info.st_size,
+                source_mtime_ns=info.st_mtime_ns,
+            )
+
+        def resume(cts: CancellationTokenSource) -> Awaitable[LayerUploadResult]:
+            return uploader.upload_file(
+                layer.path,
+                cancellation_token=cts.token,
+                on_progress=on_progress,
+                resume=layer.resumed,
+            )
+
+        return Scenario(resume, prepare=one_part_in, files=HERE), layer
+    assert name == "restart"  # UploadNotFound at the second part: one fresh upload
+    layer = Layer(folder, PART + 1, 4)
+
+    async def lose_the_upload() -> None:
+        ecr.reset()
+        ecr.faults.add(Operation.UPLOAD_LAYER_PART, FaultKind.UPLOAD_NOT_FOUND, call=2)
+
+    def restart(cts: CancellationTokenSource) -> Awaitable[LayerUploadResult]:
+        return uploader.upload_file(
+            layer.path, cancellation_token=cts.token, on_progress=on_progress
+        )
+
+    return Scenario(restart, prepare=lose_the_upload, files=HERE), layer
+
+
+def checker(
+    kind: str, ecr: LocalEcr, client: EcrClient, repository: str, layer: Layer, *, file: bool
+) -> Callable[[Run], Awaitable[list[str]]]:
+    async def check(run: Run) -> list[str]:
+        path = layer.path if file else None
+        return await check_stop(
+            run, kind, ecr, client, repository, path, layer.digest, layer.resumed
+        )
+
+    return check
+
+
+def in_on_progress(sites: set[Site]) -> bool:
+    return any(site[0] == "host" and "on_progress" in site[-1] for site in sites)

@@ -18,7 +18,13 @@ strict, fault-injecting, recording proxy) and is checked against the invariants 
 - **Bad inputs** (``API_CASES``, ``CLI_CASES``): malformed names, ids, digests, part sizes,
   paths and checkpoints, refused with a clear error before any request.
 
-Invariants; the counts that must stay 0 are bytes lost, wrong layers, leaks and other problems:
+- **Await points, windows, impossible answers** (``reliability_windows``): a cancel by token
+  and by ``task.cancel()`` at every point where an upload waits; the windows issue 12 found
+  (an async ``on_progress`` at the end of the input, the pipeline's restart); an endpoint
+  that answers what no ECR would (through ``lying_ecr``).
+
+Invariants; the counts that must stay 0 are bytes lost, wrong layers, leaks, errors outside
+the tree and other problems:
 
 - a success: the digest is sha256 of the source, BatchCheckLayerAvailability reports the layer
   with that digest and size, and the parts ECR accepted are, in order, exactly the source bytes;
@@ -27,6 +33,8 @@ Invariants; the counts that must stay 0 are bytes lost, wrong layers, leaks and 
 - **wrong layers**: a CompleteLayerUpload that ECR applied for a digest or bytes not the source's;
 - **leaks**: after a run, a task, a thread outside the known worker pools, a file descriptor
   (other than sockets of the HTTP connection pools, whose number is bounded);
+- **errors outside the tree**: a run ended by an exception that is neither an EcrStreamError
+  nor the cancellation asked for (a RuntimeError, an anyio error, ...);
 - **other problems**: an unexpected outcome (a failure where recovery was expected, or the
   reverse), an error that does not name the operation and the cause, a checkpoint missing or
   pointing at the wrong place, bytes below a checkpoint sent again, an invalid input accepted or
@@ -140,6 +148,7 @@ class Tally:
     bytes_lost: int = 0
     wrong_layers: int = 0
     leaks: int = 0
+    outside_tree: int = 0
     other: int = 0
     latencies: list[float] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
@@ -160,6 +169,12 @@ class Tally:
     def leak(self, where: str, text: str) -> None:
         self.leaks += 1
         self._problem(where, f"leak: {text}")
+
+    def outside(self, where: str, error: BaseException) -> None:
+        """An exception of the library that is not in its tree (EcrStreamError and its
+        subclasses, OperationCanceledError)."""
+        self.outside_tree += 1
+        self._problem(where, f"outside the error tree: {type(error).__name__}: {error}")
 
     def other_problem(self, where: str, text: str) -> None:
         self.other += 1
@@ -183,6 +198,7 @@ class Tally:
             "bytes_lost",
             "wrong_layers",
             "leaks",
+            "outside_tree",
             "other",
         ):
             setattr(self, name, getattr(self, name) + getattr(other, name))
@@ -192,7 +208,7 @@ class Tally:
 
     @property
     def must_be_zero(self) -> int:
-        return self.bytes_lost + self.wrong_layers + self.leaks + self.other
+        return self.bytes_lost + self.wrong_layers + self.leaks + self.outside_tree + self.other
 
 
 _VARYING = (
@@ -230,16 +246,16 @@ def format_table(tallies: Sequence[Tally]) -> str:
 
     header = (
         "| section | runs | faults injected | cancels | recovered | failed with a clear error "
-        "| bytes lost | wrong layers completed | leaks | other problems "
-        "| cancel latency p50 / p99 |"
+        "| bytes lost | wrong layers completed | leaks | errors outside the tree "
+        "| other problems | cancel latency p50 / p99 |"
     )
-    lines = [header, "|" + " --- |" * 11]
+    lines = [header, "|" + " --- |" * 12]
     for tally in [*tallies, total]:
         name = f"**{tally.section}**" if tally is total else tally.section
         lines.append(
             f"| {name} | {tally.runs} | {tally.faults_injected} | {tally.cancels}"
             f" | {tally.recovered} | {tally.failed_clearly} | {tally.bytes_lost}"
-            f" | {tally.wrong_layers} | {tally.leaks} | {tally.other}"
+            f" | {tally.wrong_layers} | {tally.leaks} | {tally.outside_tree} | {tally.other}"
             f" | {ms(tally.latency(0.5))} / {ms(tally.latency(0.99))} |"
         )
     return "\n".join(lines)
@@ -757,6 +773,8 @@ async def run_cell(
             problem = unclear(error, cell.operation, CAUSES[cell.kind])
             if problem is None:
                 tally.failed_clearly += 1
+            elif not isinstance(error, EcrStreamError | OperationCanceledError):
+                tally.outside(where, error)
             else:
                 tally.other_problem(where, f"unclear error: {problem}")
             if cell.expect_recovery:
@@ -1078,7 +1096,10 @@ async def run_link(
         await check_success(ecr, fuzz.client, repository, layer, result, tally, where)
         return True, None
     if not isinstance(error, OperationCanceledError):
-        tally.other_problem(where, f"raised {type(error).__name__}: {error}")
+        if isinstance(error, EcrStreamError):
+            tally.other_problem(where, f"raised {type(error).__name__}: {error}")
+        elif error is not None:
+            tally.outside(where, error)
         return True, None
     tally.cancels += 1
     if shot.fired_at is None:
@@ -2028,7 +2049,8 @@ def _say(text: str) -> None:
 
 
 async def long_run(minutes: float, seed: int, cancel_points: int, folder: Path) -> list[Tally]:
-    """Bad inputs once, then the matrix (45 % of the time left), then the fuzz (the rest)."""
+    """Bad inputs once; issue 12's sections (windows and impossible answers whole, the await
+    points until 35 % of the time is gone); the matrix (45 % of the time left); the fuzz."""
     started = time.monotonic()
     end = started + minutes * 60
     bad = Tally("bad inputs (API and CLI)")
@@ -2048,6 +2070,15 @@ async def long_run(minutes: float, seed: int, cancel_points: int, folder: Path) 
         tally_cli(CLI_CASES, outcomes, ecr.requests(), bad)
         await run_cli_shrinking(ecr, folder, bad)
         _say(f"bad inputs: {bad.runs} cases, {len(bad.problems)} problems")
+
+        from reliability_windows import run_issue_12_sections  # it imports this module
+
+        sections_end = time.monotonic() + (end - time.monotonic()) * 0.35
+        stops = await run_issue_12_sections(ecr, client, folder, seed, sections_end)
+        _say(
+            "await points, windows, impossible answers: "
+            + ", ".join(f"{t.runs} runs, {len(t.problems)} problems" for t in stops)
+        )
 
         matrix_end = time.monotonic() + (end - time.monotonic()) * 0.45
         matrix_seed = seed
@@ -2075,7 +2106,7 @@ async def long_run(minutes: float, seed: int, cancel_points: int, folder: Path) 
                 f" {len(fuzz_tally.problems)} problems"
             )
             fuzz_seed += 1
-    return [cells_tally, fuzz_tally, bad]
+    return [cells_tally, fuzz_tally, *stops, bad]
 
 
 def _commit() -> str:

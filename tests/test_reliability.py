@@ -53,9 +53,11 @@ from reliability import (
     tally_cli,
     write_layer,
 )
+from reliability_windows import LIES, run_await_points, run_impossible_answers, run_windows
 
 from ecrstream import (
     CancellationTokenSource,
+    EcrClient,
     LayerUploader,
     OperationCanceledError,
     UploadCheckpoint,
@@ -300,9 +302,10 @@ def test_format_table_totals_sections_and_quantiles() -> None:
     table = format_table([matrix_tally, fuzz_tally]).splitlines()
 
     assert table[0].startswith("| section | runs | faults injected | cancels | recovered |")
-    assert table[2] == "| fault matrix | 3 | 4 | 0 | 2 | 1 | 0 | 0 | 0 | 0 | - / - |"
-    assert table[3] == "| fuzz | 10 | 0 | 8 | 2 | 0 | 0 | 0 | 1 | 0 | 50 ms / 99 ms |"
-    assert table[4] == "| **total** | 13 | 4 | 8 | 4 | 1 | 0 | 0 | 1 | 0 | 50 ms / 99 ms |"
+    # columns: ... bytes lost, wrong layers, leaks, errors outside the tree, other problems
+    assert table[2] == "| fault matrix | 3 | 4 | 0 | 2 | 1 | 0 | 0 | 0 | 0 | 0 | - / - |"
+    assert table[3] == "| fuzz | 10 | 0 | 8 | 2 | 0 | 0 | 0 | 1 | 0 | 0 | 50 ms / 99 ms |"
+    assert table[4] == "| **total** | 13 | 4 | 8 | 4 | 1 | 0 | 0 | 1 | 0 | 0 | 50 ms / 99 ms |"
     assert fuzz_tally.must_be_zero == 1
     assert matrix_tally.must_be_zero == 0
     assert format_kinds([matrix_tally, fuzz_tally]) == "- 1 x leak: a task"
@@ -317,3 +320,68 @@ def test_a_checkpoint_of_the_bad_inputs_is_well_formed(tmp_path: Path) -> None:
     assert checkpoint.source_size == 10
     assert checkpoint.source_path == str(path.resolve())
     assert checkpoint.source_mtime_ns == os.stat(path).st_mtime_ns
+
+
+# -- issue 12's sections: await points, windows, impossible answers ----------------------------
+
+
+@pytest.fixture
+async def ecr_client(ecr: LocalEcr) -> AsyncIterator[EcrClient]:
+    async with EcrClient.create(**ecr.client_kwargs()) as made:
+        yield made
+
+
+@pytest.mark.timeout(300)
+async def test_windows_section(ecr: LocalEcr, ecr_client: EcrClient, tmp_path: Path) -> None:
+    tally = Tally("windows")
+
+    await run_windows(ecr, ecr_client, tmp_path, tally)
+
+    assert not tally.problems, "\n".join(tally.problems)
+    assert tally.cancels >= 6  # the on_progress window 2 x 2, the re-align window at least 2
+    assert tally.must_be_zero == 0
+
+
+@pytest.mark.timeout(300)
+async def test_impossible_answers_section(ecr: LocalEcr, tmp_path: Path) -> None:
+    tally = Tally("impossible answers")
+
+    await run_impossible_answers(ecr, tmp_path, tally)
+
+    assert not tally.problems, "\n".join(tally.problems)
+    # every lie from a file and from a stream fails clearly but one (a file can re-read what
+    # ECR "forgot"); the lie raced by a cancel fails clearly or is canceled, both ways
+    assert tally.failed_clearly + tally.cancels == 2 * len(LIES) - 1 + 2
+    assert tally.recovered == 1  # a file that ECR "forgot" is read again
+    assert tally.faults_injected >= len(LIES)
+    assert tally.must_be_zero == 0
+
+
+# The stream and the restart are swept whole by the long run (and the file and the
+# re-alignment by test_cancel_points.py): here every third point of each, both ways.
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("scenario", ["stream", "restart"])
+async def test_await_points_section(
+    ecr: LocalEcr, ecr_client: EcrClient, tmp_path: Path, scenario: str
+) -> None:
+    tally = Tally("await points")
+
+    await run_await_points(ecr, ecr_client, tmp_path, tally, scenarios=(scenario,), every=3)
+
+    assert not tally.problems, "\n".join(tally.problems)
+    assert tally.cancels >= 6
+    assert tally.must_be_zero == 0
+
+
+def test_the_table_has_a_must_be_zero_column_for_errors_outside_the_tree() -> None:
+    tally = Tally("section")
+    tally.outside("somewhere", RuntimeError("UploadLayerPart: ECR keeps asking for byte 0"))
+
+    table = format_table([tally])
+
+    assert "errors outside the tree" in table.splitlines()[0]
+    assert tally.must_be_zero == 1
+    assert tally.problems == [
+        "somewhere: outside the error tree: RuntimeError: UploadLayerPart: ECR keeps asking"
+        " for byte 0"
+    ]
