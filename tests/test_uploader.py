@@ -13,8 +13,10 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import random
+import re
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -1522,3 +1524,159 @@ async def test_a_resume_stopped_before_it_sends_hands_its_checkpoint_back(
     assert during.value.checkpoint is not None
     assert during.value.checkpoint.upload_id == checkpoint.upload_id
     assert during.value.checkpoint.bytes_committed == checkpoint.bytes_committed
+
+
+# -- what a result says: resumed_from; skip_existing ------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["fresh", "resumed", "stale-ahead", "stale-behind", "gone"])
+async def test_the_result_says_how_many_bytes_ecr_held_when_the_call_began(
+    ecr: LocalEcr,
+    client: EcrClient,
+    repository: str,
+    make_layer: Callable[..., LayerFile],
+    how: str,
+) -> None:
+    """LayerUploadResult.resumed_from: so size - resumed_from bytes went up in this call."""
+    layer = make_layer(3 * PART + 5, seed=81)
+    uploader = LayerUploader(client, repository, part_size=PART)
+    if how == "fresh":
+        result = await uploader.upload_file(layer.path)
+        assert result.resumed_from == 0
+        return
+    checkpoint = await canceled_checkpoint(ecr, client, repository, layer, "request")
+    assert checkpoint.bytes_committed == PART
+    if how == "gone":
+        assert ecr.forget_upload(checkpoint.upload_id)
+    elif how.startswith("stale"):
+        shift = PART if how == "stale-ahead" else -PART
+        checkpoint = dataclasses.replace(checkpoint, bytes_committed=PART + shift)
+    since = last_sequence(ecr)
+
+    result = await uploader.upload_file(layer.path, resume=checkpoint)
+
+    await assert_layer_uploaded(ecr, client, repository, result, layer.data, since=since)
+    # what ECR held: the checkpoint's, or what ECR said instead; nothing after a restart
+    assert result.resumed_from == (0 if how == "gone" else PART)
+    sent = sum(r.blob_length or 0 for r in records_since(ecr, since, PART_OP) if r.accepted)
+    assert sent == result.size - result.resumed_from
+
+
+async def test_skip_existing_hashes_the_file_and_sends_nothing_ecr_has(
+    ecr: LocalEcr, client: EcrClient, repository: str, make_layer: Callable[..., LayerFile]
+) -> None:
+    layer = make_layer(2 * PART + 7, seed=82)
+    await assert_layer_uploaded(
+        ecr, client, repository, await upload_once(client, repository, layer), layer.data
+    )
+    since = last_sequence(ecr)
+    uploader = LayerUploader(client, repository, part_size=PART)
+
+    result = await uploader.upload_file(layer.path, skip_existing=True)
+
+    assert result == LayerUploadResult(
+        digest=layer.digest, size=layer.size, upload_id=None, part_count=0, already_existed=True
+    )
+    assert [r.operation for r in records_since(ecr, since)] == [CHECK]
+
+
+async def test_skip_existing_uploads_a_layer_ecr_lacks(
+    ecr: LocalEcr, client: EcrClient, repository: str, make_layer: Callable[..., LayerFile]
+) -> None:
+    layer = make_layer(PART + 9, seed=83)
+
+    result = await LayerUploader(client, repository, part_size=PART).upload_file(
+        layer.path, skip_existing=True
+    )
+
+    await assert_layer_uploaded(ecr, client, repository, result, layer.data)
+    assert not result.already_existed
+    assert [r.operation for r in ecr.requests()][:2] == [CHECK, INITIATE]
+
+
+async def test_skip_existing_is_cancellable_before_anything_is_sent(
+    ecr: LocalEcr, client: EcrClient, repository: str, make_layer: Callable[..., LayerFile]
+) -> None:
+    layer = make_layer(4 * PART, seed=84)
+    cts = CancellationTokenSource()
+    hashing = asyncio.ensure_future(
+        LayerUploader(client, repository).upload_file(
+            layer.path, skip_existing=True, cancellation_token=cts.token
+        )
+    )
+    await asyncio.sleep(0)  # it has started: opening the file, or hashing it
+    cts.cancel()
+
+    with pytest.raises(OperationCanceledError) as caught:
+        await hashing
+
+    assert caught.value.checkpoint is None  # nothing was initiated
+    assert ecr.requests() == []
+    assert open_fds_of(layer.path) == []
+
+
+async def test_skip_existing_must_be_a_bool(
+    ecr: LocalEcr, client: EcrClient, repository: str, make_layer: Callable[..., LayerFile]
+) -> None:
+    layer = make_layer(10, seed=85)
+    with pytest.raises(ValueError, match=r"^skip_existing: must be True or False"):
+        await LayerUploader(client, repository).upload_file(layer.path, skip_existing="yes")  # type: ignore[arg-type]
+    assert ecr.requests() == []
+
+
+# -- the debug log ----------------------------------------------------------------------------
+
+
+async def test_the_debug_log_tells_each_request_and_never_a_secret(
+    ecr: LocalEcr,
+    repository: str,
+    make_layer: Callable[..., LayerFile],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    layer = make_layer(2 * PART + 3, seed=86)
+    ecr.faults.add(PART_OP, FaultKind.THROTTLING, call=2)  # a retry
+    ecr.faults.add(PART_OP, FaultKind.LOST_RESPONSE, call=4)  # a refusal, a re-alignment
+    secrets = ("AKIDNOTFORTHELOG", "secret-not-for-the-log-0123456789", "token-not-for-the-log")
+    caplog.set_level(logging.DEBUG, logger="ecrstream")
+    local = ecr.client_kwargs()
+    async with SESSION.create_client(
+        "ecr",
+        config=AioConfig(retries=NO_BOTOCORE_RETRIES),
+        region_name=local["region_name"],
+        endpoint_url=local["endpoint_url"],
+        aws_access_key_id=secrets[0],
+        aws_secret_access_key=secrets[1],
+        aws_session_token=secrets[2],
+    ) as raw:
+        client = EcrClient(raw)
+        uploader = LayerUploader(client, repository, part_size=PART, retry_base_delay=FAST_RETRY)
+        result = await uploader.upload_file(layer.path)
+        await assert_layer_uploaded(ecr, client, repository, result, layer.data)
+
+    lines = [record.getMessage() for record in caplog.records if record.name == "ecrstream"]
+    request = re.compile(
+        r"(?P<operation>\w+)(?: bytes (?P<range>\d+\.\.\d+))?(?: of upload [\w-]+)?"
+        r" attempt (?P<attempt>\d+): (?P<outcome>.+) in [\d.]+ ms \(request id (?P<id>.+)\)"
+    )
+    seen = [match.groupdict() for line in lines if (match := request.fullmatch(line))]
+    parts = [(s["range"], s["attempt"], s["outcome"]) for s in seen if s["operation"] == PART_OP]
+    end = f"{2 * PART}..{2 * PART + 2}"
+    assert parts == [
+        (f"0..{PART - 1}", "1", "HTTP 200"),
+        (f"{PART}..{2 * PART - 1}", "1", "ThrottlingException (HTTP 400)"),
+        (f"{PART}..{2 * PART - 1}", "2", "HTTP 200"),
+        (end, "1", "EcrConnectionError"),  # applied, the answer lost
+        (end, "2", "InvalidLayerPartException (HTTP 400)"),  # ECR has it: done
+    ]
+    assert [s["operation"] for s in seen if s["operation"] != PART_OP] == [
+        INITIATE,
+        COMPLETE,
+        CHECK,  # assert_layer_uploaded's
+    ]
+    assert all(s["id"] != "None" for s in seen if s["outcome"].startswith("HTTP"))
+    assert any("attempt 1 failed" in line and "retrying" in line for line in lines)
+    assert any("refused; ECR holds bytes up to" in line for line in lines)
+    assert any("waited" in line and "read and prepared ahead" in line for line in lines)
+    for line in lines:
+        for secret in (*secrets, "Signature=", "Credential=", "AWS4-HMAC-SHA256"):
+            assert secret not in line, line

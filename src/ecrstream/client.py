@@ -37,6 +37,8 @@ event loop thread.
 from __future__ import annotations
 
 import contextvars
+import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
@@ -51,10 +53,11 @@ from ecrstream.bandwidth import BandwidthLimiter
 from ecrstream.body import PartBody, PreparedPart, prepare_part, wire_part_params
 from ecrstream.cancellation import (
     CancellationToken,
+    OperationCanceledError,
     cancellation_scope,
     run_cancellable,
 )
-from ecrstream.errors import InvalidArgumentError, map_botocore_errors
+from ecrstream.errors import EcrServiceError, InvalidArgumentError, map_botocore_errors
 from ecrstream.models import (
     MAX_PART_SIZE,
     BatchCheckLayerAvailabilityRequest,
@@ -84,6 +87,8 @@ __all__ = ["EcrClient"]
 # RetryPolicy, PreparedPart, prepare_part and BandwidthLimiter live in ecrstream.retry, .body
 # and .bandwidth; they stay importable from here (the names are used above) while the rest
 # of the package moves to the new homes.
+
+logger = logging.getLogger("ecrstream")
 
 _NONE: Final = CancellationToken.NONE
 # Set while EcrClient makes a call: tells the hooks below that the call is ours.
@@ -117,6 +122,47 @@ def _inject_prepared_body(params: dict[str, Any], **_: Any) -> None:
     params["body"] = PartBody(outgoing.prepared.body, outgoing.limiter)
     params["headers"]["X-Amz-Content-SHA256"] = outgoing.prepared.body_sha256
     outgoing.used = True
+
+
+def _log_request(
+    operation: str,
+    params: dict[str, Any],
+    attempt: int,
+    started: float,
+    response: dict[str, Any] | None,
+    error: BaseException | None,
+) -> None:
+    """One debug line per request: operation, byte range, attempt, status, duration, id.
+
+    Only these fields: never the request's headers (its signature), the credentials, nor an
+    error's message (AWS may quote the canonical request in it).
+    """
+    what = ""
+    if "partFirstByte" in params:
+        what = f" bytes {params['partFirstByte']}..{params['partLastByte']}"
+    if "uploadId" in params:
+        what += f" of upload {params['uploadId']}"
+    took = (time.perf_counter() - started) * 1000
+    if error is None:
+        metadata = (response or {}).get("ResponseMetadata", {})
+        status, request_id = metadata.get("HTTPStatusCode"), metadata.get("RequestId")
+        outcome = f"HTTP {status}"
+    elif isinstance(error, EcrServiceError):
+        status, request_id = error.status_code, error.request_id
+        outcome = f"{error.code} (HTTP {status})"
+    else:
+        request_id = None
+        canceled = isinstance(error, OperationCanceledError | anyio.get_cancelled_exc_class())
+        outcome = "canceled" if canceled else type(error).__name__
+    logger.debug(
+        "%s%s attempt %d: %s in %.1f ms (request id %s)",
+        operation,
+        what,
+        attempt,
+        outcome,
+        took,
+        request_id,
+    )
 
 
 def _opt(value: str | None, key: str, params: dict[str, Any]) -> None:
@@ -219,8 +265,8 @@ class EcrClient:
         token: CancellationToken,
         retry: RetryPolicy | None,
     ) -> dict[str, Any]:
-        async def attempt(_: int) -> dict[str, Any]:
-            return await self._call_once(operation, method, params, token)
+        async def attempt(number: int) -> dict[str, Any]:
+            return await self._call_once(operation, method, params, token, number)
 
         return await call_with_retries(attempt, policy=retry or self.retry, token=token)
 
@@ -230,15 +276,23 @@ class EcrClient:
         method: Callable[..., Any],
         params: dict[str, Any],
         token: CancellationToken,
+        attempt: int = 1,
     ) -> dict[str, Any]:
         marker = _OUR_CALL.set(True)
+        started = time.perf_counter()
         try:
             async with cancellation_scope(token):
                 with map_botocore_errors(operation):
                     response: dict[str, Any] = await method(**params)
-            return response
+        except BaseException as exc:
+            if logger.isEnabledFor(logging.DEBUG):
+                _log_request(operation, params, attempt, started, None, exc)
+            raise
         finally:
             _OUR_CALL.reset(marker)
+        if logger.isEnabledFor(logging.DEBUG):
+            _log_request(operation, params, attempt, started, response, None)
+        return response
 
     async def initiate_layer_upload(
         self,
@@ -284,12 +338,14 @@ class EcrClient:
         cancellation_token: CancellationToken = _NONE,
         *,
         limiter: BandwidthLimiter | None = None,
+        attempt: int = 1,
     ) -> UploadLayerPartResponse:
         """Send a part whose body ``prepare_part`` built (one HTTP attempt).
 
         botocore serializes only the small fields (with an empty blob); the ``before-call``
         hook swaps in the prepared body and its payload hash before botocore signs it.
-        With ``limiter``, the body goes out no faster than the limiter allows.
+        With ``limiter``, the body goes out no faster than the limiter allows. ``attempt``
+        (the caller's count of tries of this part) only goes into the debug log.
         """
         if prepared.size > MAX_PART_SIZE:
             raise InvalidArgumentError("layer_part_blob", f"must be at most {MAX_PART_SIZE} bytes")
@@ -305,7 +361,11 @@ class EcrClient:
         marker = _OUTGOING.set(outgoing)
         try:
             data = await self._call_once(
-                "UploadLayerPart", self._client.upload_layer_part, params, cancellation_token
+                "UploadLayerPart",
+                self._client.upload_layer_part,
+                params,
+                cancellation_token,
+                attempt,
             )
         finally:
             _OUTGOING.reset(marker)

@@ -355,6 +355,10 @@ class LayerUploadResult:
 
     ``already_existed`` is True when the repository had the layer (no part sent, or ECR said
     so at complete). ``restarted`` counts fresh uploads started because ECR lost the upload.
+    ``resumed_from`` is how many bytes ECR already held when this call began (the
+    checkpoint's ``bytes_committed``, or what ECR said instead before this call sent any
+    part); 0 for a fresh upload and for one that started over. So ``size - resumed_from``
+    bytes went up in this call.
     """
 
     digest: str
@@ -363,6 +367,7 @@ class LayerUploadResult:
     part_count: int
     already_existed: bool
     restarted: int = 0
+    resumed_from: int = 0
 
 
 @dataclass(frozen=True, slots=True)

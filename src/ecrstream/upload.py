@@ -21,6 +21,7 @@ from __future__ import annotations
 import inspect
 import logging
 import math
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Final
@@ -152,10 +153,11 @@ class LayerUpload:
         # resuming, anything up to the layer's end (an earlier run may have sent more than
         # its checkpoint says).
         self.sent_end = 0
+        self.resumed_from = 0  # what ECR held when this call began (LayerUploadResult's)
         if resume is not None:
             self.upload_id = resume.upload_id
             self.part_size = resume.part_size or self.part_size
-            self.committed = resume.bytes_committed
+            self.committed = self.resumed_from = resume.bytes_committed
             self.sent_end = max(source.size or 0, resume.bytes_committed)
 
     def checkpoint(self) -> UploadCheckpoint | None:
@@ -216,7 +218,7 @@ class LayerUpload:
             self.sent_end = max(self.sent_end, part.part_last_byte + 1)
             try:
                 response = await self.client.upload_prepared_part(
-                    part, self.token, limiter=self.limiter
+                    part, self.token, limiter=self.limiter, attempt=number
                 )
             except InvalidLayerPartError as exc:
                 if exc.last_valid_byte_received is None:
@@ -294,7 +296,7 @@ class LayerUpload:
         pipeline = Pipeline(task_group, self.source, self.hasher, self.part_size, destination)
         try:
             pipeline.start(self.committed)
-            while (part := await pipeline.next()) is not None:
+            while (part := await self.next_part(pipeline)) is not None:
                 if self.parts_sent >= MAX_LAYER_PARTS:
                     raise InvalidArgumentError(
                         "part_size",
@@ -306,6 +308,10 @@ class LayerUpload:
                 finally:
                     pipeline.release(part)
                 self.check_answer(part, answer)
+                if answer.refusal is not None and not answer.taken and self.parts_sent == 0:
+                    # A refusal before any part of this call was taken says what ECR held
+                    # when the call began (a checkpoint behind or ahead of it).
+                    self.resumed_from = answer.next_offset
                 if answer.taken:
                     self.parts_sent += 1
                 self.committed = answer.next_offset
@@ -326,6 +332,20 @@ class LayerUpload:
                 await pipeline.stop()  # raises a cancel it held until the reader had stopped
             finally:
                 pipeline.close()
+
+    async def next_part(self, pipeline: Pipeline) -> PreparedPart | None:
+        """The pipeline's next part; a wait for it (reading, hashing ahead) is logged."""
+        started = time.perf_counter()
+        part = await pipeline.next()
+        waited = time.perf_counter() - started
+        if waited > 0.001 and logger.isEnabledFor(logging.DEBUG):
+            logger.debug(
+                "upload %s: waited %.1f ms for the %s (read and prepared ahead)",
+                self.upload_id,
+                waited * 1000,
+                "end of the layer" if part is None else f"part at byte {part.part_first_byte}",
+            )
+        return part
 
     async def send_from_committed(self) -> None:
         """Send the layer from ``committed`` to its end, then check the source did not change."""
@@ -352,6 +372,7 @@ class LayerUpload:
         self.restarted += 1
         self.parts_sent = 0
         self.realignments = 0
+        self.resumed_from = 0
         logger.warning(
             "upload %s was gone on ECR (UploadNotFoundException at %s): started over as upload %s",
             old,
@@ -431,4 +452,5 @@ class LayerUpload:
             part_count=self.parts_sent,
             already_existed=existed,
             restarted=self.restarted,
+            resumed_from=self.resumed_from,
         )

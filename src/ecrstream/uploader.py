@@ -36,6 +36,8 @@ import os
 from collections.abc import AsyncIterable
 from typing import Final
 
+import anyio
+
 from ecrstream.cancellation import CancellationToken, OperationCanceledError, cancellation_scope
 from ecrstream.client import EcrClient
 from ecrstream.errors import EmptyUploadError, InvalidArgumentError
@@ -53,6 +55,7 @@ from ecrstream.retry import RetryPolicy
 from ecrstream.source import (
     CheckpointFields,
     FileSource,
+    LayerHasher,
     LayerSource,
     StreamSource,
     check_same_source,
@@ -62,6 +65,17 @@ from ecrstream.upload import LayerUpload, ProgressCallback, UploadSettings, chec
 __all__ = ["LayerUploader", "ProgressCallback"]
 
 _NONE: Final = CancellationToken.NONE
+
+
+async def _digest_of(source: LayerSource) -> str:
+    """The sha256 of a source that can be read again, 8 MiB at a time (off the loop)."""
+    hasher = LayerHasher()
+    buffer = memoryview(bytearray(8 * 1024 * 1024))
+    offset = 0
+    while count := await source.read(offset, buffer):
+        await anyio.to_thread.run_sync(hasher.update, offset, buffer[:count])
+        offset += count
+    return hasher.digest()
 
 
 class LayerUploader:
@@ -216,11 +230,14 @@ class LayerUploader:
         resume: UploadCheckpoint | None = None,
         offset: int = 0,
         length: int | None = None,
+        skip_existing: bool = False,
     ) -> LayerUploadResult:
         """Upload a file as one layer; returns its digest, size and what was done.
 
         ``offset``/``length`` upload a section of the file instead (a blob inside a tar
-        archive, say), read in place.
+        archive, say), read in place. ``skip_existing=True`` hashes the file first (reading
+        it once more) and, if the repository has a layer with that digest, uploads nothing
+        (``already_existed``); it is what ``expected_digest`` does when the digest is known.
 
         Raises ValueError (``InvalidArgumentError``) for bad arguments (before any request),
         EmptyUploadError for an empty file (before InitiateLayerUpload), DigestMismatchError
@@ -239,6 +256,10 @@ class LayerUploader:
             )  # still where it was
         if expected_digest is not None:
             validate_digest(expected_digest, "expected_digest")
+        if not isinstance(skip_existing, bool):
+            raise InvalidArgumentError(
+                "skip_existing", f"must be True or False (got {skip_existing!r})"
+            )
         source = FileSource(path, start=offset, length=length)
         checkpoint = None if resume is None else self._check_resume(resume, source)
         if source.size == 0:
@@ -256,6 +277,9 @@ class LayerUploader:
                     f"{MAX_LAYER_PARTS} parts of {MAX_PART_SIZE} bytes ({limit} bytes)",
                 )
         async with source:
+            if skip_existing and expected_digest is None and checkpoint is None:
+                async with cancellation_scope(cancellation_token):
+                    expected_digest = await _digest_of(source)
             return await self._run(
                 source, cancellation_token, on_progress, expected_digest, checkpoint
             )
