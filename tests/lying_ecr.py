@@ -9,7 +9,9 @@ lie's ``Reply`` is sent instead, either without forwarding (the request never re
 or after it (the request was applied; only the answer lies).
 
 It records, per upload, the bytes the client sent (``sent_end``: the end of the furthest
-part that reached it), so a test can say what a checkpoint may claim at most.
+part that reached it), so a test can say what a checkpoint may claim at most, and the Host
+header of every request (``hosts``). With ``ssl`` (a server context) it speaks HTTPS and
+counts the TLS handshakes that reached it (``handshakes``, by SNI: use a host name).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import asyncio
 import dataclasses
 import json
 import re
+import ssl as ssl_module
 import threading
 import uuid
 from collections.abc import Callable
@@ -108,14 +111,19 @@ class _State:
     lies: list[Lie] = field(default_factory=list)
     calls: dict[str, int] = field(default_factory=dict)
     sent_end: dict[str, int] = field(default_factory=dict)
+    hosts: list[str] = field(default_factory=list)
     told: int = 0
+    handshakes: int = 0
 
 
 class LyingEcr:
     """A lying middlebox in front of ``upstream`` (see the module docstring)."""
 
-    def __init__(self, upstream: LocalEcr) -> None:
+    def __init__(self, upstream: LocalEcr, *, ssl: ssl_module.SSLContext | None = None) -> None:
         self.upstream = upstream
+        self._ssl = ssl
+        if ssl is not None:
+            ssl.sni_callback = self._count_handshake
         self._state = _State()
         self._lock = threading.Lock()
         self._started = threading.Event()
@@ -159,6 +167,27 @@ class LyingEcr:
             self._state.lies.append(lie)
         return lie
 
+    def _count_handshake(self, *_: object) -> None:
+        with self._lock:
+            self._state.handshakes += 1
+
+    @property
+    def handshakes(self) -> int:
+        """TLS handshakes begun with this proxy (HTTPS only)."""
+        with self._lock:
+            return self._state.handshakes
+
+    @property
+    def hosts(self) -> list[str]:
+        """The Host header of every request that reached the proxy, in order."""
+        with self._lock:
+            return list(self._state.hosts)
+
+    @property
+    def port(self) -> int:
+        """The proxy's TCP port on 127.0.0.1."""
+        return int(self.endpoint_url.rsplit(":", 1)[1])
+
     @property
     def told(self) -> int:
         """How many lies were told so far."""
@@ -192,10 +221,11 @@ class LyingEcr:
             app.router.add_post("/", handle)
             runner = web.AppRunner(app, access_log=None)
             await runner.setup()
-            site = web.TCPSite(runner, "127.0.0.1", 0)
+            site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=self._ssl)
             await site.start()
             port = runner.addresses[0][1]
-            self.endpoint_url = f"http://127.0.0.1:{port}"
+            scheme = "http" if self._ssl is None else "https"
+            self.endpoint_url = f"{scheme}://127.0.0.1:{port}"
             self._started.set()
             try:
                 await self._stop.wait()
@@ -247,6 +277,8 @@ class LyingEcr:
 
     async def _handle(self, request: web.Request, session: aiohttp.ClientSession) -> web.Response:
         body = await request.read()
+        with self._lock:
+            self._state.hosts.append(request.headers.get("Host", ""))
         target = request.headers.get("X-Amz-Target", "")
         operation = target.removeprefix(_TARGET_PREFIX)
         exchange = self._exchange(operation, body)

@@ -19,20 +19,24 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import ssl
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
+from pathlib import Path
 from typing import Any
 
 import anyio
 import botocore.session
 import pytest
+import trustme
 from aiobotocore.config import AioConfig
 from aiobotocore.session import AioSession
 from botocore.config import Config
 from botocore.exceptions import HTTPClientError
 from botocore.serialize import create_serializer
 from helpers import digest_of, push_layer, random_bytes
+from lying_ecr import LyingEcr
 
 from ecrstream.cancellation import (
     CancellationToken,
@@ -41,11 +45,14 @@ from ecrstream.cancellation import (
 )
 from ecrstream.client import EcrClient
 from ecrstream.errors import (
+    CertificateVerificationError,
     EcrConnectionError,
     EcrServiceError,
+    InvalidArgumentError,
     RepositoryNotFoundError,
     ServerError,
     ThrottlingError,
+    is_transient,
 )
 from ecrstream.local import FaultKind, LocalEcr, Operation, RecordedRequest
 from ecrstream.lowlevel import PreparedPart, prepare_part
@@ -848,3 +855,101 @@ async def test_a_prepared_part_over_the_size_limit_is_refused_before_sending(
     with pytest.raises(ValueError, match=r"^layer_part_blob: "):
         await client.upload_prepared_part(oversized)
     assert await settled(ecr, UPLOAD_PART) == []
+
+
+# -- TLS certificates and the endpoint's host -------------------------------------------------
+
+
+def endpoint_kwargs(ecr: LocalEcr, endpoint_url: str) -> dict[str, Any]:
+    return {**ecr.client_kwargs(), "endpoint_url": endpoint_url}
+
+
+@pytest.fixture
+def tls_proxy(ecr: LocalEcr) -> Iterator[tuple[LyingEcr, trustme.CA]]:
+    """The local endpoint behind HTTPS, with a certificate for localhost from a new CA."""
+    ca = trustme.CA()
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost").configure_cert(context)
+    with LyingEcr(ecr, ssl=context) as proxy:
+        yield proxy, ca
+
+
+async def test_an_untrusted_certificate_fails_at_once_and_says_how_to_trust_it(
+    ecr: LocalEcr,
+    repository: str,
+    tls_proxy: tuple[LyingEcr, trustme.CA],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Issue 13 item 4: it was retried as transient (max_attempts handshakes), then raised
+    as a connection error."""
+    monkeypatch.delenv("AWS_CA_BUNDLE", raising=False)
+    proxy, _ = tls_proxy
+    url = f"https://localhost:{proxy.port}"
+    async with EcrClient.create(**endpoint_kwargs(ecr, url)) as client:
+        assert client.retry.max_attempts == 3
+        with pytest.raises(CertificateVerificationError) as caught:
+            await client.initiate_layer_upload(InitiateLayerUploadRequest(repository))
+
+    assert proxy.handshakes == 1  # permanent: one attempt
+    assert not is_transient(caught.value)
+    assert caught.value.operation == "InitiateLayerUpload"
+    text = str(caught.value)
+    for needed in ("InitiateLayerUpload", "certificate", "AWS_CA_BUNDLE", "--ca-bundle"):
+        assert needed in text
+    assert "--no-verify-ssl" in text
+    assert proxy.hosts == []  # no request went through
+
+
+@pytest.mark.parametrize("how", ["bundle", "bundle-path", "no-verify", "environment"])
+async def test_a_certificate_is_trusted_through_a_bundle_or_not_checked(
+    ecr: LocalEcr,
+    repository: str,
+    tls_proxy: tuple[LyingEcr, trustme.CA],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    how: str,
+) -> None:
+    proxy, ca = tls_proxy
+    bundle = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(bundle))
+    choices: dict[str, bool | str | Path | None] = {
+        "bundle": str(bundle),
+        "bundle-path": bundle,
+        "no-verify": False,
+        "environment": None,
+    }
+    verify = choices[how]
+    if how == "environment":
+        monkeypatch.setenv("AWS_CA_BUNDLE", str(bundle))
+    url = f"https://localhost:{proxy.port}"
+    async with EcrClient.create(**endpoint_kwargs(ecr, url), verify=verify) as client:
+        upload = await client.initiate_layer_upload(InitiateLayerUploadRequest(repository))
+    assert upload.upload_id
+    assert len(proxy.hosts) == 1
+
+
+@pytest.mark.parametrize(
+    ("verify", "rule"),
+    [(42, "must be None, True, False or a CA bundle path"), ("/no/such/ca.pem", "no such CA")],
+)
+async def test_a_bad_verify_is_refused_before_any_request(
+    ecr: LocalEcr, verify: Any, rule: str
+) -> None:
+    with pytest.raises(InvalidArgumentError) as caught:
+        async with EcrClient.create(**ecr.client_kwargs(), verify=verify):
+            pass  # pragma: no cover - never entered
+    assert caught.value.field == "verify"
+    assert rule in caught.value.rule
+    assert ecr.requests() == []
+
+
+async def test_a_mixed_case_endpoint_host_is_sent_as_botocore_signs_it(
+    ecr: LocalEcr, repository: str
+) -> None:
+    """Issue 13 item 5: aiohttp sent Host: LocalHost:PORT, botocore signed localhost:PORT."""
+    with LyingEcr(ecr) as proxy:
+        url = f"http://LocalHost:{proxy.port}"
+        async with EcrClient.create(**endpoint_kwargs(ecr, url)) as client:
+            await client.initiate_layer_upload(InitiateLayerUploadRequest(repository))
+            assert f"localhost:{proxy.port}" in repr(client)
+        assert proxy.hosts == [f"localhost:{proxy.port}"]

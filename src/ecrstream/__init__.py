@@ -25,6 +25,7 @@ from ecrstream.cancellation import (
 )
 from ecrstream.errors import (
     AuthenticationError,
+    CertificateVerificationError,
     CredentialsError,
     DigestMismatchError,
     EcrConnectionError,
@@ -98,6 +99,7 @@ __all__ = [
     "CancellationToken",
     "CancellationTokenRegistration",
     "CancellationTokenSource",
+    "CertificateVerificationError",
     "CompleteLayerUploadRequest",
     "CompleteLayerUploadResponse",
     "CredentialsError",

@@ -38,7 +38,9 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import os
 import time
+import urllib.parse
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
@@ -165,6 +167,30 @@ def _log_request(
     )
 
 
+def _check_verify(verify: object) -> bool | str | None:
+    if verify is None or isinstance(verify, bool):
+        return verify
+    if isinstance(verify, str | os.PathLike):
+        bundle = os.fspath(verify)
+        if not os.path.isfile(bundle):
+            raise InvalidArgumentError("verify", f"no such CA bundle file: {bundle}")
+        return str(bundle)
+    raise InvalidArgumentError(
+        "verify", f"must be None, True, False or a CA bundle path (got {verify!r})"
+    )
+
+
+def _normalized_endpoint(endpoint_url: str | None) -> str | None:
+    """``endpoint_url`` with its host in lowercase (what botocore signs), else unchanged."""
+    if endpoint_url is None:
+        return None
+    parts = urllib.parse.urlsplit(endpoint_url)
+    userinfo, at, hostport = parts.netloc.rpartition("@")
+    if hostport == hostport.lower():
+        return endpoint_url
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{userinfo}{at}{hostport.lower()}"))
+
+
 def _opt(value: str | None, key: str, params: dict[str, Any]) -> None:
     if value is not None:
         params[key] = value
@@ -216,12 +242,20 @@ class EcrClient:
         aws_access_key_id: str | None = None,
         aws_secret_access_key: str | None = None,
         aws_session_token: str | None = None,
+        verify: bool | str | os.PathLike[str] | None = None,
     ) -> AsyncIterator[EcrClient]:
         """Create an aiobotocore ECR client (standard AWS credential chain) and wrap it.
 
         An async context manager: the client is closed on exit. Explicit keys, when given,
         override the credential chain; they are never logged or shown in a repr.
+        ``verify`` is boto3's: None (check TLS certificates against the default CA bundle,
+        or ``AWS_CA_BUNDLE``), a CA bundle path to check them against, or False not to check
+        them. A certificate that cannot be verified raises CertificateVerificationError
+        at once (it is never retried). A mixed-case endpoint host is lowercased first:
+        aiohttp would send it as given while botocore signs it in lowercase.
         """
+        verify = _check_verify(verify)
+        endpoint_url = _normalized_endpoint(endpoint_url)
         session = session or get_session()
         if config is not None and not isinstance(config, AioConfig):
             # aiobotocore wants its own Config subclass; carry over what the caller set
@@ -238,6 +272,7 @@ class EcrClient:
                     aws_access_key_id=aws_access_key_id,
                     aws_secret_access_key=aws_secret_access_key,
                     aws_session_token=aws_session_token,
+                    verify=verify,
                 )
                 client = await stack.enter_async_context(creator)
             yield cls(client, retry=retry)

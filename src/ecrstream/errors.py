@@ -31,6 +31,8 @@ The tree::
         │   └── AuthenticationError       the credentials were refused (bad key, signature, expired)
         ├── EcrConnectionError            transient: no answer (connection refused or reset,
         │                                 read timeout, response lost); .operation, .timed_out
+        ├── CertificateVerificationError  the endpoint's TLS certificate is not trusted
+        │                                 (permanent: never retried); .operation
         ├── CredentialsError              no usable AWS credentials were found
         ├── DigestMismatchError           computed digest differs from the expected/returned one
         ├── SourceChangedError            the file changed while it was read
@@ -57,6 +59,7 @@ from typing import Any
 
 __all__ = [
     "AuthenticationError",
+    "CertificateVerificationError",
     "CredentialsError",
     "DigestMismatchError",
     "EcrConnectionError",
@@ -269,6 +272,20 @@ class EcrConnectionError(EcrStreamError):
         super().__init__(f"{operation}: {message}")
 
 
+class CertificateVerificationError(EcrStreamError):
+    """The endpoint's TLS certificate could not be verified; the request is not retried.
+
+    A certificate does not become trusted by asking again. Trust the CA that signed it
+    (``AWS_CA_BUNDLE=<bundle.pem>``, ``EcrClient.create(verify="<bundle.pem>")``, the command
+    line's ``--ca-bundle``), or, on a network you trust, do not check it
+    (``verify=False``, ``--no-verify-ssl``). ``operation`` names the request.
+    """
+
+    def __init__(self, message: str, *, operation: str) -> None:
+        self.operation = operation
+        super().__init__(f"{operation}: {message}")
+
+
 class CredentialsError(EcrStreamError):
     """No usable AWS credentials (set AWS_PROFILE, AWS_ACCESS_KEY_ID/..., or an IAM role)."""
 
@@ -393,6 +410,7 @@ def translate_botocore_error(exc: Exception, operation: str) -> Exception:
         ParamValidationError,
         PartialCredentialsError,
         ReadTimeoutError,
+        SSLError,
     )
     from botocore.exceptions import ConnectionError as BotoConnectionError
 
@@ -423,6 +441,14 @@ def translate_botocore_error(exc: Exception, operation: str) -> Exception:
         )
     if isinstance(exc, ParamValidationError):
         return InvalidArgumentError(operation, str(exc))
+    if isinstance(exc, SSLError) and (reason := _certificate_problem(exc)) is not None:
+        endpoint = getattr(exc, "kwargs", {}).get("endpoint_url") or "the endpoint"
+        return CertificateVerificationError(
+            f"the TLS certificate of {endpoint} cannot be verified ({reason}); not retried."
+            " Trust its CA with AWS_CA_BUNDLE=<bundle.pem> or verify=<bundle.pem>"
+            " (--ca-bundle), or skip the check with verify=False (--no-verify-ssl)",
+            operation=operation,
+        )
     if isinstance(exc, ReadTimeoutError | TimeoutError | asyncio.TimeoutError):
         return EcrConnectionError(f"read timed out ({exc})", operation=operation, timed_out=True)
     if isinstance(exc, BotoConnectionError | HTTPClientError | aiohttp.ClientError | OSError):
@@ -451,6 +477,26 @@ def map_botocore_errors(operation: str) -> Iterator[None]:
         if translated is exc:
             raise
         raise translated from exc
+
+
+def _certificate_problem(exc: Exception) -> str | None:
+    """Why the certificate behind ``exc`` failed verification; None if that is not it."""
+    import ssl
+
+    details: dict[str, Any] = getattr(exc, "kwargs", None) or {}
+    seen: set[int] = set()
+    current: BaseException | None = details.get("error")
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        # aiohttp's ClientConnectorCertificateError is also an ssl.CertificateError; the
+        # ssl error it wraps (certificate_error) says why.
+        inner = getattr(current, "certificate_error", None)
+        if isinstance(inner, ssl.SSLCertVerificationError):
+            current = inner
+        if isinstance(current, ssl.SSLCertVerificationError | ssl.CertificateError):
+            return getattr(current, "verify_message", None) or str(current)
+        current = current.__cause__ or current.__context__
+    return None
 
 
 _RESET_ERRNOS = frozenset({errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED})
