@@ -12,8 +12,8 @@ Threads and event loops:
   Anything that touches an event loop (``wait()``, :func:`cancellation_scope`) hops onto
   its loop with ``loop.call_soon_threadsafe`` and does nothing if that loop is closed.
 * ``await cancel_async()`` (.NET 8's ``CancelAsync``) marks the source canceled on the
-  loop thread, then runs the callbacks on an anyio worker thread, so a slow callback does
-  not stall the loop; ``await registration.dispose_async()`` waits for a running callback
+  loop thread, then runs the callbacks on a thread of its own, so a slow callback does not
+  stall the loop; ``await registration.dispose_async()`` waits for a running callback
   without blocking the loop.
 * ``cancel_after()`` (and the ``delay`` constructor argument) uses the running loop's
   ``call_later`` when called on an event-loop thread, so callbacks then run on that loop's
@@ -226,7 +226,7 @@ class CancellationToken:
 
         .NET's ``UnsafeRegister``: the callback runs in whatever context is current on the
         canceling thread (``cancel()``'s caller; under ``cancel_async()``, a copy of its
-        caller's context on the worker thread), and the variables it sets stay set there.
+        caller's context on its thread), and the variables it sets stay set there.
         Cheaper, for callbacks that do not read context variables. To also receive the
         token, pass it: ``token.unsafe_register(callback, token, ...)``.
 
@@ -526,21 +526,23 @@ class CancellationTokenSource:
         self._notify_cancellation(throw_on_first_exception)
 
     async def cancel_async(self) -> None:
-        """Request cancellation, then run the callbacks on a worker thread and await them.
+        """Request cancellation, then await the callbacks run on a thread of their own.
 
         .NET 8's ``CancelAsync``. The source is canceled before this awaits anything
         (:attr:`is_cancellation_requested` is True, ``wait()`` woken), then every callback
-        runs, newest first, on an anyio worker thread, so the event loop keeps running
-        during a slow callback. Returns when they have all run; at once if cancellation was
-        already requested (even while another thread still runs the callbacks) or nothing
-        is registered. Once begun, the callbacks always run to the end: a cancel of the
-        awaiting task takes effect after them. Requires the asyncio backend.
+        runs, newest first, on a new daemon thread, in a copy of the caller's context, so
+        the event loop keeps running during a slow callback. Returns when they have all
+        run; at once if cancellation was already requested (even while another thread still
+        runs the callbacks) or nothing is registered. A cancel of the awaiting task stops
+        the wait at once, but the callbacks still run to the end; their exceptions then go
+        to the loop's exception handler. Requires a running asyncio event loop.
 
         Raises:
             ExceptionGroup: of every exception the callbacks raised, after all have run.
-            RuntimeError: the source has been disposed.
+            RuntimeError: the source has been disposed, or no asyncio loop is running.
         """
         self._throw_if_disposed()
+        loop = asyncio.get_running_loop()
         if not self._request_cancellation():
             return
         with self._lock:
@@ -549,12 +551,26 @@ class CancellationTokenSource:
             # Nothing can be added any more (register now runs inline): just finish.
             self._execute_callbacks(throw_on_first_exception=False)
             return
-        # Shielded, so a cancel of this task cannot stop the callbacks before they start;
-        # a limiter of its own, so a busy default thread pool cannot delay cancellation.
-        with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(
-                self._execute_callbacks, False, limiter=anyio.CapacityLimiter(1)
-            )
+        done: asyncio.Future[None] = loop.create_future()
+        # A thread of its own, started before the first await: no cancel of this task and no
+        # busy thread pool can keep the callbacks from running once the source is marked.
+        thread = threading.Thread(
+            target=self._execute_callbacks_for,
+            args=(loop, done, contextvars.copy_context()),
+            name="ecrstream-cancel_async",
+            daemon=True,
+        )
+        try:
+            thread.start()
+        except RuntimeError:
+            # No thread to be had: run them here, blocking the loop, rather than lose them.
+            self._execute_callbacks(throw_on_first_exception=False)
+            return
+        try:
+            await asyncio.shield(done)
+        except asyncio.CancelledError:
+            done.add_done_callback(_report_abandoned_callback_errors)
+            raise
 
     def cancel_after(self, seconds: float) -> None:
         """Cancel this source ``seconds`` from now, replacing any earlier ``cancel_after``.
@@ -755,6 +771,20 @@ class CancellationTokenSource:
             waiter.wake()
         return True
 
+    def _execute_callbacks_for(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        done: asyncio.Future[None],
+        context: contextvars.Context,
+    ) -> None:
+        """cancel_async()'s thread: run the callbacks, then settle ``done`` on its loop."""
+        error: BaseException | None = None
+        try:
+            context.run(self._execute_callbacks, False)
+        except BaseException as caught:  # handed over to the awaiting task, not swallowed
+            error = caught
+        _call_in_loop(loop, functools.partial(_settle, done, error))
+
     def _take_callback_waiters(self) -> Collection[_Waiter]:
         """Detach the dispose_async() waiters (lock held); wake them after releasing it."""
         waiters = self._callback_waiters
@@ -766,7 +796,7 @@ class CancellationTokenSource:
     def _execute_callbacks(self, throw_on_first_exception: bool) -> None:
         errors: list[Exception] = []
         with self._lock:
-            # cancel()'s thread, or cancel_async()'s worker: dispose() there must not wait.
+            # cancel()'s thread, or cancel_async()'s thread: dispose() there must not wait.
             self._executing_thread = threading.get_ident()
         try:
             while True:
@@ -799,6 +829,28 @@ class CancellationTokenSource:
                 waiter.wake()
         if errors:
             raise ExceptionGroup("cancellation callbacks raised exceptions", errors)
+
+
+def _settle(future: asyncio.Future[None], error: BaseException | None) -> None:
+    if future.done():
+        return
+    if error is None:
+        future.set_result(None)
+    else:
+        future.set_exception(error)
+
+
+def _report_abandoned_callback_errors(done: asyncio.Future[None]) -> None:
+    # cancel_async()'s awaiting task was cancelled: nobody else will see these errors.
+    if done.cancelled() or (error := done.exception()) is None:
+        return
+    done.get_loop().call_exception_handler(
+        {
+            "message": "cancel_async(): callbacks raised after the awaiting task was cancelled",
+            "exception": error,
+            "future": done,
+        }
+    )
 
 
 def _cancel_linked(linked: CancellationTokenSource) -> None:
