@@ -34,7 +34,17 @@ The tree::
         ├── CredentialsError              no usable AWS credentials were found
         ├── DigestMismatchError           computed digest differs from the expected/returned one
         ├── SourceChangedError            the file changed while it was read
-        └── ImageSourceError              an image layout or archive is malformed or unsafe
+        ├── ImageSourceError              an image layout or archive is malformed or unsafe
+        └── RegistryError                 a source registry failed a request (.status .url,
+            │                             never with credentials); unknown statuses stay here
+            ├── RegistryAuthError         401/403, a refused token request, a failed
+            │                             credential helper or an unreadable docker config
+            ├── RegistryNotFoundError     404: no such repository, manifest or blob
+            ├── ManifestInvalidError      not a manifest ecrstream takes (schema 1, unknown
+            │                             media type, over the size limit, malformed JSON)
+            ├── BlobSizeError             a blob has more or fewer bytes than its descriptor
+            └── RegistryConnectionError   no answer, reset, stalled or truncated body, still
+                                          failing when the retries ran out (.timed_out)
 
 `translate_botocore_error` is the boundary: it maps one botocore/aiohttp exception to the most
 specific class above. It only ever sees ``Exception`` (never ``BaseException``), so task
@@ -64,6 +74,7 @@ from botocore.exceptions import (
 
 __all__ = [
     "AuthenticationError",
+    "BlobSizeError",
     "CredentialsError",
     "DigestMismatchError",
     "EcrConnectionError",
@@ -83,7 +94,12 @@ __all__ = [
     "LayerPartTooSmallError",
     "LayersNotFoundError",
     "LimitExceededError",
+    "ManifestInvalidError",
     "ReferencedImagesNotFoundError",
+    "RegistryAuthError",
+    "RegistryConnectionError",
+    "RegistryError",
+    "RegistryNotFoundError",
     "RepositoryNotFoundError",
     "ServerError",
     "SourceChangedError",
@@ -296,6 +312,79 @@ class SourceChangedError(EcrStreamError):
 
 class ImageSourceError(EcrStreamError):
     """An OCI layout or docker archive is malformed, unsafe, or not something ECR can take."""
+
+
+class RegistryError(EcrStreamError):
+    """A source registry (OCI distribution API) failed a request.
+
+    ``status`` is the HTTP status (None when no answer came), ``url`` the request's URL without
+    credentials or query string (presigned storage URLs carry their signature there).
+    """
+
+    def __init__(self, message: str, *, status: int | None = None, url: str | None = None) -> None:
+        self.status = status
+        self.url = url
+        super().__init__(message)
+
+
+class RegistryAuthError(RegistryError):
+    """The registry or its token service refused us, or credentials could not be found.
+
+    401/403 answers, a token request refused, a credential helper that failed, or a docker
+    config.json that cannot be read. The message never contains a credential.
+    """
+
+
+class RegistryNotFoundError(RegistryError):
+    """404: the repository, manifest (tag or digest) or blob is not in the registry."""
+
+
+class ManifestInvalidError(RegistryError):
+    """The registry served a manifest ecrstream does not take.
+
+    Schema 1, an unknown media type, one over the size limit, or JSON that is not a valid
+    manifest or index (the message names the field).
+    """
+
+
+class BlobSizeError(RegistryError):
+    """A blob has more (overrun) or fewer (underrun) bytes than its descriptor's size.
+
+    ``expected`` is the descriptor's size, ``actual`` what the registry has or sent.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        expected: int,
+        actual: int,
+        status: int | None = None,
+        url: str | None = None,
+    ) -> None:
+        self.expected = expected
+        self.actual = actual
+        super().__init__(message, status=status, url=url)
+
+
+class RegistryConnectionError(RegistryError):
+    """No usable answer from the registry once the retries ran out (transient at heart).
+
+    Refused or reset connections, a body that stalled past the read timeout (``timed_out``),
+    or a truncated body. (5xx or 429 on every attempt raise :class:`RegistryError` with the
+    last ``status``.) The last cause is chained as ``__cause__``.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        url: str | None = None,
+        timed_out: bool = False,
+    ) -> None:
+        self.timed_out = timed_out
+        super().__init__(message, status=status, url=url)
 
 
 _AUTH_CODES = frozenset(
