@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 import venv
@@ -49,8 +50,26 @@ def demo(argv: list[str]) -> int:
     return _run("-m", "ecrstream", "demo", *argv)
 
 
+def _ensure_docker_registry() -> None:
+    """The registry tests run the real CNCF registry: install Debian's package when missing."""
+    if shutil.which("docker-registry"):
+        return
+    is_root = hasattr(os, "geteuid") and os.geteuid() == 0
+    if is_root and shutil.which("apt-get") and Path("/etc/debian_version").exists():
+        print("run.py: docker-registry is not installed; installing Debian's package", flush=True)
+        subprocess.run(["apt-get", "update"], check=True)
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        subprocess.run(["apt-get", "install", "-y", "docker-registry"], check=True, env=env)
+        return
+    sys.exit(
+        "run.py: the tests need the CNCF distribution registry: install the Debian package "
+        "docker-registry (apt-get install docker-registry), or put docker-registry on PATH"
+    )
+
+
 def test(argv: list[str]) -> int:
     _ensure_venv("test")
+    _ensure_docker_registry()
     failed = []
     for name, cmd in (
         ("ruff check", ["-m", "ruff", "check", "."]),

@@ -24,6 +24,10 @@ from ecrstream.local import LocalEcr
 if TYPE_CHECKING:
     from types_aiobotocore_ecr import ECRClient
 
+# The real source registries (docker-registry, token issuer, fault proxy) of the registry tests;
+# session fixtures, started only by the tests that ask for them.
+pytest_plugins = ["registry_fixtures"]
+
 # total_max_attempts counts the first attempt; botocore's max_attempts counts retries only, so
 # {"max_attempts": 1} would still send a failed request twice.
 NO_RETRIES = AioConfig(retries={"total_max_attempts": 1, "mode": "standard"})
