@@ -65,6 +65,7 @@ from ecrstream.registry import (
     manifest_blobs,
     parse_reference,
 )
+from ecrstream.registry.auth import Challenge, parse_www_authenticate
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
 
@@ -910,3 +911,23 @@ async def test_many_random_faults_lose_no_byte(
     assert data == layer[offset:]
     assert [g.fault for g in fault_proxy.blob_gets()] == [*kinds, None]
     assert reader.requests == 9
+
+
+def test_www_authenticate_challenges_are_parsed_as_rfc_9110_says() -> None:
+    header = (
+        'Basic realm="basic, with comma", Bearer realm="https://auth.example.com/token",'
+        'service="registry.example.com",scope="repository:a/b:pull,push", error=insufficient_scope'
+        ", Newer token68=="
+    )
+    assert parse_www_authenticate(header) == (
+        Challenge("basic", "basic, with comma"),
+        Challenge(
+            "bearer",
+            "https://auth.example.com/token",
+            "registry.example.com",
+            "repository:a/b:pull,push",
+        ),
+        Challenge("newer"),
+    )
+    assert parse_www_authenticate('bearer REALM="x\\"y"') == (Challenge("bearer", 'x"y'),)
+    assert parse_www_authenticate("") == ()

@@ -216,23 +216,28 @@ class BlobReader:
         if want <= 0:
             return 0
         filled = 0
-        async with cancellation_scope(self._token):
-            while filled < want:
-                try:
-                    if self._response is None:
-                        await self._request()
-                    count = await self._read_step(view[filled:want])
-                except TransientFault as fault:
-                    self._drop_response()
-                    await self._attempts.failed(fault)
-                    continue
-                if count == 0:
-                    self._response_ended()
-                    continue
-                filled += count
-                self.position += count
-                self._response_progress += count
-                self._attempts.succeeded()
+        try:
+            async with cancellation_scope(self._token):
+                while filled < want:
+                    try:
+                        if self._response is None:
+                            await self._request()
+                        count = await self._read_step(view[filled:want])
+                    except TransientFault as fault:
+                        self._drop_response()
+                        await self._attempts.failed(fault)
+                        continue
+                    if count == 0:
+                        self._response_ended()
+                        continue
+                    filled += count
+                    self.position += count
+                    self._response_progress += count
+                    self._attempts.succeeded()
+        except BaseException:
+            # position stays exact; a later call starts a new GET from there.
+            self._drop_response()
+            raise
         return filled
 
     def _response_ended(self) -> None:

@@ -209,7 +209,7 @@ class RegistryClient:
                 where,
             )
         finally:
-            response.close()
+            response.release()  # reuses the connection only if the body was read whole
 
     def _too_big(self, where: str, length: int | None) -> ManifestInvalidError:
         size = f"{length} bytes" if length is not None else "more"

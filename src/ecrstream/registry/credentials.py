@@ -144,7 +144,7 @@ class _Fixed:
 
 
 class _FromCallable:
-    """Credentials from the caller's function, called each time they are needed."""
+    """Credentials from the caller's function (a RegistryClient asks once, when first needed)."""
 
     __slots__ = ("_function",)
 
@@ -300,6 +300,10 @@ async def _run_helper(helper: str, key: str, path: Path) -> RegistryCredentials 
         raise RegistryAuthError(
             f"{program} get did not answer within {_HELPER_TIMEOUT:.0f} s"
         ) from None
+    except BaseException:
+        if process.returncode is None:  # canceled: leave no helper running
+            process.kill()
+        raise
     if process.returncode != 0:
         said = (stdout or stderr).decode(errors="replace").strip()
         if _NOT_FOUND in said.lower():
