@@ -25,7 +25,6 @@ from aiobotocore.config import AioConfig
 from aiobotocore.session import AioSession
 from botocore.exceptions import BotoCoreError, ClientError
 
-from ecrstream import local
 from ecrstream.local import (
     DEFAULT_MIN_PART_SIZE,
     MAX_PART_SIZE,
@@ -34,6 +33,7 @@ from ecrstream.local import (
     LocalEcr,
     Operation,
     RecordedRequest,
+    upstream,
 )
 
 if TYPE_CHECKING:
@@ -806,14 +806,14 @@ async def test_client_leaving_while_the_request_is_applied_upstream_keeps_proxy_
     # exact moment. Everything else stays real HTTP.
     upload_id = await initiate(aio_ecr_client, repository)
     forwarding, release = threading.Event(), threading.Event()
-    post_upstream = local._post_blocking
+    post_upstream = upstream._post_blocking
 
     def held_post(*args: Any) -> Any:
         forwarding.set()
         release.wait(10)
         return post_upstream(*args)
 
-    monkeypatch.setattr(local, "_post_blocking", held_post)
+    monkeypatch.setattr(upstream, "_post_blocking", held_post)
     with anyio.fail_after(10):
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(put_part, aio_ecr_client, repository, upload_id, 0, b"abc")
