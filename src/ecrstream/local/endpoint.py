@@ -6,7 +6,9 @@ their ``_async`` twins (the sync ones would block the event loop the client need
 
 from __future__ import annotations
 
+import os
 import threading
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, Self, TypedDict
 
@@ -17,6 +19,7 @@ from botocore.config import Config
 from ecrstream.local.faults import FaultPlan, Operation, RecordedRequest, UploadSnapshot
 from ecrstream.local.protocol import DEFAULT_MIN_PART_SIZE, MAX_PART_SIZE
 from ecrstream.local.proxy import Proxy
+from ecrstream.local.store import BlobStore
 from ecrstream.local.upstream import REGISTRY_ID, Upstream
 
 __all__ = ["ClientKwargs", "LocalEcr"]
@@ -48,8 +51,13 @@ class LocalEcr:
         region_name: str = "us-east-1",
         min_part_size: int = DEFAULT_MIN_PART_SIZE,
         part_size: int | None = None,
+        data_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         """Configure (nothing starts yet).
+
+        ``data_dir``: the folder for the layers' bytes (created if missing; the layers stay
+        there after ``stop()``, though the repositories and images, kept by moto in memory, do
+        not); None: a temporary folder that ``stop()`` removes.
 
         ``min_part_size``: every part but the last must have at least this many bytes at
         CompleteLayerUpload. ``part_size``: the partSize InitiateLayerUpload returns (None:
@@ -60,9 +68,11 @@ class LocalEcr:
         self._region_name = region_name
         self._initial_min_part_size = min_part_size
         self._initial_part_size = part_size
+        self._data_dir = data_dir
         self.faults = FaultPlan()
         self._lifecycle = threading.Lock()
         self._upstream: Upstream | None = None
+        self._store: BlobStore | None = None
         self._proxy: Proxy | None = None
         self._repository_client: Any = None
         self._used = False
@@ -78,11 +88,17 @@ class LocalEcr:
             if self._used:
                 raise RuntimeError("a LocalEcr starts once; create a new one")
             self._used = True
+            store = BlobStore(self._data_dir)
             upstream = Upstream()
-            upstream.start()
+            try:
+                upstream.start()
+            except BaseException:
+                store.close()
+                raise
             try:
                 proxy = Proxy(
                     upstream=upstream,
+                    store=store,
                     region_name=self._region_name,
                     registry_id=REGISTRY_ID,
                     min_part_size=self._initial_min_part_size,
@@ -91,9 +107,12 @@ class LocalEcr:
                 )
                 proxy.start()
             except BaseException:
-                upstream.stop()
+                try:
+                    upstream.stop()
+                finally:
+                    store.close()
                 raise
-            self._upstream, self._proxy = upstream, proxy
+            self._upstream, self._store, self._proxy = upstream, store, proxy
 
     def stop(self) -> None:
         """Stop both servers and join their threads; ports are closed on return. Idempotent.
@@ -101,16 +120,20 @@ class LocalEcr:
         Requests still delayed are cut short; work already being applied finishes first.
         """
         with self._lifecycle:
-            proxy, upstream, client = self._proxy, self._upstream, self._repository_client
-            self._proxy = self._upstream = self._repository_client = None
-            if proxy is None or upstream is None:
+            proxy, upstream, store = self._proxy, self._upstream, self._store
+            client = self._repository_client
+            self._proxy = self._upstream = self._store = self._repository_client = None
+            if proxy is None or upstream is None or store is None:
                 return
             try:
                 proxy.stop()
                 if client is not None:
                     client.close()
             finally:
-                upstream.stop()
+                try:
+                    upstream.stop()
+                finally:
+                    store.close()
 
     def __enter__(self) -> Self:
         self.start()
@@ -160,6 +183,13 @@ class LocalEcr:
         self._running_proxy()
         assert self._upstream is not None
         return self._upstream.url
+
+    @property
+    def data_dir(self) -> Path:
+        """The folder holding the layers' bytes. Raises RuntimeError unless running."""
+        self._running_proxy()
+        assert self._store is not None
+        return self._store.root
 
     @property
     def region_name(self) -> str:
@@ -230,7 +260,7 @@ class LocalEcr:
         return str(answer["repository"]["repositoryUri"])
 
     def forget_upload(self, upload_id: str) -> bool:
-        """Make an open upload disappear, in the proxy and in moto, as when ECR expires it.
+        """Make an open upload disappear (its bytes too), as when ECR expires it.
 
         Later parts and completion get UploadNotFoundException. Returns False if the proxy
         did not know the upload (never initiated, completed or forgotten before).

@@ -40,7 +40,9 @@ from ecrstream.local.protocol import (
     parse_fields,
     parse_part,
 )
+from ecrstream.local.registry import Access, Registry
 from ecrstream.local.rules import Rules
+from ecrstream.local.store import BlobStore
 from ecrstream.local.upstream import Upstream, forwarded_headers
 
 _log = logging.getLogger(__name__)
@@ -85,6 +87,7 @@ class Proxy:
         self,
         *,
         upstream: Upstream,
+        store: BlobStore,
         region_name: str,
         registry_id: str,
         min_part_size: int,
@@ -95,8 +98,12 @@ class Proxy:
         # Guards everything other threads read: records, counters, uploads, settings.
         self.lock = threading.Lock()
         self._changed = threading.Condition(self.lock)
+        self.access = Access()
+        self._registry = Registry(upstream, store, self.access, region_name=region_name)
         self.rules = Rules(
             upstream,
+            store,
+            self.access,
             self.lock,
             region_name=region_name,
             registry_id=registry_id,
@@ -161,6 +168,7 @@ class Proxy:
         self._loop = asyncio.get_running_loop()
         self._stop_requested = asyncio.Event()
         app = web.Application(client_max_size=MAX_BODY)
+        self._registry.add_routes(app)
         app.router.add_route("*", "/{tail:.*}", self._handle)
         # handler_cancellation: a client that goes away cancels its handler (ends delays).
         runner = web.AppRunner(
@@ -171,6 +179,7 @@ class Proxy:
             site = web.TCPSite(runner, "127.0.0.1", 0)
             await site.start()
             port: int = runner.addresses[0][1]
+            self.access.base_url = f"http://127.0.0.1:{port}"
             started.set_result(port)
             await self._stop_requested.wait()
             for handler in list(self._handlers):

@@ -11,7 +11,7 @@ What moto 5.2 does, and what the rules add (errors in ECR's JSON shape)::
                           over 20,971,520 bytes, an empty part, a byte range whose length is not
                           the blob's; and an upload id unknown to this repository ->
                           UploadNotFoundException.
-    CompleteLayerUpload   moto: ignores layerDigests and stores whatever bytes arrived.
+    CompleteLayerUpload   moto: ignores layerDigests and keeps whatever bytes arrived.
                           rules add, in this order: UploadNotFoundException,
                           EmptyUploadException (no parts), LayerPartTooSmallException (a part
                           but the last under ``min_part_size``), InvalidLayerException
@@ -27,8 +27,11 @@ What moto 5.2 does, and what the rules add (errors in ECR's JSON shape)::
                           LayersNotFoundException (config or layer blob missing), and make the
                           stored digest sha256(manifest) as ECR does.
 
-Every other operation goes to moto untouched. One upload's parts and completion are applied
-one at a time, in arrival order, as ECR does.
+The bytes never go to moto: a part is written to the store (``store.py``) at its offset and
+answered here; a completion moves the bytes to the blob of their digest and records the layer
+(digest and size) in moto's backend, in process, so moto's BatchCheckLayerAvailability and
+PutImage see it. Every other operation goes to moto untouched. One upload's parts and
+completion are applied one at a time, in arrival order, as ECR does.
 """
 
 from __future__ import annotations
@@ -38,15 +41,19 @@ import hashlib
 import json
 import re
 import threading
+import time
 from typing import TYPE_CHECKING, Final
 
 from ecrstream.local.faults import Exchange, Operation, UploadSnapshot
-from ecrstream.local.protocol import MAX_PART_SIZE, Parsed, Reply, error
-from ecrstream.local.upstream import Upstream
+from ecrstream.local.protocol import MAX_PART_SIZE, Parsed, Reply, error, success
+from ecrstream.local.registry import TOKEN_SECONDS, Access
+from ecrstream.local.store import BlobStore
+from ecrstream.local.upstream import Upstream, manifest_blobs
 
 if TYPE_CHECKING:
     from _hashlib import HASH
 
+_LAYER_DIGEST: Final = re.compile(r"[a-zA-Z0-9-_+.]+:[a-fA-F0-9]+")
 _CREDENTIAL_REGION = re.compile(r"Credential=[^/,\s]+/\d{8}/([^/,\s]+)/")
 _NO_SUCH_BLOB: Final = "sha256:" + "0" * 64
 
@@ -98,6 +105,8 @@ class Rules:
     def __init__(
         self,
         upstream: Upstream,
+        store: BlobStore,
+        access: Access,
         lock: threading.Lock,
         *,
         region_name: str,
@@ -106,6 +115,8 @@ class Rules:
         part_size: int | None,
     ) -> None:
         self._upstream = upstream
+        self._store = store
+        self._access = access
         self._lock = lock
         self._region_name = region_name
         self._registry_id = registry_id
@@ -126,6 +137,7 @@ class Rules:
             upload = self._uploads.pop(upload_id, None)
         if upload is None:
             return False
+        self._store.discard(upload_id)
         self._upstream.drop_upload(
             upload.registry_id, upload.region_name, upload.repository_name, upload_id
         )
@@ -172,11 +184,15 @@ class Rules:
         if operation == Operation.INITIATE_LAYER_UPLOAD:
             return await self._initiate(exchange, headers, body, parsed)
         if operation == Operation.UPLOAD_LAYER_PART:
-            return await self._upload_part(headers, body, parsed)
+            return await self._upload_part(parsed)
         if operation == Operation.COMPLETE_LAYER_UPLOAD:
-            return await self._complete(headers, body, parsed)
+            return await self._complete(headers, parsed)
         if operation == Operation.PUT_IMAGE:
             return await self._put_image(headers, body, parsed)
+        if operation == Operation.GET_DOWNLOAD_URL_FOR_LAYER:
+            return await self._download_url(headers, parsed)
+        if operation == Operation.GET_AUTHORIZATION_TOKEN:
+            return await self._authorization_token(headers, body)
         return await self._upstream.post(headers, body)
 
     def _registry_of(self, parsed: Parsed) -> str:
@@ -212,7 +228,7 @@ class Rules:
             reply = Reply(reply.status, json.dumps(answer).encode(), reply.headers, True)
         return reply
 
-    async def _upload_part(self, headers: dict[str, str], body: bytes, parsed: Parsed) -> Reply:
+    async def _upload_part(self, parsed: Parsed) -> Reply:
         repository_name = parsed.text("repositoryName")
         upload = self._lookup(parsed.text("uploadId"), repository_name)
         if upload is None:
@@ -232,19 +248,31 @@ class Rules:
                     uploadId=upload.upload_id,
                     lastValidByteReceived=upload.last_byte_received,
                 )
-            reply = await self._upstream.post(headers, body)
-            if reply.status == 200 and parsed.blob is not None:
-                # Hash into a copy and swap under the lock: a snapshot never sees a digest
-                # ahead of part_sizes.
-                hasher = upload.hasher.copy()
-                await asyncio.to_thread(hasher.update, parsed.blob)
-                with self._lock:
-                    upload.hasher = hasher
-                    upload.part_sizes.append(len(parsed.blob))
-                    upload.last_byte_received += len(parsed.blob)
-            return reply
+            blob = parsed.blob
+            assert blob is not None  # _part_problem refuses a part without one
+            # Hash into a copy and swap under the lock: a snapshot never sees a digest
+            # ahead of part_sizes.
+            hasher = upload.hasher.copy()
+            offset = upload.last_byte_received + 1
+            await asyncio.to_thread(self._write_part, upload.upload_id, offset, hasher, blob)
+            with self._lock:
+                upload.hasher = hasher
+                upload.part_sizes.append(len(blob))
+                upload.last_byte_received += len(blob)
+            return success(
+                {
+                    "registryId": upload.registry_id,
+                    "repositoryName": upload.repository_name,
+                    "uploadId": upload.upload_id,
+                    "lastByteReceived": upload.last_byte_received,
+                }
+            )
 
-    async def _complete(self, headers: dict[str, str], body: bytes, parsed: Parsed) -> Reply:
+    def _write_part(self, upload_id: str, offset: int, hasher: HASH, blob: bytes) -> None:
+        self._store.append(upload_id, offset, blob)
+        hasher.update(blob)
+
+    async def _complete(self, headers: dict[str, str], parsed: Parsed) -> Reply:
         repository_name = parsed.text("repositoryName")
         upload = self._lookup(parsed.text("uploadId"), repository_name)
         if upload is None:
@@ -272,11 +300,31 @@ class Rules:
                     f"with name '{repository_name}' in the registry with id "
                     f"'{upload.registry_id}'.",
                 )
-            reply = await self._upstream.post(headers, body)
-            if reply.status == 200:
-                with self._lock:
-                    self._uploads.pop(upload.upload_id, None)
-            return reply
+            await asyncio.to_thread(self._store.commit, upload.upload_id, digest)
+            registered = self._upstream.register_layer(
+                upload.registry_id,
+                upload.region_name,
+                upload.repository_name,
+                upload.upload_id,
+                digest,
+                upload.last_byte_received + 1,
+            )
+            with self._lock:
+                self._uploads.pop(upload.upload_id, None)
+            if not registered:
+                return error(
+                    "RepositoryNotFoundException",
+                    f"The repository with name '{repository_name}' does not exist in the "
+                    f"registry with id '{upload.registry_id}'",
+                )
+            return success(
+                {
+                    "registryId": upload.registry_id,
+                    "repositoryName": upload.repository_name,
+                    "uploadId": upload.upload_id,
+                    "layerDigest": digest,
+                }
+            )
 
     async def _put_image(self, headers: dict[str, str], body: bytes, parsed: Parsed) -> Reply:
         manifest = parsed.text("imageManifest")
@@ -297,7 +345,7 @@ class Rules:
                 "Invalid parameter at 'imageManifest' failed to satisfy constraint: "
                 "'Invalid JSON syntax'",
             )
-        referenced = referenced_blobs(document)
+        referenced = manifest_blobs(document)
         # With nothing to look up, the placeholder still proves the repository exists
         # (moto answers an unknown repository's PutImage with a bare 500).
         found = await self._upstream.available_layers(
@@ -318,6 +366,53 @@ class Rules:
         # moto derives its own digest unless told; tell it the one ECR would compute.
         forwarded = json.dumps({**parsed.fields, "imageDigest": digest}).encode()
         return await self._upstream.post(headers, forwarded)
+
+    async def _download_url(self, headers: dict[str, str], parsed: Parsed) -> Reply:
+        repository_name = parsed.text("repositoryName")
+        registry_id = parsed.text("registryId")
+        digest = parsed.text("layerDigest")
+        if digest is None or not _LAYER_DIGEST.fullmatch(digest):
+            return error(
+                "InvalidParameterException",
+                "Invalid parameter at 'layerDigest' failed to satisfy constraint: 'Member must "
+                f"satisfy regular expression pattern: {_LAYER_DIGEST.pattern}'",
+            )
+        found = await self._upstream.available_layers(
+            headers, repository_name, registry_id, [digest]
+        )
+        if isinstance(found, Reply):
+            return found
+        if digest not in found or await asyncio.to_thread(self._store.find, digest) is None:
+            return error(
+                "LayersNotFoundException",
+                f"The specified layer '{digest}' could not be found in the repository with "
+                f"name '{repository_name}' in the registry with id "
+                f"'{registry_id or self._registry_id}'.",
+            )
+        referenced = await self._upstream.referenced_blobs(headers, repository_name, registry_id)
+        if isinstance(referenced, Reply):
+            return referenced
+        if digest not in referenced:
+            return error(
+                "LayerInaccessibleException",
+                f"The specified layer '{digest}' is not available because it is not "
+                "associated with an image. Unassociated image layers may be cleaned up at any "
+                "time.",
+            )
+        return success({"downloadUrl": self._access.download_url(digest), "layerDigest": digest})
+
+    async def _authorization_token(self, headers: dict[str, str], body: bytes) -> Reply:
+        reply = await self._upstream.post(headers, body)
+        if reply.status != 200:
+            return reply
+        # moto's token and address are AWS's; give this endpoint's, which /v2/ accepts.
+        answer = json.loads(reply.body)
+        expires_at = time.time() + TOKEN_SECONDS
+        for data in answer.get("authorizationData", []):
+            data["authorizationToken"] = self._access.token()
+            data["proxyEndpoint"] = self._access.base_url
+            data["expiresAt"] = expires_at
+        return Reply(200, json.dumps(answer).encode(), reply.headers, applied=True)
 
 
 def _part_problem(upload: Upload, parsed: Parsed) -> str | None:
@@ -365,19 +460,3 @@ def _completion_problem(
             f"the computed digest '{digest}' of the uploaded bytes.",
         )
     return None
-
-
-def referenced_blobs(document: object) -> list[str]:
-    """The config and layer digests a manifest needs in the repository (none for an index)."""
-    if not isinstance(document, dict):
-        return []
-    blobs: list[str] = []
-    config = document.get("config")
-    if isinstance(config, dict) and isinstance(config.get("digest"), str):
-        blobs.append(config["digest"])
-    layers = document.get("layers")
-    if isinstance(layers, list):
-        for layer in layers:
-            if isinstance(layer, dict) and isinstance(layer.get("digest"), str):
-                blobs.append(layer["digest"])
-    return list(dict.fromkeys(blobs))

@@ -48,6 +48,22 @@ def _post_blocking(upstream: tuple[str, int], headers: Mapping[str, str], body: 
         connection.close()
 
 
+def manifest_blobs(document: object) -> list[str]:
+    """The config and layer digests a manifest needs in the repository (none for an index)."""
+    if not isinstance(document, dict):
+        return []
+    blobs: list[str] = []
+    config = document.get("config")
+    if isinstance(config, dict) and isinstance(config.get("digest"), str):
+        blobs.append(config["digest"])
+    layers = document.get("layers")
+    if isinstance(layers, list):
+        for layer in layers:
+            if isinstance(layer, dict) and isinstance(layer.get("digest"), str):
+                blobs.append(layer["digest"])
+    return list(dict.fromkeys(blobs))
+
+
 class _MuteAccessLog(logging.Filter):
     """Drops werkzeug's per-request INFO lines (moto's server logs every request)."""
 
@@ -124,6 +140,13 @@ class Upstream:
         }
         return await self.post(headers, json.dumps(payload).encode())
 
+    async def ask(
+        self, headers: Mapping[str, str], operation: str, payload: Mapping[str, Any]
+    ) -> Reply:
+        """Make another request with a client's headers (its account and region)."""
+        asked = {**headers, "X-Amz-Target": TARGET_PREFIX + operation}
+        return await self.post(asked, json.dumps(payload).encode())
+
     async def available_layers(
         self,
         headers: Mapping[str, str],
@@ -133,7 +156,6 @@ class Upstream:
     ) -> set[str] | Reply:
         """Which of these digests the repository has; an upstream error comes back as is."""
         available: set[str] = set()
-        check_headers = {**headers, "X-Amz-Target": TARGET_PREFIX + "BatchCheckLayerAvailability"}
         for start in range(0, len(digests), 100):  # ECR's limit per call
             request: dict[str, Any] = {
                 "repositoryName": repository_name,
@@ -141,13 +163,48 @@ class Upstream:
             }
             if registry_id is not None:
                 request["registryId"] = registry_id
-            reply = await self.post(check_headers, json.dumps(request).encode())
+            reply = await self.ask(headers, "BatchCheckLayerAvailability", request)
             if reply.status != 200:
                 return reply
             for layer in json.loads(reply.body).get("layers", []):
                 if layer.get("layerAvailability") == "AVAILABLE":
                     available.add(layer["layerDigest"])
         return available
+
+    async def referenced_blobs(
+        self, headers: Mapping[str, str], repository_name: str | None, registry_id: str | None
+    ) -> set[str] | Reply:
+        """Every blob an image of the repository references; an upstream error as is."""
+        base: dict[str, Any] = {"repositoryName": repository_name}
+        if registry_id is not None:
+            base["registryId"] = registry_id
+        digests: dict[str, None] = {}
+        listing = dict(base)
+        while True:
+            reply = await self.ask(headers, "ListImages", listing)
+            if reply.status != 200:
+                return reply
+            answer = json.loads(reply.body)
+            for image_id in answer.get("imageIds", []):
+                if isinstance(image_id.get("imageDigest"), str):
+                    digests[image_id["imageDigest"]] = None
+            if not answer.get("nextToken"):
+                break
+            listing = {**base, "nextToken": answer["nextToken"]}
+        referenced: set[str] = set()
+        ordered = list(digests)
+        for start in range(0, len(ordered), 100):  # ECR's limit per call
+            ids = [{"imageDigest": digest} for digest in ordered[start : start + 100]]
+            reply = await self.ask(headers, "BatchGetImage", {**base, "imageIds": ids})
+            if reply.status != 200:
+                return reply
+            for image in json.loads(reply.body).get("images", []):
+                try:
+                    document = json.loads(image.get("imageManifest", ""))
+                except ValueError:
+                    continue
+                referenced.update(manifest_blobs(document))
+        return referenced
 
     @staticmethod
     def _repository(registry_id: str, region_name: str, repository_name: str) -> Any:
@@ -157,6 +214,27 @@ class Upstream:
             return ecr_backends[registry_id][region_name].repositories[repository_name]
         except KeyError:
             return None
+
+    def register_layer(
+        self,
+        registry_id: str,
+        region_name: str,
+        repository_name: str,
+        upload_id: str,
+        digest: str,
+        size: int,
+    ) -> bool:
+        """Record a completed layer in moto's backend and close its upload there.
+
+        What moto's own CompleteLayerUpload would do had the bytes gone there. False if the
+        repository no longer exists.
+        """
+        repository = self._repository(registry_id, region_name, repository_name)
+        if repository is None:
+            return False
+        repository.layers[digest] = size
+        repository.uploads.pop(upload_id, None)
+        return True
 
     def drop_upload(
         self, registry_id: str, region_name: str, repository_name: str, upload_id: str
