@@ -3,6 +3,7 @@
 
     python3 run.py demo [ARGS...]   # everything on an embedded local ECR endpoint
     python3 run.py test [PYTEST ARGS...]  # ruff, ruff format, mypy --strict, pytest
+                                          # (installs the Debian package skopeo if missing)
 
 Each creates (or reuses) the virtual environment ``.venv`` in the checkout and installs
 what it needs into it; it reinstalls only when pyproject.toml changes.
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 import venv
@@ -49,8 +51,29 @@ def demo(argv: list[str]) -> int:
     return _run("-m", "ecrstream", "demo", *argv)
 
 
+def _ensure_skopeo() -> bool:
+    """The tests pull images back with skopeo (a Debian package): install it when missing."""
+    if shutil.which("skopeo"):
+        return True
+    if shutil.which("apt-get") and hasattr(os, "geteuid") and os.geteuid() == 0:
+        print("run.py: installing skopeo: apt-get update; apt-get install -y skopeo", flush=True)
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        subprocess.run(["apt-get", "update", "-q"], env=env, check=False)
+        subprocess.run(["apt-get", "install", "-y", "-q", "skopeo"], env=env, check=False)
+        if shutil.which("skopeo"):
+            return True
+    print(
+        "run.py: the tests need skopeo: install the Debian package 'skopeo' "
+        "(apt-get install skopeo) and run again",
+        flush=True,
+    )
+    return False
+
+
 def test(argv: list[str]) -> int:
     _ensure_venv("test")
+    if not _ensure_skopeo():
+        return 1
     failed = []
     for name, cmd in (
         ("ruff check", ["-m", "ruff", "check", "."]),
