@@ -52,8 +52,11 @@ class LocalEcr:
         min_part_size: int = DEFAULT_MIN_PART_SIZE,
         part_size: int | None = None,
         data_dir: str | os.PathLike[str] | None = None,
+        port: int = 0,
     ) -> None:
         """Configure (nothing starts yet).
+
+        ``port``: the proxy's port on 127.0.0.1 (0: a free one; moto always takes a free one).
 
         ``data_dir``: the folder for the layers' bytes (created if missing; the layers stay
         there after ``stop()``, though the repositories and images, kept by moto in memory, do
@@ -62,9 +65,13 @@ class LocalEcr:
         ``min_part_size``: every part but the last must have at least this many bytes at
         CompleteLayerUpload. ``part_size``: the partSize InitiateLayerUpload returns (None:
         moto's 10 MiB, as ECR). Both can be changed while running; ``reset()`` restores these.
-        Raises ValueError for a min_part_size under 1 or a part_size outside [1, MAX_PART_SIZE].
+        Raises ValueError for a min_part_size under 1, a part_size outside [1, MAX_PART_SIZE]
+        or a port outside [0, 65535].
         """
         _check_sizes(min_part_size, part_size)
+        if not 0 <= port <= 65535:
+            raise ValueError(f"port must lie in [0, 65535], got {port}")
+        self._port = port
         self._region_name = region_name
         self._initial_min_part_size = min_part_size
         self._initial_part_size = part_size
@@ -82,7 +89,7 @@ class LocalEcr:
     def start(self) -> None:
         """Start moto and the proxy; returns once both accept connections.
 
-        Raises RuntimeError if this instance was started before.
+        Raises RuntimeError if this instance was started before, OSError if the port is taken.
         """
         with self._lifecycle:
             if self._used:
@@ -104,6 +111,7 @@ class LocalEcr:
                     min_part_size=self._initial_min_part_size,
                     part_size=self._initial_part_size,
                     faults=self.faults,
+                    port=self._port,
                 )
                 proxy.start()
             except BaseException:
@@ -176,6 +184,13 @@ class LocalEcr:
     def endpoint_url(self) -> str:
         """The proxy's URL: what clients should use. Raises RuntimeError unless running."""
         return f"http://127.0.0.1:{self._running_proxy().port}"
+
+    @property
+    def registry_address(self) -> str:
+        """``127.0.0.1:PORT``: the registry to pull from (same port; plain HTTP; user AWS,
+        password from GetAuthorizationToken). Raises RuntimeError unless running.
+        """
+        return f"127.0.0.1:{self._running_proxy().port}"
 
     @property
     def upstream_url(self) -> str:

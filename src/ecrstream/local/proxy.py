@@ -93,8 +93,10 @@ class Proxy:
         min_part_size: int,
         part_size: int | None,
         faults: FaultPlan,
+        port: int = 0,
     ) -> None:
         self._faults = faults
+        self._requested_port = port
         # Guards everything other threads read: records, counters, uploads, settings.
         self.lock = threading.Lock()
         self._changed = threading.Condition(self.lock)
@@ -176,7 +178,7 @@ class Proxy:
         )
         try:
             await runner.setup()
-            site = web.TCPSite(runner, "127.0.0.1", 0)
+            site = web.TCPSite(runner, "127.0.0.1", self._requested_port)
             await site.start()
             port: int = runner.addresses[0][1]
             self.access.base_url = f"http://127.0.0.1:{port}"
