@@ -39,6 +39,7 @@ from ecrstream.local.protocol import (
     operation_of,
     parse_fields,
     parse_part,
+    read_body,
 )
 from ecrstream.local.registry import Access, Registry
 from ecrstream.local.rules import Rules
@@ -308,10 +309,12 @@ class Proxy:
             await _read_some(request, fault.reset_after_bytes)
             _reset_connection(request)
             return web.Response()  # never sent: the connection is gone
-        body = await request.read()
         if exchange.operation == Operation.UPLOAD_LAYER_PART:
-            parsed = await asyncio.to_thread(parse_part, body)
+            # The part's bytes go to the store, never upstream: keep only the decoded blob.
+            parsed = await asyncio.to_thread(parse_part, await read_body(request))
+            body = b""
         else:
+            body = await request.read()
             parsed = parse_fields(body)
         if parsed is not None:
             _fill(exchange, parsed)
