@@ -16,11 +16,12 @@ import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from types import FrameType
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
-from ecrstream.local.endpoint import LocalEcr
+if TYPE_CHECKING:
+    from ecrstream.local.endpoint import LocalEcr
 
-__all__ = ["build_parser", "main", "serve"]
+__all__ = ["add_arguments", "build_parser", "main", "run", "serve"]
 
 _EXAMPLE_REPOSITORY = "demo"
 
@@ -84,6 +85,8 @@ def serve(
     def request_stop(signum: int, frame: FrameType | None) -> None:
         stop.set()
 
+    from ecrstream.local.endpoint import LocalEcr  # moto, aiohttp: only when serving
+
     if threading.current_thread() is threading.main_thread():
         for signum in (signal.SIGINT, signal.SIGTERM):
             previous[signum] = signal.signal(signum, request_stop)
@@ -111,19 +114,17 @@ def _port(text: str) -> int:
     return value
 
 
-def build_parser(prog: str = "ecrstream local-ecr") -> argparse.ArgumentParser:
-    """The command line of the server (``ecrstream local-ecr``)."""
-    parser = argparse.ArgumentParser(
-        prog=prog,
-        description=(
-            "Serve a local ECR endpoint on 127.0.0.1 (moto behind ecrstream's strict proxy) "
-            "until Ctrl-C or SIGTERM: the ECR API, GetDownloadUrlForLayer, and the registry's "
-            "read side under /v2/ so skopeo, docker or crane can pull what was pushed. The "
-            "first line of output is the endpoint URL; the next ones say how to point the AWS "
-            "CLI, boto3 and ecrstream at it and how to pull. No AWS account, nothing leaves "
-            "the machine."
-        ),
-    )
+DESCRIPTION = (
+    "Serve a local ECR endpoint on 127.0.0.1 (moto behind ecrstream's strict proxy) until "
+    "Ctrl-C or SIGTERM: the ECR API, GetDownloadUrlForLayer, and the registry's read side "
+    "under /v2/ so skopeo, docker or crane can pull what was pushed. The first line of output "
+    "is the endpoint URL; the next ones say how to point the AWS CLI, boto3 and ecrstream at "
+    "it and how to pull. No AWS account, nothing leaves the machine."
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the server's options to ``parser`` (e.g. the CLI's ``local-ecr`` subparser)."""
     parser.add_argument(
         "--port", type=_port, default=0, help="port on 127.0.0.1 (default: a free one)"
     )
@@ -143,13 +144,17 @@ def build_parser(prog: str = "ecrstream local-ecr") -> argparse.ArgumentParser:
     parser.add_argument(
         "--region", default="us-east-1", help="the region clients sign for (default: us-east-1)"
     )
+
+
+def build_parser(prog: str = "ecrstream local-ecr") -> argparse.ArgumentParser:
+    """The command line of the server, on its own (``python -m ecrstream.local``)."""
+    parser = argparse.ArgumentParser(prog=prog, description=DESCRIPTION)
+    add_arguments(parser)
     return parser
 
 
-def main(argv: Sequence[str] | None = None, prog: str = "ecrstream local-ecr") -> int:
-    """Run the server from a command line; returns the exit status (0 after a stop signal)."""
-    parser = build_parser(prog)
-    args = parser.parse_args(argv)
+def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """Serve with parsed options; usage errors (port taken, bad folder) go to ``parser``."""
     from botocore.exceptions import ClientError
 
     if args.data_dir is not None:
@@ -157,7 +162,6 @@ def main(argv: Sequence[str] | None = None, prog: str = "ecrstream local-ecr") -
             Path(args.data_dir).mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             parser.error(f"--data-dir {args.data_dir}: cannot use it: {exc.strerror or exc}")
-
     try:
         serve(args.port, args.repository, args.data_dir, region_name=args.region)
     except ClientError as exc:
@@ -166,3 +170,9 @@ def main(argv: Sequence[str] | None = None, prog: str = "ecrstream local-ecr") -
     except OSError as exc:
         parser.error(f"--port {args.port}: cannot listen on 127.0.0.1: {exc.strerror or exc}")
     return 0
+
+
+def main(argv: Sequence[str] | None = None, prog: str = "ecrstream local-ecr") -> int:
+    """Run the server from a command line; returns the exit status (0 after a stop signal)."""
+    parser = build_parser(prog)
+    return run(parser.parse_args(argv), parser)
