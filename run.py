@@ -3,6 +3,7 @@
 
     python3 run.py demo [ARGS...]   # everything on an embedded local ECR endpoint
     python3 run.py test [PYTEST ARGS...]  # ruff, ruff format, mypy --strict, pytest
+                                          # (installs the Debian package skopeo if missing)
 
 Each creates (or reuses) the virtual environment ``.venv`` in the checkout and installs
 what it needs into it; it reinstalls only when pyproject.toml changes.
@@ -50,26 +51,41 @@ def demo(argv: list[str]) -> int:
     return _run("-m", "ecrstream", "demo", *argv)
 
 
-def _ensure_docker_registry() -> None:
-    """The registry tests run the real CNCF registry: install Debian's package when missing."""
-    if shutil.which("docker-registry"):
-        return
+# Real third-party programs the tests run: the command each needs, and its Debian package.
+TOOLS = {
+    "docker-registry": "docker-registry",  # the CNCF distribution registry (copy sources)
+    "skopeo": "skopeo",  # a pull client nobody here wrote (reads back what was pushed)
+}
+
+
+def _ensure_tools() -> bool:
+    """Install the Debian packages of missing tools (as root), or say which are missing."""
+    missing = [package for command, package in TOOLS.items() if not shutil.which(command)]
+    if not missing:
+        return True
     is_root = hasattr(os, "geteuid") and os.geteuid() == 0
     if is_root and shutil.which("apt-get") and Path("/etc/debian_version").exists():
-        print("run.py: docker-registry is not installed; installing Debian's package", flush=True)
-        subprocess.run(["apt-get", "update"], check=True)
+        names = " ".join(missing)
+        print(f"run.py: installing {names} (once): apt-get update; apt-get install {names}")
+        sys.stdout.flush()
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        subprocess.run(["apt-get", "install", "-y", "docker-registry"], check=True, env=env)
-        return
-    sys.exit(
-        "run.py: the tests need the CNCF distribution registry: install the Debian package "
-        "docker-registry (apt-get install docker-registry), or put docker-registry on PATH"
+        subprocess.run(["apt-get", "update", "-q"], env=env, check=False)
+        subprocess.run(["apt-get", "install", "-y", "-q", *missing], env=env, check=False)
+        missing = [package for command, package in TOOLS.items() if not shutil.which(command)]
+        if not missing:
+            return True
+    print(
+        f"run.py: the tests need the Debian package(s) {', '.join(missing)}: "
+        f"apt-get install {' '.join(missing)}, then run again",
+        flush=True,
     )
+    return False
 
 
 def test(argv: list[str]) -> int:
     _ensure_venv("test")
-    _ensure_docker_registry()
+    if not _ensure_tools():
+        return 1
     failed = []
     for name, cmd in (
         ("ruff check", ["-m", "ruff", "check", "."]),
