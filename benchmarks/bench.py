@@ -3,7 +3,7 @@
 
     .venv/bin/python benchmarks/bench.py [--sizes 64M,256M,1G] [--runs 3]
         [--cases http:20MiB,https:10MiB] [--latency-ms 0] [--latency-sweep] [--with-4g]
-        [--long] [--variants ecrstream,boto3,aiobotocore] [--verify]
+        [--long] [--variants ecrstream,boto3,aiobotocore[,ecrstream-asyncio-tls]] [--verify]
 
 A case is a scheme (``http``, or ``https`` against a throwaway CA made at start with trustme,
 trusted by the clients through ``AWS_CA_BUNDLE``), a part size (what the sink's
@@ -298,6 +298,7 @@ def run_once(
     env.pop("AWS_SESSION_TOKEN", None)
     env.pop("AWS_PROFILE", None)
     env.pop("AWS_CA_BUNDLE", None)
+    env.pop("ECRSTREAM_ASYNCIO_TLS", None)  # the ecrstream-asyncio-tls variant sets its own
     if sink.ca_bundle:
         # How an AWS client is told to trust a CA: boto3, aiobotocore and ecrstream alike.
         env["AWS_CA_BUNDLE"] = sink.ca_bundle
@@ -745,7 +746,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.part_size is not None:
         cases = list(dict.fromkeys(Case(c.scheme, args.part_size, c.latency_ms) for c in cases))
     variant_names = [v.strip() for v in args.variants.split(",") if v.strip()]
-    unknown = set(variant_names) - set(variants.VARIANTS)
+    unknown = set(variant_names) - set(variants.VARIANTS + variants.EXTRA_VARIANTS)
     if unknown:
         parser.error(f"unknown variants: {', '.join(sorted(unknown))}")
     config = Config(
