@@ -587,6 +587,35 @@ async def test_layers_upload_concurrently_up_to_the_limit(
     assert sent == sorted(sent)
 
 
+async def test_uploads_start_largest_first_and_each_blob_is_checked_once_in_one_batch(
+    ecr: LocalEcr, repository: str, client: EcrClient, tmp_path: Path
+) -> None:
+    sizes = [8 * KIB, 96 * KIB, 16 * KIB, 300 * KIB, 1 * KIB, 64 * KIB, 5 * MIB + 7]
+    layers = [layer_bytes(size, 110 + n) for n, size in enumerate(sizes)]
+    source = oci_source(layers)
+    path = write_folder(source.files, tmp_path / "layout")
+    config = source.files[blob_path(source.config_digests[0])]
+    assert isinstance(config, bytes)
+    size_of = {digest_of(blob): len(blob) for blob in [*layers, config]}
+    started: list[str] = []
+
+    def on_progress(progress: PushProgress) -> None:
+        if progress.event == "started":
+            started.append(progress.digest)
+
+    await push_image(
+        client, path, repository, tags=["big"], max_concurrent_layers=2, on_progress=on_progress
+    )
+
+    assert [size_of[digest] for digest in started] == sorted(size_of.values(), reverse=True)
+    initiated = [r.sequence for r in ecr.requests(INITIATE)]
+    assert len(initiated) == len(size_of)
+    # One batched availability check names every blob, before the first upload
+    checks = ecr.requests(CHECK)
+    assert set(checks[0].layer_digests) == set(size_of)
+    assert checks[0].sequence < min(initiated)
+
+
 async def test_progress_reports_parts_of_a_large_layer_and_skipped_layers_as_done(
     ecr: LocalEcr, repository: str, client: EcrClient, tmp_path: Path, layers: list[bytes]
 ) -> None:
