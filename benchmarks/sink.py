@@ -14,7 +14,10 @@ free port). It speaks the ECR JSON protocol (awsJson1_1: ``POST /`` with
   ``lastValidByteReceived``, as ECR does.
 - ``CompleteLayerUpload`` returns the digest; with ``--verify`` it checks it against the
   sha256 of the decoded parts and answers ``InvalidLayerException`` on a mismatch.
-- ``BatchCheckLayerAvailability`` reports the layers completed in this process.
+- ``BatchCheckLayerAvailability`` reports the layers completed in this process, per
+  repository (a fresh repository name starts empty, so runs do not see each other's layers).
+- ``PutImage`` stores the manifest's digest under its tag; an image manifest whose config or
+  layers the repository lacks gets ``LayersNotFoundException``, as ECR answers.
 - Anything else gets an empty ``{}`` 200.
 - ``GET /stats`` returns the sink's counters and its own CPU time (for the benchmark).
 
@@ -113,7 +116,9 @@ class SinkState:
     latency_s: float = 0.0
     tls: bool = False
     uploads: dict[str, Upload] = field(default_factory=dict)
-    layer_sizes: dict[str, int] = field(default_factory=dict)  # completed digest -> size
+    # (repository, completed digest) -> size
+    layer_sizes: dict[tuple[str, str], int] = field(default_factory=dict)
+    images: list[dict[str, Any]] = field(default_factory=list)  # one record per PutImage
     completed: list[dict[str, Any]] = field(default_factory=list)  # one record per upload
     requests: int = 0
     connections: int = 0
@@ -140,6 +145,7 @@ class SinkState:
             "tls": self.tls,
             "latency_ms": self.latency_s * 1000,
             "completed": self.completed[-1000:],
+            "images": self.images[-1000:],
         }
 
 
@@ -528,7 +534,7 @@ def _complete_layer_upload(state: SinkState, request: dict[str, Any]) -> dict[st
                 f"digest {digest} does not match the uploaded content {actual}",
             )
     del state.uploads[upload_id]
-    state.layer_sizes[digest] = upload.last_byte_received + 1
+    state.layer_sizes[upload.repository_name, digest] = upload.last_byte_received + 1
     state.completed.append(
         {
             "layerDigest": digest,
@@ -551,8 +557,9 @@ def _complete_layer_upload(state: SinkState, request: dict[str, Any]) -> dict[st
 def _batch_check_layer_availability(state: SinkState, request: dict[str, Any]) -> dict[str, Any]:
     layers: list[dict[str, Any]] = []
     failures: list[dict[str, Any]] = []
+    repository_name = str(request.get("repositoryName", ""))
     for digest in request.get("layerDigests") or []:
-        size = state.layer_sizes.get(digest)
+        size = state.layer_sizes.get((repository_name, digest))
         if size is None:
             failures.append(
                 {
@@ -573,10 +580,46 @@ def _batch_check_layer_availability(state: SinkState, request: dict[str, Any]) -
     return {"layers": layers, "failures": failures}
 
 
+def _put_image(state: SinkState, request: dict[str, Any]) -> dict[str, Any]:
+    repository_name = str(request.get("repositoryName", ""))
+    manifest = str(request.get("imageManifest", ""))
+    digest = "sha256:" + hashlib.sha256(manifest.encode("utf-8")).hexdigest()
+    try:
+        document = json.loads(manifest)
+    except ValueError as exc:
+        raise EcrError("InvalidParameterException", f"imageManifest is not JSON: {exc}") from exc
+    if not isinstance(document, dict):
+        raise EcrError("InvalidParameterException", "imageManifest is not a JSON object")
+    blobs = [document.get("config") or {}, *(document.get("layers") or [])]
+    needed = [blob.get("digest") for blob in blobs if "manifests" not in document and blob]
+    missing = [d for d in needed if (repository_name, d) not in state.layer_sizes]
+    if missing:
+        raise EcrError(
+            "LayersNotFoundException",
+            f"Layers with digests {missing} required for pushing image into repository"
+            f" {repository_name} do not exist",
+        )
+    image_id: dict[str, str] = {"imageDigest": digest}
+    if request.get("imageTag"):
+        image_id["imageTag"] = str(request["imageTag"])
+    state.images.append({"repositoryName": repository_name, **image_id})
+    return {
+        "image": {
+            "registryId": REGISTRY_ID,
+            "repositoryName": repository_name,
+            "imageId": image_id,
+            "imageManifest": manifest,
+            "imageManifestMediaType": request.get("imageManifestMediaType")
+            or document.get("mediaType", ""),
+        }
+    }
+
+
 _HANDLERS = {
     "InitiateLayerUpload": _initiate_layer_upload,
     "CompleteLayerUpload": _complete_layer_upload,
     "BatchCheckLayerAvailability": _batch_check_layer_availability,
+    "PutImage": _put_image,
 }
 
 

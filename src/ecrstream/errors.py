@@ -4,6 +4,7 @@ The tree::
 
     Exception
     ├── OperationCanceledError            (ecrstream.cancellation; a token stopped the operation)
+    │   └── PushCanceledError             push_image stopped (.committed_digests .pending_digests)
     ├── ValueError
     │   └── InvalidArgumentError          an argument broke a rule (.field, .rule); raised before
     │                                     any request is sent; also an EcrStreamError
@@ -33,8 +34,14 @@ The tree::
         │                                 read timeout, response lost); .operation, .timed_out
         ├── CredentialsError              no usable AWS credentials were found
         ├── DigestMismatchError           computed digest differs from the expected/returned one
+        │   └── CorruptBlobError          a blob of an image source does not hash to its digest
+        │                                 (.kind .member .source; found as it streams)
         ├── SourceChangedError            the file changed while it was read
-        ├── ImageSourceError              an image layout or archive is malformed or unsafe
+        ├── ImageSourceError              push_image's source is not a usable image: malformed,
+        │   │                             unsafe, or not an image at all (.source); before any
+        │   │                             request
+        │   └── ImageSelectionError       the source holds several images, or none by the name
+        │                                 asked for (.image_ref .names)
         └── RegistryError                 a source registry failed a request (.status .url,
             │                             never with credentials); unknown statuses stay here
             ├── RegistryAuthError         401/403, a refused token request, a failed
@@ -55,7 +62,8 @@ from __future__ import annotations
 
 import asyncio
 import errno
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Literal
 
 import aiohttp
 from botocore.exceptions import (
@@ -72,9 +80,12 @@ from botocore.exceptions import (
     ConnectionError as BotoConnectionError,
 )
 
+from ecrstream.cancellation import CancellationToken, OperationCanceledError
+
 __all__ = [
     "AuthenticationError",
     "BlobSizeError",
+    "CorruptBlobError",
     "CredentialsError",
     "DigestMismatchError",
     "EcrConnectionError",
@@ -83,6 +94,7 @@ __all__ = [
     "EmptyUploadError",
     "ImageAlreadyExistsError",
     "ImageDigestDoesNotMatchError",
+    "ImageSelectionError",
     "ImageSourceError",
     "ImageTagAlreadyExistsError",
     "InvalidArgumentError",
@@ -95,6 +107,7 @@ __all__ = [
     "LayersNotFoundError",
     "LimitExceededError",
     "ManifestInvalidError",
+    "PushCanceledError",
     "ReferencedImagesNotFoundError",
     "RegistryAuthError",
     "RegistryConnectionError",
@@ -310,8 +323,88 @@ class SourceChangedError(EcrStreamError):
     """The file changed (size or modification time) while it was read."""
 
 
+class CorruptBlobError(DigestMismatchError):
+    """A blob of push_image's source does not hash to its digest: the source is corrupt.
+
+    Found while the blob streams (its parts went up; its upload is never completed).
+    ``expected`` is the blob's digest, ``actual`` what its bytes hash to; ``kind`` is
+    ``"layer"`` or ``"config"``, ``member`` the blob's path inside the source (``blobs/sha256/...``
+    in an OCI layout), ``source`` the archive or folder. The message names all of them.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        expected: str,
+        actual: str,
+        kind: Literal["layer", "config"],
+        member: str,
+        source: str,
+    ) -> None:
+        super().__init__(message, expected=expected, actual=actual)
+        self.kind = kind
+        self.member = member
+        self.source = source
+
+
 class ImageSourceError(EcrStreamError):
-    """An OCI layout or docker archive is malformed, unsafe, or not something ECR can take."""
+    """push_image's source is not a usable image: malformed, unsafe, or not an image at all.
+
+    Raised before any request. ``source`` is the path of the archive or folder (None where
+    it is not known); the message says what is wrong, where in the source.
+    """
+
+    def __init__(self, message: str, *, source: str | None = None) -> None:
+        super().__init__(message)
+        self.source = source
+
+
+class ImageSelectionError(ImageSourceError):
+    """The source holds several images and none was chosen, or none (or several) by that name.
+
+    ``image_ref`` is the name asked for (None: none was given), ``names`` every name the
+    source lists for its images (index.json ref names, manifest.json RepoTags), so that a
+    caller can offer them under its own option name.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        source: str | None = None,
+        image_ref: str | None = None,
+        names: tuple[str, ...] = (),
+    ) -> None:
+        super().__init__(message, source=source)
+        self.image_ref = image_ref
+        self.names = names
+
+
+class PushCanceledError(OperationCanceledError):
+    """push_image stopped because its token was canceled.
+
+    ``committed_digests`` lists the blobs this push uploaded and committed before it stopped
+    (a second push finds them and skips them); ``pending_digests`` the blobs it meant to
+    upload that are not committed. A blob whose CompleteLayerUpload was cut off may be on ECR
+    without being listed; a second push finds it too.
+    """
+
+    committed_digests: tuple[str, ...]
+    pending_digests: tuple[str, ...]
+
+    def __init__(
+        self,
+        message: str | None = None,
+        cancellation_token: CancellationToken = CancellationToken.NONE,
+        *,
+        committed_digests: Sequence[str] = (),
+        pending_digests: Sequence[str] = (),
+    ) -> None:
+        """Create the error with what was committed and what was left."""
+        super().__init__(message, cancellation_token)
+        self.committed_digests = tuple(committed_digests)
+        self.pending_digests = tuple(pending_digests)
 
 
 class RegistryError(EcrStreamError):
