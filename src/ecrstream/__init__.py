@@ -22,6 +22,7 @@ from ecrstream.cancellation import (
     OperationCanceledError,
     cancellation_scope,
     run_cancellable,
+    wait_async,
 )
 from ecrstream.errors import (
     AuthenticationError,
@@ -150,6 +151,7 @@ __all__ = [
     "cancellation_scope",
     "push_image",
     "run_cancellable",
+    "wait_async",
 ]
 
 
