@@ -31,9 +31,9 @@ The tree::
         │   ├── ReferencedImagesNotFoundError
         │   └── AuthenticationError       the credentials were refused (bad key, signature, expired)
         ├── EcrConnectionError            transient: no answer (connection refused or reset,
-        │                                 read timeout, response lost); .operation, .timed_out
-        ├── CertificateVerificationError  the endpoint's TLS certificate is not trusted
-        │                                 (permanent: never retried); .operation
+        │   │                             read timeout, response lost); .operation, .timed_out
+        │   └── CertificateVerificationError  the endpoint's TLS certificate is not trusted:
+        │                                 permanent, never retried (not is_transient)
         ├── CredentialsError              no usable AWS credentials were found
         ├── DigestMismatchError           computed digest differs from the expected/returned one
         │   └── CorruptBlobError          a blob of an image source does not hash to its digest
@@ -300,18 +300,18 @@ class EcrConnectionError(EcrStreamError):
         super().__init__(f"{operation}: {message}")
 
 
-class CertificateVerificationError(EcrStreamError):
+class CertificateVerificationError(EcrConnectionError):
     """The endpoint's TLS certificate could not be verified; the request is not retried.
 
-    A certificate does not become trusted by asking again. Trust the CA that signed it
-    (``AWS_CA_BUNDLE=<bundle.pem>``, ``EcrClient.create(verify="<bundle.pem>")``, the command
-    line's ``--ca-bundle``), or, on a network you trust, do not check it
-    (``verify=False``, ``--no-verify-ssl``). ``operation`` names the request.
+    A connection error that is not transient: a certificate does not become trusted by
+    asking again. Trust the CA that signed it (``AWS_CA_BUNDLE=<bundle.pem>``,
+    ``EcrClient.create(verify="<bundle.pem>")``, the command line's ``--ca-bundle``), or, on
+    a network you trust, do not check it (``verify=False``, ``--no-verify-ssl``).
+    ``operation`` names the request.
     """
 
     def __init__(self, message: str, *, operation: str) -> None:
-        self.operation = operation
-        super().__init__(f"{operation}: {message}")
+        super().__init__(message, operation=operation)
 
 
 class CredentialsError(EcrStreamError):
@@ -675,7 +675,7 @@ def _certificate_problem(exc: Exception) -> str | None:
         if isinstance(inner, ssl.SSLCertVerificationError):
             current = inner
         if isinstance(current, ssl.SSLCertVerificationError | ssl.CertificateError):
-            return getattr(current, "verify_message", None) or str(current)
+            return str(current)  # "[SSL: CERTIFICATE_VERIFY_FAILED] ...: <why>"
         current = current.__cause__ or current.__context__
     return None
 
@@ -724,7 +724,12 @@ def _reset_in_chain(error: BaseException) -> BaseException | None:
 
 
 def is_transient(exc: BaseException) -> bool:
-    """True for errors worth retrying the same request for: 5xx, throttling, no answer."""
+    """True for errors worth retrying the same request for: 5xx, throttling, no answer.
+
+    Not an untrusted certificate (CertificateVerificationError): that never changes.
+    """
+    if isinstance(exc, CertificateVerificationError):
+        return False
     if isinstance(exc, ServerError | ThrottlingError | EcrConnectionError):
         return True
     return (

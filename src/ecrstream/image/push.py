@@ -19,7 +19,7 @@ from typing import Final, Literal
 import anyio
 
 from ecrstream.cancellation import CancellationToken, OperationCanceledError
-from ecrstream.client import EcrClient, RetryPolicy
+from ecrstream.client import EcrClient
 from ecrstream.errors import (
     CorruptBlobError,
     DigestMismatchError,
@@ -37,10 +37,12 @@ from ecrstream.image.tasks import run_limited
 from ecrstream.models import (
     BatchCheckLayerAvailabilityRequest,
     PutImageRequest,
+    PutImageResponse,
     UploadProgress,
     validate_registry_id,
     validate_repository_name,
 )
+from ecrstream.retry import RetryPolicy, call_with_retries
 from ecrstream.uploader import LayerUploader
 
 __all__ = [
@@ -265,27 +267,34 @@ class _Push:
     async def put(self, request: PutImageRequest) -> None:
         """PutImage, retrying while ECR does not see the blobs/manifests just pushed."""
         expected = request.image_digest
-        attempt = 1
-        while True:
+
+        async def attempt(_: int) -> PutImageResponse | None:
             try:
-                response = await self.client.put_image(request, self.token)
+                return await self.client.put_image(request, self.token)
             except ImageAlreadyExistsError:
-                return  # the same manifest with the same tag: already done
-            except (LayersNotFoundError, ReferencedImagesNotFoundError) as exc:
-                if attempt >= self.put_image_retry.max_attempts:
-                    raise
-                logger.info("PutImage attempt %d: %s; retrying", attempt, exc.code)
-                await self.put_image_retry.sleep(attempt, self.token)
-                attempt += 1
-                continue
-            actual = response.image.image_digest
-            if expected is not None and actual is not None and actual != expected:
-                raise DigestMismatchError(
-                    f"PutImage stored the manifest as {actual}, not its digest {expected}",
-                    expected=expected,
-                    actual=actual,
-                )
+                return None  # the same manifest with the same tag: already done
+
+        def log_retry(number: int, exc: Exception) -> None:
+            logger.info("PutImage attempt %d: %s; retrying", number, getattr(exc, "code", exc))
+
+        response = await call_with_retries(
+            attempt,
+            policy=self.put_image_retry,
+            token=self.token,
+            is_retryable=lambda exc: isinstance(
+                exc, LayersNotFoundError | ReferencedImagesNotFoundError
+            ),
+            on_retry=log_retry,
+        )
+        if response is None:
             return
+        actual = response.image.image_digest
+        if expected is not None and actual is not None and actual != expected:
+            raise DigestMismatchError(
+                f"PutImage stored the manifest as {actual}, not its digest {expected}",
+                expected=expected,
+                actual=actual,
+            )
 
 
 def _corrupt_blob(plan: Plan, blob: Blob, actual: str) -> CorruptBlobError:
