@@ -23,7 +23,7 @@ from ecrstream.cli.options import PushOptions
 from ecrstream.cli.progress import Display, PartCounter, Rate
 from ecrstream.cli.runner import Runner, Stopped, check_endpoint, run_command
 from ecrstream.cli.units import format_bytes, mb_per_s, plural
-from ecrstream.models import validate_registry_id, validate_repository_name
+from ecrstream.models import PutImageRequest, validate_registry_id, validate_repository_name
 
 if TYPE_CHECKING:
     from ecrstream import PushImageResult, PushProgress
@@ -182,20 +182,19 @@ def _stopped(options: PushOptions, stopped: Stopped, view: PushView | None) -> i
     prefix = "ecrstream push:"
     if committed:
         print(
-            f"{prefix} {stopped.reason}; {plural(len(committed), 'blob')} committed stay in"
-            f" {options.repository} and are skipped next time: {_named(committed, blobs)}",
+            f"{prefix} {stopped.reason}; {plural(len(committed), 'blob')} committed to"
+            f" {options.repository} ({_named(committed, blobs)}): skipped next time",
             file=sys.stderr,
         )
     else:
-        print(f"{prefix} {stopped.reason}; no blob was committed yet", file=sys.stderr)
+        print(f"{prefix} {stopped.reason}; no blob committed yet", file=sys.stderr)
     if flying:
         sent = ", ".join(
             f"{format_bytes(blobs[d].sent)} of {format_bytes(blobs[d].size)}" for d in flying
         )
-        verb = "starts" if len(flying) == 1 else "start"
         print(
             f"{prefix} {plural(len(flying), 'blob')} in flight ({_named(flying, blobs)}; {sent}"
-            f" sent) {verb} over next time",
+            " sent): uploaded again from the start next time",
             file=sys.stderr,
         )
     print(f"{prefix} to finish, run the same command again:", file=sys.stderr)
@@ -258,6 +257,8 @@ def run(options: PushOptions, context: Context) -> int:
     source = check_source(options.source)
     validate_repository_name(options.repository)
     validate_registry_id(options.aws.registry_id)
+    for tag in options.tags:  # the library's rule, before SOURCE is read
+        PutImageRequest(options.repository, "{}", image_tag=tag)
     check_endpoint(options.aws.endpoint_url)
     # Imported here: only this command needs it
     from ecrstream import push_image
