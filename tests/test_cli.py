@@ -139,6 +139,14 @@ def test_demo(env: dict[str, str]) -> None:
     summary = result.stdout.split("summary")[1]
     assert len(re.findall(r"sha256:[0-9a-f]{64}", summary)) == 2
     assert "not re-sent" in summary
+    # A whole image too, written on the fly, then pushed with push_image
+    assert re.search(
+        r"ecrstream-demo:demo is sha256:[0-9a-f]{64}: 3 layers and 1 config uploaded",
+        result.stdout,
+    )
+    assert "image    ecrstream-demo:demo  3 layers" in summary
+    # Its speeds are the in-process endpoint's, and it says so
+    assert "why these speeds: the endpoint here is moto, in this same Python process" in summary
 
 
 @pytest.mark.parametrize(

@@ -263,10 +263,11 @@ def _add_demo(commands: argparse._SubParsersAction[_Parser]) -> None:
     demo.add_argument(
         "--size",
         type=_demo_size_argument,
-        default=256 * MIB,
+        default=64 * MIB,
         metavar="SIZE",
-        help="size of the first layer (default 256MiB); the second, canceled and resumed,"
-        " is a quarter of it (at least 16MiB)",
+        help="size of the first layer (default 64MiB: the local endpoint, not the uploader,"
+        " sets the pace); the second, canceled and resumed, is a quarter of it (at least"
+        " 16MiB)",
     )
     _add_output_options(demo)
 
