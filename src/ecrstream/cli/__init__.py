@@ -30,6 +30,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from typing import TextIO
 
 from ecrstream.cli.errors import (
     EXIT_FAILURE,
@@ -58,8 +59,14 @@ class _Redacting(logging.Filter):
         return True
 
 
+class _Handler(logging.StreamHandler[TextIO]):
+    """The command's handler on stderr (one, however often main() runs in a process)."""
+
+
 def _configure_logging(debug: bool) -> None:
-    handler = logging.StreamHandler(sys.stderr)
+    for old in [h for h in _logger.handlers if isinstance(h, _Handler)]:
+        _logger.removeHandler(old)
+    handler = _Handler(sys.stderr)
     handler.addFilter(_Redacting())
     if debug:
         handler.setFormatter(logging.Formatter("%(name)s: %(levelname)s: %(message)s"))
