@@ -88,7 +88,7 @@ def _say(options: UploadOptions, text: str) -> None:
         print(f"ecrstream upload-layer: {text}", file=sys.stderr, flush=True)
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class _Done:
     result: LayerUploadResult
     seconds: float
