@@ -16,6 +16,7 @@ import inspect
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
@@ -132,12 +133,7 @@ def _verifying_session(profile: str | None, verify: bool | str) -> Any:
 
 
 def _check_ca_bundle(aws: AwsOptions) -> None:
-    if aws.ca_bundle is None:
-        return
-    from pathlib import Path
-
-    path = Path(aws.ca_bundle)
-    if not path.is_file():
+    if aws.ca_bundle is not None and not Path(aws.ca_bundle).is_file():
         raise UsageError(f"--ca-bundle: no such file: {aws.ca_bundle}")
 
 
