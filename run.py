@@ -3,6 +3,7 @@
 
     python3 run.py demo [ARGS...]   # everything on an embedded local ECR endpoint
     python3 run.py test [PYTEST ARGS...]  # ruff, ruff format, mypy --strict, pytest
+                                          # (installs the Debian package skopeo if missing)
 
 Each creates (or reuses) the virtual environment ``.venv`` in the checkout and installs
 what it needs into it; it reinstalls only when pyproject.toml changes. Needs Python 3.11 or
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 import venv
@@ -93,8 +95,41 @@ def demo(argv: list[str]) -> int:
     return code
 
 
+# Real third-party programs the tests run: the command each needs, and its Debian package.
+TOOLS = {
+    "docker-registry": "docker-registry",  # the CNCF distribution registry (copy sources)
+    "skopeo": "skopeo",  # a pull client nobody here wrote (reads back what was pushed)
+}
+
+
+def _ensure_tools() -> bool:
+    """Install the Debian packages of missing tools (as root), or say which are missing."""
+    missing = [package for command, package in TOOLS.items() if not shutil.which(command)]
+    if not missing:
+        return True
+    is_root = hasattr(os, "geteuid") and os.geteuid() == 0
+    if is_root and shutil.which("apt-get") and Path("/etc/debian_version").exists():
+        names = " ".join(missing)
+        print(f"run.py: installing {names} (once): apt-get update; apt-get install {names}")
+        sys.stdout.flush()
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        subprocess.run(["apt-get", "update", "-q"], env=env, check=False)
+        subprocess.run(["apt-get", "install", "-y", "-q", *missing], env=env, check=False)
+        missing = [package for command, package in TOOLS.items() if not shutil.which(command)]
+        if not missing:
+            return True
+    print(
+        f"run.py: the tests need the Debian package(s) {', '.join(missing)}: "
+        f"apt-get install {' '.join(missing)}, then run again",
+        flush=True,
+    )
+    return False
+
+
 def test(argv: list[str]) -> int:
     _ensure_venv("test")
+    if not _ensure_tools():
+        return 1
     failed = []
     for name, cmd in (
         ("ruff check", ["-m", "ruff", "check", "."]),

@@ -2,6 +2,7 @@
 """A minimal, fast ECR-compatible HTTP/1.1 sink for benchmarks, on 127.0.0.1.
 
     python benchmarks/sink.py [--port N] [--part-size BYTES] [--verify]
+        [--certfile PEM --keyfile PEM] [--latency-ms MS]
 
 Prints ``SINK_PORT=<port>`` on stdout once it listens (``--port 0``, the default, picks a
 free port). It speaks the ECR JSON protocol (awsJson1_1: ``POST /`` with
@@ -13,9 +14,20 @@ free port). It speaks the ECR JSON protocol (awsJson1_1: ``POST /`` with
   ``lastValidByteReceived``, as ECR does.
 - ``CompleteLayerUpload`` returns the digest; with ``--verify`` it checks it against the
   sha256 of the decoded parts and answers ``InvalidLayerException`` on a mismatch.
-- ``BatchCheckLayerAvailability`` reports the layers completed in this process.
+- ``BatchCheckLayerAvailability`` reports the layers completed in this process, per
+  repository (a fresh repository name starts empty, so runs do not see each other's layers).
+- ``PutImage`` stores the manifest's digest under its tag; an image manifest whose config or
+  layers the repository lacks gets ``LayersNotFoundException``, as ECR answers.
 - Anything else gets an empty ``{}`` 200.
 - ``GET /stats`` returns the sink's counters and its own CPU time (for the benchmark).
+
+With ``--certfile``/``--keyfile`` it serves HTTPS. A thread per connection reads the TLS
+socket with blocking ``recv_into`` (OpenSSL decrypts straight from its socket buffer into the
+request buffer, with the GIL released), which costs about half the CPU of asyncio's
+memory-BIO TLS (``--asyncio-tls``, kept to compare): the sink shares the two cores with the
+client under test, and on real ECR the decryption is not the client's machine's work. With
+``--latency-ms`` every ECR answer waits that long before it is written (the round trip
+to a distant region), while the sink goes on receiving; ``/stats`` answers at once.
 
 Why it is built this way: the client under test must be the bottleneck, so the per-part
 work here is a few ``recv_into`` calls straight into a reused per-connection buffer
@@ -39,7 +51,10 @@ import re
 import resource
 import signal
 import socket
+import ssl
 import sys
+import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -68,6 +83,10 @@ _UPLOAD_ID = re.compile(rb'"uploadId"\s*:\s*"([^"]*)"')
 _REPOSITORY = re.compile(rb'"repositoryName"\s*:\s*"([^"]*)"')
 _INITIAL_BUFFER = 1 << 16
 _RECEIVE_LOW_WATER = 1 << 20
+# Over TLS the socket's bytes are records: a record partly received sits undecrypted in
+# asyncio's BIO, so the bytes still to come on the socket can be fewer than the body bytes
+# still missing. The low-water mark stays this far below (more than two 16 KiB records).
+_TLS_LOW_WATER_SLACK = 64 << 10
 _BUFFER_GRANULE = 4 << 20
 _MAX_SPARE_BUFFERS = 8
 # Fields after the blob (none in botocore's order) are expected within this many bytes of
@@ -94,8 +113,12 @@ class SinkState:
 
     part_size: int
     verify: bool
+    latency_s: float = 0.0
+    tls: bool = False
     uploads: dict[str, Upload] = field(default_factory=dict)
-    layer_sizes: dict[str, int] = field(default_factory=dict)  # completed digest -> size
+    # (repository, completed digest) -> size
+    layer_sizes: dict[tuple[str, str], int] = field(default_factory=dict)
+    images: list[dict[str, Any]] = field(default_factory=list)  # one record per PutImage
     completed: list[dict[str, Any]] = field(default_factory=list)  # one record per upload
     requests: int = 0
     connections: int = 0
@@ -119,7 +142,10 @@ class SinkState:
             "cpu_system_s": usage.ru_stime,
             "max_rss_kib": usage.ru_maxrss,
             "verify": self.verify,
+            "tls": self.tls,
+            "latency_ms": self.latency_s * 1000,
             "completed": self.completed[-1000:],
+            "images": self.images[-1000:],
         }
 
 
@@ -144,6 +170,44 @@ def _decoded_length(blob: memoryview) -> int:
     return length // 4 * 3 - padding
 
 
+class _BlockingTransport:
+    """The part of asyncio.Transport that SinkProtocol uses, over a blocking (TLS) socket."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.closing = False
+        self.closed = False
+        # Answers are written by the connection's thread after the state lock is released.
+        self.pending: list[tuple[float, bytes]] = []  # (delay in s, data)
+
+    def write(self, data: bytes) -> None:
+        self.write_later(0.0, data)
+
+    def write_later(self, delay: float, data: bytes) -> None:
+        if not self.closing:
+            self.pending.append((delay, data))
+
+    def close(self) -> None:
+        self.closing = True
+
+    def flush(self) -> None:
+        """Write the pending answers (sleeping their delays first); close if asked to."""
+        pending, self.pending = self.pending, []
+        for delay, data in pending:
+            if delay > 0:
+                time.sleep(delay)
+            self.sock.sendall(data)
+        if self.closing:
+            self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        # No "socket": SO_RCVLOWAT would not help the small reads of OpenSSL's socket BIO.
+        return default
+
+
 class SinkProtocol(asyncio.BufferedProtocol):
     """One HTTP/1.1 keep-alive connection; the request body lands in a reused buffer."""
 
@@ -157,18 +221,18 @@ class SinkProtocol(asyncio.BufferedProtocol):
         self.method = b""
         self.path = b""
         self.headers: dict[bytes, bytes] = {}
-        self.transport: asyncio.Transport | None = None
+        self.transport: asyncio.Transport | _BlockingTransport | None = None
         self.socket: Any = None  # for SO_RCVLOWAT; None where it is not available
         self.receive_low_water = 1
 
     # asyncio.BufferedProtocol -----------------------------------------------------------
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+    def connection_made(self, transport: asyncio.BaseTransport | _BlockingTransport) -> None:
+        assert isinstance(transport, asyncio.Transport | _BlockingTransport)
         self.transport = transport
         self.state.connections += 1
         sock = transport.get_extra_info("socket")
-        self.socket = sock if hasattr(socket, "SO_RCVLOWAT") else None
+        self.socket = sock if sock is not None and hasattr(socket, "SO_RCVLOWAT") else None
 
     def get_buffer(self, sizehint: int) -> memoryview:
         if self.filled == len(self.buffer):
@@ -201,6 +265,8 @@ class SinkProtocol(asyncio.BufferedProtocol):
         # Wake up once a good chunk of the body (or all that is missing) has arrived rather
         # than for every few hundred KiB: 6x fewer wake-ups and recv calls per part.
         wanted = min(missing, _RECEIVE_LOW_WATER)
+        if self.state.tls:
+            wanted = max(1, wanted - _TLS_LOW_WATER_SLACK)
         if wanted == self.receive_low_water or self.socket is None:
             return
         self.receive_low_water = wanted
@@ -279,8 +345,11 @@ class SinkProtocol(asyncio.BufferedProtocol):
             )
             self.transport.close()
 
-    def _respond(self, status: int, payload: dict[str, Any], extra_headers: bytes = b"") -> None:
-        assert self.transport is not None
+    def _respond(
+        self, status: int, payload: dict[str, Any], extra_headers: bytes = b"", delay: bool = True
+    ) -> None:
+        if self.transport is None:
+            return
         body = json.dumps(payload).encode()
         reason = b"OK" if status == 200 else b"Bad Request"
         close = self.headers.get(b"connection", b"").lower() == b"close"
@@ -294,9 +363,28 @@ class SinkProtocol(asyncio.BufferedProtocol):
                 b"Connection: close\r\n\r\n" if close else b"\r\n",
             )
         )
-        self.transport.write(head + body)
+        if isinstance(self.transport, _BlockingTransport):
+            # Written (after the delay) by this connection's thread, outside the state lock.
+            self.transport.write_later(self.state.latency_s if delay else 0.0, head + body)
+            if close:
+                self.transport.close()
+        elif delay and self.state.latency_s > 0:
+            # call_later keeps the answers of one connection in order (same delay, FIFO).
+            asyncio.get_running_loop().call_later(
+                self.state.latency_s, self._write_answer, self.transport, head + body, close
+            )
+        else:
+            self._write_answer(self.transport, head + body, close)
+
+    @staticmethod
+    def _write_answer(
+        transport: asyncio.Transport | _BlockingTransport, data: bytes, close: bool
+    ) -> None:
+        if transport.is_closing():
+            return
+        transport.write(data)
         if close:
-            self.transport.close()
+            transport.close()
 
     def _handle_request(self) -> None:
         state = self.state
@@ -304,7 +392,7 @@ class SinkProtocol(asyncio.BufferedProtocol):
         body = memoryview(self.buffer)[self.header_length : self.request_length]
         state.body_bytes_received += len(body)
         if self.method == b"GET" and self.path.startswith(b"/stats"):
-            self._respond(200, state.stats())
+            self._respond(200, state.stats(), delay=False)
             return
         target = self.headers.get(b"x-amz-target", b"").decode("latin-1")
         operation = target.removeprefix(TARGET_PREFIX)
@@ -446,7 +534,7 @@ def _complete_layer_upload(state: SinkState, request: dict[str, Any]) -> dict[st
                 f"digest {digest} does not match the uploaded content {actual}",
             )
     del state.uploads[upload_id]
-    state.layer_sizes[digest] = upload.last_byte_received + 1
+    state.layer_sizes[upload.repository_name, digest] = upload.last_byte_received + 1
     state.completed.append(
         {
             "layerDigest": digest,
@@ -469,8 +557,9 @@ def _complete_layer_upload(state: SinkState, request: dict[str, Any]) -> dict[st
 def _batch_check_layer_availability(state: SinkState, request: dict[str, Any]) -> dict[str, Any]:
     layers: list[dict[str, Any]] = []
     failures: list[dict[str, Any]] = []
+    repository_name = str(request.get("repositoryName", ""))
     for digest in request.get("layerDigests") or []:
-        size = state.layer_sizes.get(digest)
+        size = state.layer_sizes.get((repository_name, digest))
         if size is None:
             failures.append(
                 {
@@ -491,19 +580,115 @@ def _batch_check_layer_availability(state: SinkState, request: dict[str, Any]) -
     return {"layers": layers, "failures": failures}
 
 
+def _put_image(state: SinkState, request: dict[str, Any]) -> dict[str, Any]:
+    repository_name = str(request.get("repositoryName", ""))
+    manifest = str(request.get("imageManifest", ""))
+    digest = "sha256:" + hashlib.sha256(manifest.encode("utf-8")).hexdigest()
+    try:
+        document = json.loads(manifest)
+    except ValueError as exc:
+        raise EcrError("InvalidParameterException", f"imageManifest is not JSON: {exc}") from exc
+    if not isinstance(document, dict):
+        raise EcrError("InvalidParameterException", "imageManifest is not a JSON object")
+    blobs = [document.get("config") or {}, *(document.get("layers") or [])]
+    needed = [blob.get("digest") for blob in blobs if "manifests" not in document and blob]
+    missing = [d for d in needed if (repository_name, d) not in state.layer_sizes]
+    if missing:
+        raise EcrError(
+            "LayersNotFoundException",
+            f"Layers with digests {missing} required for pushing image into repository"
+            f" {repository_name} do not exist",
+        )
+    image_id: dict[str, str] = {"imageDigest": digest}
+    if request.get("imageTag"):
+        image_id["imageTag"] = str(request["imageTag"])
+    state.images.append({"repositoryName": repository_name, **image_id})
+    return {
+        "image": {
+            "registryId": REGISTRY_ID,
+            "repositoryName": repository_name,
+            "imageId": image_id,
+            "imageManifest": manifest,
+            "imageManifestMediaType": request.get("imageManifestMediaType")
+            or document.get("mediaType", ""),
+        }
+    }
+
+
 _HANDLERS = {
     "InitiateLayerUpload": _initiate_layer_upload,
     "CompleteLayerUpload": _complete_layer_upload,
     "BatchCheckLayerAvailability": _batch_check_layer_availability,
+    "PutImage": _put_image,
 }
 
 
-async def serve(port: int, part_size: int, verify: bool) -> None:
+def _serve_tls_connection(
+    state: SinkState, lock: threading.Lock, tls: ssl.SSLContext, raw: socket.socket
+) -> None:
+    protocol = SinkProtocol(state)
+    try:
+        with tls.wrap_socket(raw, server_side=True) as sock:
+            transport = _BlockingTransport(sock)
+            with lock:
+                protocol.connection_made(transport)
+            transport.flush()
+            while not transport.closed:
+                view = protocol.get_buffer(-1)
+                count = sock.recv_into(view)
+                del view  # the protocol may grow (replace) its buffer
+                if count == 0:
+                    break
+                with lock:
+                    protocol.buffer_updated(count)
+                transport.flush()
+    except (OSError, ssl.SSLError):
+        pass  # the client went away; nothing to answer
+    finally:
+        with lock:
+            protocol.connection_lost(None)
+        raw.close()
+
+
+def serve_tls_threads(
+    port: int, part_size: int, verify: bool, tls: ssl.SSLContext, latency_s: float
+) -> None:
+    """Like ``serve`` over TLS, with a blocking thread per connection (see the docstring)."""
+    state = SinkState(part_size=part_size, verify=verify, latency_s=latency_s, tls=True)
+    lock = threading.Lock()  # one request handled at a time, as on the event loop
+    listener = socket.create_server(("127.0.0.1", port), backlog=128)
+    print(f"SINK_PORT={listener.getsockname()[1]}", flush=True)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    listener.settimeout(0.2)  # so that a signal is seen promptly
+    with listener:
+        while not stop.is_set():
+            try:
+                raw, _ = listener.accept()
+            except TimeoutError:
+                continue
+            except InterruptedError:
+                continue
+            raw.settimeout(None)
+            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            threading.Thread(
+                target=_serve_tls_connection, args=(state, lock, tls, raw), daemon=True
+            ).start()
+
+
+async def serve(
+    port: int,
+    part_size: int,
+    verify: bool,
+    tls: ssl.SSLContext | None = None,
+    latency_s: float = 0.0,
+) -> None:
     """Listen on 127.0.0.1:port (0 picks one), print ``SINK_PORT=<port>``, serve forever."""
-    state = SinkState(part_size=part_size, verify=verify)
+    state = SinkState(part_size=part_size, verify=verify, latency_s=latency_s, tls=tls is not None)
     loop = asyncio.get_running_loop()
     server = await loop.create_server(
-        lambda: SinkProtocol(state), "127.0.0.1", port, reuse_address=True, backlog=128
+        lambda: SinkProtocol(state), "127.0.0.1", port, reuse_address=True, backlog=128, ssl=tls
     )
     bound = server.sockets[0].getsockname()[1]
     print(f"SINK_PORT={bound}", flush=True)
@@ -528,8 +713,32 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="decode every part and check the layer digest on CompleteLayerUpload",
     )
+    parser.add_argument("--certfile", help="PEM certificate chain: serve HTTPS")
+    parser.add_argument("--keyfile", help="PEM private key of --certfile")
+    parser.add_argument(
+        "--latency-ms",
+        type=float,
+        default=0.0,
+        help="wait this long before each ECR answer (default %(default)s)",
+    )
+    parser.add_argument(
+        "--asyncio-tls",
+        action="store_true",
+        help="serve TLS with asyncio's SSL transport instead of a thread per connection",
+    )
     args = parser.parse_args(argv)
-    asyncio.run(serve(args.port, args.part_size, args.verify))
+    if args.latency_ms < 0:
+        parser.error("--latency-ms: must be >= 0")
+    if bool(args.certfile) != bool(args.keyfile):
+        parser.error("--certfile and --keyfile go together")
+    tls = None
+    if args.certfile:
+        tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        tls.load_cert_chain(args.certfile, args.keyfile)
+        if not args.asyncio_tls:
+            serve_tls_threads(args.port, args.part_size, args.verify, tls, args.latency_ms / 1000)
+            return 0
+    asyncio.run(serve(args.port, args.part_size, args.verify, tls, args.latency_ms / 1000))
     return 0
 
 

@@ -2,11 +2,13 @@
 """How fast the sink can take parts: proof that it is not what the benchmark measures.
 
     python benchmarks/sink_ceiling.py --endpoint-url http://127.0.0.1:PORT [--size 1G]
+        [--ca-bundle PEM]  (for an https:// endpoint)
 
 A raw-socket client that sends one prebuilt UploadLayerPart body over and over (only the
 byte range changes), with no serializer, no signing and no hashing, over one keep-alive
-connection. It prints the layer bytes per second the sink accepted and the sink's CPU
-seconds per GiB (from ``GET /stats``). bench.py runs it once before the variants.
+connection (a blocking TLS socket for ``https://``). It prints the layer bytes per second
+the sink accepted and the sink's CPU seconds per GiB (from ``GET /stats``). bench.py runs it
+once per case before the variants.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import base64
 import json
 import os
 import socket
+import ssl
 import sys
 import time
 import urllib.parse
@@ -25,8 +28,13 @@ from typing import Any
 TARGET = "AmazonEC2ContainerRegistry_V20150921."
 
 
-def _stats(url: str) -> dict[str, Any]:
-    with urllib.request.urlopen(url + "/stats", timeout=30) as response:
+def tls_context(ca_bundle: str | None) -> ssl.SSLContext | None:
+    """The client context that trusts ``ca_bundle`` (None: no TLS)."""
+    return ssl.create_default_context(cafile=ca_bundle) if ca_bundle else None
+
+
+def _stats(url: str, context: ssl.SSLContext | None = None) -> dict[str, Any]:
+    with urllib.request.urlopen(url + "/stats", timeout=30, context=context) as response:
         stats: dict[str, Any] = json.load(response)
     return stats
 
@@ -34,11 +42,17 @@ def _stats(url: str) -> dict[str, Any]:
 class RawClient:
     """Just enough HTTP/1.1 to talk to the sink on one connection."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, context: ssl.SSLContext | None = None) -> None:
         parts = urllib.parse.urlsplit(url)
         self.host = parts.hostname or "127.0.0.1"
-        self.sock = socket.create_connection((self.host, parts.port or 80))
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        tls = parts.scheme == "https"
+        sock = socket.create_connection((self.host, parts.port or (443 if tls else 80)))
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if tls:
+            sock = (context or ssl.create_default_context()).wrap_socket(
+                sock, server_hostname=self.host
+            )
+        self.sock = sock
         self.pending = b""
 
     def call(self, operation: str, *body: bytes | memoryview) -> tuple[int, dict[str, Any]]:
@@ -81,11 +95,12 @@ class RawClient:
         self.sock.close()
 
 
-def measure(url: str, size: int, part_size: int) -> dict[str, Any]:
+def measure(url: str, size: int, part_size: int, ca_bundle: str | None = None) -> dict[str, Any]:
     """Upload ``size`` bytes of one repeated random part; return throughput and sink CPU."""
+    context = tls_context(ca_bundle)
     blob = base64.b64encode(os.urandom(part_size))
-    client = RawClient(url)
-    before = _stats(url)
+    client = RawClient(url, context)
+    before = _stats(url, context)
     started = time.perf_counter()
     status, response = client.call("InitiateLayerUpload", b'{"repositoryName": "ceiling"}')
     if status != 200:
@@ -118,7 +133,7 @@ def measure(url: str, size: int, part_size: int) -> dict[str, Any]:
     )
     wall = time.perf_counter() - started
     client.close()
-    after = _stats(url)
+    after = _stats(url, context)
     sink_cpu = (after["cpu_user_s"] + after["cpu_system_s"]) - (
         before["cpu_user_s"] + before["cpu_system_s"]
     )
@@ -141,8 +156,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--endpoint-url", required=True)
     parser.add_argument("--size", type=int, default=1 << 30, help="bytes (default 1 GiB)")
     parser.add_argument("--part-size", type=int, default=20_971_520)
+    parser.add_argument("--ca-bundle", help="PEM file of the CA to trust for https://")
     args = parser.parse_args(argv)
-    print(json.dumps(measure(args.endpoint_url, args.size, args.part_size)))
+    print(json.dumps(measure(args.endpoint_url, args.size, args.part_size, args.ca_bundle)))
     return 0
 
 

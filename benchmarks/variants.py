@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """One measured upload, run by bench.py in a fresh subprocess per variant and run.
 
-    python benchmarks/variants.py {ecrstream,boto3,aiobotocore} FILE --endpoint-url URL
+    python benchmarks/variants.py {ecrstream,boto3,aiobotocore,ecrstream-asyncio-tls} FILE
+        --endpoint-url URL
         [--part-size BYTES] [--repository NAME]
 
 Prints one line ``BENCH_RESULT <json>`` on stdout: status, wall time of the upload, peak RSS
@@ -31,6 +32,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import baselines  # a sibling module, importable once the path is set
 
 VARIANTS = ("ecrstream", "boto3", "aiobotocore")
+# Opt-in: ecrstream with asyncio's own TLS transport (ECRSTREAM_ASYNCIO_TLS=1), the send path
+# before ecrstream.tls, to compare the two in one run.
+EXTRA_VARIANTS = ("ecrstream-asyncio-tls",)
 RESULT_PREFIX = "BENCH_RESULT "
 EXIT_UNAVAILABLE = 3
 TICK_INTERVAL_S = 0.001
@@ -180,7 +184,9 @@ def run_variant(
             upload = run_boto3(path, endpoint_url, repository, part_size, meter)
         elif variant == "aiobotocore":
             upload = asyncio.run(run_aiobotocore(path, endpoint_url, repository, part_size, meter))
-        elif variant == "ecrstream":
+        elif variant in ("ecrstream", "ecrstream-asyncio-tls"):
+            if variant == "ecrstream-asyncio-tls":
+                os.environ["ECRSTREAM_ASYNCIO_TLS"] = "1"
             upload = asyncio.run(run_ecrstream(path, endpoint_url, repository, part_size, meter))
         else:
             raise ValueError(f"unknown variant {variant!r}")
@@ -237,7 +243,7 @@ def summarize_lateness(sorted_lateness: list[float]) -> dict[str, float | int]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="One measured upload, for bench.py.")
-    parser.add_argument("variant", choices=VARIANTS)
+    parser.add_argument("variant", choices=VARIANTS + EXTRA_VARIANTS)
     parser.add_argument("file")
     parser.add_argument("--endpoint-url", required=True)
     parser.add_argument("--repository", default=baselines.DEFAULT_REPOSITORY)

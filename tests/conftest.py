@@ -1,5 +1,8 @@
 """Shared fixtures: one local ECR endpoint for the session, and clients pointed at it.
 
+The endpoint, its reset and the repositories come from ecrstream's own pytest plugin
+(``ecrstream.testing``, the fixtures users get); these are the short names the tests use:
+
 - ``local_ecr`` (session): the running ``LocalEcr`` (moto behind the strict proxy). Tests should
   ask for ``ecr`` instead, which resets it (faults, records, part sizes) first.
 - ``repository``: a fresh, unique repository name, already created.
@@ -10,8 +13,7 @@
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 import aiobotocore.session
@@ -23,6 +25,10 @@ from ecrstream.local import LocalEcr
 
 if TYPE_CHECKING:
     from types_aiobotocore_ecr import ECRClient
+
+# The real source registries (docker-registry, token issuer, fault proxy) of the registry tests;
+# session fixtures, started only by the tests that ask for them.
+pytest_plugins = ["registry_fixtures"]
 
 # total_max_attempts counts the first attempt; botocore's max_attempts counts retries only, so
 # {"max_attempts": 1} would still send a failed request twice.
@@ -46,25 +52,21 @@ def anyio_backend() -> str:
 
 
 @pytest.fixture(scope="session")
-def local_ecr() -> Iterator[LocalEcr]:
+def local_ecr(ecrstream_local_ecr: LocalEcr) -> LocalEcr:
     """The session's local ECR endpoint; prefer the ``ecr`` fixture, which resets it."""
-    with LocalEcr() as endpoint:
-        yield endpoint
+    return ecrstream_local_ecr
 
 
 @pytest.fixture
-def ecr(local_ecr: LocalEcr) -> LocalEcr:
+def ecr(ecrstream_ecr: LocalEcr) -> LocalEcr:
     """The local ECR endpoint with no faults, no records and default part sizes."""
-    local_ecr.reset()
-    return local_ecr
+    return ecrstream_ecr
 
 
 @pytest.fixture
-def repository(ecr: LocalEcr) -> str:
+def repository(ecrstream_repository: str) -> str:
     """A new repository, unique to this test (moto's repositories live for the session)."""
-    name = f"test-{uuid.uuid4().hex[:16]}"
-    ecr.create_repository(name)
-    return name
+    return ecrstream_repository
 
 
 @pytest.fixture(scope="session")

@@ -25,6 +25,7 @@ from ecrstream.cancellation import (
     OperationCanceledError,
     cancellation_scope,
     run_cancellable,
+    wait_async,
 )
 
 T = TypeVar("T")
@@ -1351,3 +1352,839 @@ async def test_run_cancellable_with_canceled_token_cancels_a_future() -> None:
         await run_cancellable(future, CancellationToken(canceled=True))
 
     assert future.cancelled()
+
+
+# The .NET 6 and 8 surface: helpers ---------------------------------------------------
+
+
+class Blocker:
+    """A callback that blocks its thread until released, recording what happened."""
+
+    def __init__(self) -> None:
+        self.started = threading.Event()
+        self.release = threading.Event()
+        self.finished = threading.Event()
+        self.released: list[bool] = []
+        self.threads: list[int] = []
+
+    def __call__(self) -> None:
+        self.threads.append(threading.get_ident())
+        self.started.set()
+        # False here means nobody released it: the releaser could not run.
+        self.released.append(self.release.wait(NOT_BLOCKED))
+        self.finished.set()
+
+
+async def tick_then_release(ticks: list[int], release: threading.Event, count: int = 3) -> None:
+    """Take ``count`` turns of the event loop, then release a blocked callback.
+
+    It can only tick while the loop is free: if whatever the test awaits blocked the loop
+    thread, nothing ticks and the callback is never released (it times out instead).
+    """
+    for _ in range(count):
+        await anyio.lowlevel.checkpoint()
+        ticks.append(len(ticks) + 1)
+    release.set()
+
+
+async def wait_until_set(event: threading.Event) -> None:
+    """Await a thread's event without blocking the loop (a wait on a thread, not a sleep)."""
+    assert await anyio.to_thread.run_sync(event.wait, NOT_BLOCKED)
+
+
+# cancel_async ------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_cancel_async_marks_the_source_canceled_before_its_first_await() -> None:
+    cts = CancellationTokenSource()
+    blocker = Blocker()
+    cts.token.register(blocker)
+    observed: list[tuple[bool, bool]] = []
+
+    async def observe() -> None:
+        # Runs on the loop's next turn, while cancel_async is suspended in its first await.
+        observed.append((cts.is_cancellation_requested, blocker.finished.is_set()))
+        with anyio.fail_after(NOT_BLOCKED):
+            await cts.token.wait()
+        blocker.release.set()
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(cts.cancel_async)
+        group.start_soon(observe)
+
+    assert observed == [(True, False)]
+    assert blocker.released == [True]
+
+
+@pytest.mark.anyio
+async def test_cancel_async_runs_callbacks_newest_first_on_another_thread() -> None:
+    cts = CancellationTokenSource()
+    order: list[tuple[int, int]] = []
+
+    def record(number: int) -> None:
+        order.append((number, threading.get_ident()))
+
+    for number in range(5):
+        cts.token.register(record, number)
+
+    await cts.cancel_async()
+
+    assert [number for number, _ in order] == [4, 3, 2, 1, 0]
+    threads = {thread for _, thread in order}
+    assert len(threads) == 1
+    assert threading.get_ident() not in threads
+
+
+@pytest.mark.anyio
+async def test_cancel_async_keeps_the_loop_running_during_a_slow_callback() -> None:
+    cts = CancellationTokenSource()
+    blocker = Blocker()
+    cts.token.register(blocker)
+    ticks: list[int] = []
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(cts.cancel_async)
+        group.start_soon(tick_then_release, ticks, blocker.release)
+
+    assert ticks == [1, 2, 3]
+    assert blocker.released == [True]
+
+
+@pytest.mark.anyio
+async def test_cancel_async_completes_only_when_the_callbacks_have_run() -> None:
+    cts = CancellationTokenSource()
+    blocker = Blocker()
+    older = Counter()
+    cts.token.register(older)
+    cts.token.register(blocker)
+
+    async def release_once_started() -> None:
+        await wait_until_set(blocker.started)
+        assert older.calls == 0
+        blocker.release.set()
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(release_once_started)
+        await cts.cancel_async()
+        finished = (blocker.finished.is_set(), older.calls)
+
+    assert finished == (True, 1)
+
+
+@pytest.mark.anyio
+async def test_cancel_async_raises_exception_group_after_all_callbacks() -> None:
+    cts = CancellationTokenSource()
+    ran: list[int] = []
+
+    def failing(number: int) -> None:
+        ran.append(number)
+        raise ValueError(number)
+
+    cts.token.register(failing, 1)
+    cts.token.register(ran.append, 2)
+    cts.token.register(failing, 3)
+
+    with pytest.raises(ExceptionGroup) as info:
+        await cts.cancel_async()
+
+    assert ran == [3, 2, 1]
+    assert [error.args[0] for error in info.value.exceptions] == [3, 1]
+    assert cts.is_cancellation_requested
+    await cts.cancel_async()  # idempotent: the callbacks do not run (or raise) again
+    assert ran == [3, 2, 1]
+
+
+@pytest.mark.anyio
+async def test_cancel_async_without_callbacks_cancels_and_returns() -> None:
+    cts = CancellationTokenSource()
+
+    await cts.cancel_async()
+
+    assert cts.is_cancellation_requested
+    counter = Counter()
+    cts.token.register(counter)  # canceled and complete: runs inline
+    assert counter.threads == [threading.get_ident()]
+
+
+@pytest.mark.anyio
+async def test_cancel_async_on_a_disposed_source_raises() -> None:
+    cts = CancellationTokenSource()
+    cts.dispose()
+    with pytest.raises(RuntimeError, match="disposed"):
+        await cts.cancel_async()
+    assert not cts.is_cancellation_requested
+
+
+@pytest.mark.anyio
+async def test_cancel_async_returns_at_once_while_cancel_on_another_thread_runs_callbacks() -> None:
+    cts = CancellationTokenSource()
+    later = Counter()
+    cts.token.register(later)
+    blocker = Blocker()
+    cts.token.register(blocker)
+    canceler = threading.Thread(target=cts.cancel)
+    canceler.start()
+    try:
+        await wait_until_set(blocker.started)
+        with anyio.fail_after(NOT_BLOCKED):
+            await cts.cancel_async()
+        assert later.calls == 0  # cancel_async ran nothing itself
+    finally:
+        blocker.release.set()
+        canceler.join(NOT_BLOCKED)
+    assert later.calls == 1
+    assert blocker.released == [True]
+
+
+@pytest.mark.anyio
+async def test_cancel_on_another_thread_during_cancel_async_returns_at_once() -> None:
+    cts = CancellationTokenSource()
+    later = Counter()
+    cts.token.register(later)
+    blocker = Blocker()
+    cts.token.register(blocker)
+
+    async def cancel_from_a_thread_then_release() -> None:
+        await wait_until_set(blocker.started)
+        # A second cancel returns at once and runs nothing, as in .NET.
+        await anyio.to_thread.run_sync(call_in_thread, cts.cancel)
+        assert later.calls == 0
+        blocker.release.set()
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(cancel_from_a_thread_then_release)
+        await cts.cancel_async()
+
+    assert later.calls == 1
+    assert blocker.released == [True]
+
+
+@pytest.mark.anyio
+async def test_cancelling_the_awaiting_task_stops_the_wait_but_not_the_callbacks() -> None:
+    cts = CancellationTokenSource()
+    older_ran = threading.Event()
+    cts.token.register(older_ran.set)
+    blocker = Blocker()
+    cts.token.register(blocker)
+    task = asyncio.create_task(cts.cancel_async())
+    await wait_until_set(blocker.started)
+
+    task.cancel()
+    with anyio.fail_after(NOT_BLOCKED):
+        await asyncio.wait([task])
+    assert task.cancelled()
+    assert not older_ran.is_set()  # the task stopped waiting while a callback still ran
+
+    blocker.release.set()
+    await wait_until_set(older_ran)
+    assert blocker.released == [True]
+
+
+@pytest.mark.anyio
+async def test_callback_errors_after_the_awaiting_task_was_cancelled_reach_the_loop() -> None:
+    loop = asyncio.get_running_loop()
+    reported: list[dict[str, Any]] = []
+    report_arrived = asyncio.Event()
+
+    def handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        reported.append(context)
+        report_arrived.set()
+
+    def failing() -> None:
+        raise ValueError("late")
+
+    cts = CancellationTokenSource()
+    cts.token.register(failing)
+    blocker = Blocker()
+    cts.token.register(blocker)
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(handler)
+    try:
+        task = asyncio.create_task(cts.cancel_async())
+        await wait_until_set(blocker.started)
+        task.cancel()
+        await asyncio.wait([task])
+        blocker.release.set()
+        with anyio.fail_after(NOT_BLOCKED):
+            await report_arrived.wait()
+    finally:
+        loop.set_exception_handler(previous)
+
+    assert task.cancelled()
+    [context] = reported
+    assert "cancel_async" in context["message"]
+    error = context["exception"]
+    assert isinstance(error, ExceptionGroup)
+    assert [str(inner) for inner in error.exceptions] == ["late"]
+
+
+@pytest.mark.anyio
+async def test_cancel_async_runs_the_callbacks_inline_if_no_thread_can_start(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def refuse(thread: threading.Thread) -> None:
+        raise RuntimeError("can't start new thread")
+
+    cts = CancellationTokenSource()
+    counter = Counter()
+    cts.token.register(counter)
+    monkeypatch.setattr(threading.Thread, "start", refuse)
+
+    await cts.cancel_async()
+
+    assert counter.threads == [threading.get_ident()]  # late, on the loop, but not lost
+
+
+@pytest.mark.anyio
+async def test_cancel_async_interrupts_a_scope_on_its_own_token() -> None:
+    cts = CancellationTokenSource()
+    cts.token.register(Counter())  # so the callbacks really run on another thread
+
+    async def cancel_own_token() -> None:
+        async with cancellation_scope(cts.token):
+            await cts.cancel_async()
+            await anyio.sleep(10)
+
+    with pytest.raises(OperationCanceledError) as info:
+        await cancel_own_token()
+
+    assert info.value.cancellation_token == cts.token
+
+
+@pytest.mark.anyio
+async def test_cancel_async_cancels_linked_sources_on_its_worker_thread() -> None:
+    parent = CancellationTokenSource()
+    linked = CancellationTokenSource.create_linked_token_source(parent.token)
+    counter = Counter()
+    linked.token.register(counter)
+
+    await parent.cancel_async()
+
+    assert linked.is_cancellation_requested
+    assert counter.calls == 1
+    assert counter.threads != [threading.get_ident()]
+
+
+@pytest.mark.anyio
+async def test_dispose_inside_its_own_callback_under_cancel_async_does_not_deadlock() -> None:
+    cts = CancellationTokenSource()
+    registrations: list[CancellationTokenRegistration] = []
+    done: list[bool] = []
+
+    def callback() -> None:
+        # On the worker thread that runs the callbacks: it must not wait for itself.
+        registrations[0].dispose()
+        done.append(True)
+
+    registrations.append(cts.token.register(callback))
+    with anyio.fail_after(NOT_BLOCKED):
+        await cts.cancel_async()
+
+    assert done == [True]
+
+
+@pytest.mark.anyio
+@pytest.mark.usefixtures("fast_thread_switching")
+async def test_race_cancel_async_against_cancel_on_another_thread() -> None:
+    """Whichever wins, every callback runs exactly once, and cancel_async never waits for
+    the other thread's callbacks."""
+    iterations = 300
+    sources = [CancellationTokenSource() for _ in range(iterations)]
+    counters = [[Counter() for _ in range(3)] for _ in range(iterations)]
+    for cts, row in zip(sources, counters, strict=True):
+        for counter in row:
+            cts.token.register(counter)
+    barrier = threading.Barrier(2, timeout=NOT_BLOCKED)
+
+    def canceler() -> None:
+        for iteration, cts in enumerate(sources):
+            barrier.wait()
+            for _ in range(iteration % 3):
+                yield_gil()
+            cts.cancel()
+
+    thread = threading.Thread(target=canceler)
+    thread.start()
+    try:
+        for cts in sources:
+            # Blocking the loop here is harmless: the other thread never needs it.
+            barrier.wait()
+            await cts.cancel_async()
+    finally:
+        thread.join(4 * NOT_BLOCKED)
+    assert not thread.is_alive()
+
+    assert all(counter.calls == 1 for row in counters for counter in row)
+    # Both sides won some of the races (a callback records the thread that ran it).
+    winners = {row[0].threads[0] == thread.ident for row in counters}
+    assert winners == {True, False}
+    # All of one source's callbacks ran on the winner's thread.
+    assert all(len({counter.threads[0] for counter in row}) == 1 for row in counters)
+
+
+# dispose_async -----------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_dispose_async_keeps_the_loop_running_while_the_callback_runs_elsewhere() -> None:
+    cts = CancellationTokenSource()
+    blocker = Blocker()
+    registration = cts.token.register(blocker)
+    canceler = threading.Thread(target=cts.cancel)
+    canceler.start()
+    await wait_until_set(blocker.started)
+    ticks: list[int] = []
+    finished_when_disposed: list[tuple[bool, int]] = []
+
+    async def dispose() -> None:
+        await registration.dispose_async()
+        finished_when_disposed.append((blocker.finished.is_set(), len(ticks)))
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(dispose)  # first, so a blocking dispose would stop the ticker
+        group.start_soon(tick_then_release, ticks, blocker.release)
+    canceler.join(NOT_BLOCKED)
+
+    assert finished_when_disposed == [(True, 3)]
+    assert blocker.released == [True]
+
+
+@pytest.mark.anyio
+async def test_dispose_async_waits_for_a_callback_running_under_cancel_async() -> None:
+    cts = CancellationTokenSource()
+    blocker = Blocker()
+    registration = cts.token.register(blocker)
+    ticks: list[int] = []
+    finished_when_disposed: list[bool] = []
+
+    async def dispose_once_started() -> None:
+        await wait_until_set(blocker.started)
+        group.start_soon(tick_then_release, ticks, blocker.release)
+        await registration.dispose_async()
+        finished_when_disposed.append(blocker.finished.is_set())
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(dispose_once_started)
+        await cts.cancel_async()
+
+    assert finished_when_disposed == [True]
+    assert ticks == [1, 2, 3]
+
+
+@pytest.mark.anyio
+async def test_dispose_async_returns_at_once_when_no_callback_is_running() -> None:
+    cts = CancellationTokenSource()
+    removed, ran = Counter(), Counter()
+    removed_registration = cts.token.register(removed)
+    ran_registration = cts.token.register(ran)
+
+    with anyio.fail_after(NOT_BLOCKED):
+        await removed_registration.dispose_async()
+        cts.cancel()
+        await ran_registration.dispose_async()
+        await CancellationToken.NONE.register(Counter()).dispose_async()
+
+    assert (removed.calls, ran.calls) == (0, 1)
+
+
+@pytest.mark.anyio
+async def test_dispose_async_can_be_cancelled_and_then_awaited_again() -> None:
+    cts = CancellationTokenSource()
+    blocker = Blocker()
+    registration = cts.token.register(blocker)
+    canceler = threading.Thread(target=cts.cancel)
+    canceler.start()
+    await wait_until_set(blocker.started)
+
+    task = asyncio.create_task(registration.dispose_async())
+    await anyio.wait_all_tasks_blocked()
+    task.cancel()
+    await asyncio.wait([task])
+    assert task.cancelled()
+    assert not blocker.finished.is_set()  # the callback was not interrupted
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(tick_then_release, [], blocker.release)
+        await registration.dispose_async()
+        assert blocker.finished.is_set()
+    canceler.join(NOT_BLOCKED)
+    assert blocker.released == [True]
+
+
+# Disposal while the source is being disposed ------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_dispose_async_still_waits_when_the_source_is_disposed_meanwhile() -> None:
+    cts = CancellationTokenSource()
+    blocker = Blocker()
+    registration = cts.token.register(blocker)
+    canceler = threading.Thread(target=cts.cancel)
+    canceler.start()
+    await wait_until_set(blocker.started)
+
+    task = asyncio.create_task(registration.dispose_async())
+    await anyio.wait_all_tasks_blocked()
+    # Disposing the source (tolerated during a cancel) must not release the waiter early.
+    await anyio.to_thread.run_sync(call_in_thread, cts.dispose)
+    await anyio.wait_all_tasks_blocked()
+    assert not task.done()
+
+    blocker.release.set()
+    with anyio.fail_after(NOT_BLOCKED):
+        await task
+    assert blocker.finished.is_set()
+    canceler.join(NOT_BLOCKED)
+
+
+def test_disposing_a_linked_source_waits_for_its_parent_callback_under_cancel_async() -> None:
+    parent = CancellationTokenSource()
+    linked = CancellationTokenSource.create_linked_token_source(parent.token)
+    blocker = Blocker()
+    linked.token.register(blocker)
+    disposed = threading.Event()
+    finished_when_disposed: list[bool] = []
+
+    def dispose_linked() -> None:
+        blocker.started.wait(NOT_BLOCKED)
+        # Detaching from the parent waits for the parent's callback, which is running the
+        # linked source's callbacks on cancel_async's worker thread.
+        linked.dispose()
+        finished_when_disposed.append(blocker.finished.is_set())
+        disposed.set()
+
+    disposer = threading.Thread(target=dispose_linked)
+    disposer.start()
+
+    async def scenario() -> None:
+        async with anyio.create_task_group() as group:
+            group.start_soon(parent.cancel_async)
+            await wait_until_set(blocker.started)
+            # A timed check that the disposer is stuck behind the callback, not a sync.
+            assert not await anyio.to_thread.run_sync(disposed.wait, 0.05)
+            blocker.release.set()
+
+    anyio.run(scenario)
+    disposer.join(NOT_BLOCKED)
+
+    assert finished_when_disposed == [True]
+    assert linked.is_cancellation_requested
+
+
+class SlowCounter:
+    """A callback with a window between its start and its end, to catch half-runs."""
+
+    def __init__(self) -> None:
+        self.started = 0
+        self.finished = 0
+
+    def __call__(self) -> None:
+        self.started += 1
+        for _ in range(3):
+            yield_gil()
+        self.finished += 1
+
+
+@pytest.mark.anyio
+@pytest.mark.usefixtures("fast_thread_switching")
+async def test_race_dispose_async_against_cancel_and_dispose_on_another_thread() -> None:
+    """Once dispose_async returns, its callback has either finished or never runs, even
+    while another thread cancels and disposes the source."""
+    iterations = 500
+    sources = [CancellationTokenSource() for _ in range(iterations)]
+    counters = [SlowCounter() for _ in range(iterations)]
+    registrations = [
+        cts.token.register(counter) for cts, counter in zip(sources, counters, strict=True)
+    ]
+    barrier = threading.Barrier(2, timeout=NOT_BLOCKED)
+
+    def cancel_and_dispose() -> None:
+        for cts in sources:
+            barrier.wait()
+            cts.cancel()
+            cts.dispose()
+
+    thread = threading.Thread(target=cancel_and_dispose)
+    thread.start()
+    at_return: list[tuple[int, int]] = []
+    try:
+        for iteration, registration in enumerate(registrations):
+            barrier.wait()  # harmless on the loop: the other thread never needs it
+            for _ in range(iteration % 4):
+                yield_gil()
+            await registration.dispose_async()
+            counter = counters[iteration]
+            at_return.append((counter.started, counter.finished))
+    finally:
+        thread.join(4 * NOT_BLOCKED)
+    assert not thread.is_alive()
+
+    for (started, finished), counter in zip(at_return, counters, strict=True):
+        assert started == finished, "dispose_async returned while its callback was running"
+        assert (counter.started, counter.finished) == (started, finished)
+    assert {started for started, _ in at_return} == {0, 1}  # both outcomes happened
+
+
+# unsafe_register and register_with_token ----------------------------------------------
+
+
+def test_unsafe_register_runs_in_the_canceling_threads_context() -> None:
+    variable: contextvars.ContextVar[str] = contextvars.ContextVar("variable", default="unset")
+    seen: list[str] = []
+
+    def callback() -> None:
+        seen.append(variable.get())
+        variable.set("set by the callback")
+
+    def cancel_in_own_context() -> str:
+        variable.set("canceler")
+        cts.cancel()
+        return variable.get()  # no copy: what the callback set stays set here
+
+    cts = CancellationTokenSource()
+
+    def register() -> None:
+        variable.set("at registration")
+        cts.token.unsafe_register(callback)
+
+    contextvars.Context().run(register)
+    after_cancel = call_in_thread(lambda: contextvars.Context().run(cancel_in_own_context))
+
+    assert seen == ["canceler"]
+    assert after_cancel == "set by the callback"
+
+
+def test_unsafe_register_on_a_canceled_token_runs_inline_in_the_callers_context() -> None:
+    variable: contextvars.ContextVar[str] = contextvars.ContextVar("variable", default="unset")
+
+    def scenario() -> str:
+        variable.set("caller")
+        CancellationToken(canceled=True).unsafe_register(variable.set, "callback")
+        return variable.get()
+
+    assert contextvars.Context().run(scenario) == "callback"
+
+
+@pytest.mark.anyio
+async def test_unsafe_register_under_cancel_async_sees_a_copy_of_the_callers_context() -> None:
+    variable: contextvars.ContextVar[str] = contextvars.ContextVar("variable", default="unset")
+    seen: list[tuple[str, int]] = []
+
+    def callback() -> None:
+        seen.append((variable.get(), threading.get_ident()))
+        variable.set("set by the callback")
+
+    cts = CancellationTokenSource()
+    cts.token.unsafe_register(callback)  # registered while the variable is unset
+    variable.set("cancel_async caller")
+
+    await cts.cancel_async()
+
+    assert [value for value, _ in seen] == ["cancel_async caller"]
+    assert seen[0][1] != threading.get_ident()
+    assert variable.get() == "cancel_async caller"
+
+
+def test_unsafe_register_registration_unregisters_like_any_other() -> None:
+    cts = CancellationTokenSource()
+    removed, kept = Counter(), Counter()
+    registration = cts.token.unsafe_register(removed)
+    cts.token.unsafe_register(kept)
+
+    assert registration.unregister() is True
+    cts.cancel()
+
+    assert (removed.calls, kept.calls) == (0, 1)
+    assert CancellationToken.NONE.unsafe_register(removed).unregister() is False
+
+
+def test_register_with_token_passes_the_canceled_token_first() -> None:
+    first, second = CancellationTokenSource(), CancellationTokenSource()
+    seen: list[tuple[CancellationToken, str, int]] = []
+
+    def callback(token: CancellationToken, label: str, number: int) -> None:
+        seen.append((token, label, number))
+
+    first.token.register_with_token(callback, "first", 1)
+    second.token.register_with_token(callback, "second", 2)
+    call_in_thread(second.cancel)
+
+    assert seen == [(second.token, "second", 2)]
+    assert seen[0][0].is_cancellation_requested
+
+
+def test_register_with_token_on_a_canceled_token_runs_inline_with_it() -> None:
+    token = CancellationToken(canceled=True)
+    seen: list[CancellationToken] = []
+
+    registration = token.register_with_token(seen.append)
+
+    assert seen == [token]
+    assert registration.unregister() is False
+    assert CancellationToken.NONE.register_with_token(seen.append).unregister() is False
+
+
+def test_register_with_token_keeps_the_registration_context_and_lifo_order() -> None:
+    variable: contextvars.ContextVar[str] = contextvars.ContextVar("variable", default="unset")
+    cts = CancellationTokenSource()
+    order: list[str] = []
+
+    def with_token(token: CancellationToken) -> None:
+        assert token == cts.token
+        order.append(f"with_token:{variable.get()}")
+
+    def scenario() -> None:
+        variable.set("registered")
+        cts.token.register(order.append, "register")
+        cts.token.register_with_token(with_token)
+        cts.token.unsafe_register(order.append, "unsafe_register")
+
+    contextvars.Context().run(scenario)
+    call_in_thread(cts.cancel)
+
+    assert order == ["unsafe_register", "with_token:registered", "register"]
+
+
+@pytest.mark.parametrize("method", ["register", "register_with_token", "unsafe_register"])
+def test_every_register_method_rejects_coroutine_functions_and_non_callables(
+    method: str,
+) -> None:
+    async def asynchronous() -> None:
+        pass
+
+    register = getattr(CancellationTokenSource().token, method)
+    with pytest.raises(TypeError, match="synchronous"):
+        register(asynchronous)
+    with pytest.raises(TypeError, match="callable"):
+        register(42)
+
+
+# wait_async (.NET's Task.WaitAsync) versus run_cancellable -----------------------------
+
+
+async def wait_for_event(event: anyio.Event, result: int) -> int:
+    await event.wait()
+    return result
+
+
+@pytest.mark.anyio
+async def test_wait_async_returns_the_result_or_the_exception() -> None:
+    cts = CancellationTokenSource()
+    event = anyio.Event()
+    event.set()
+
+    assert await wait_async(asyncio.create_task(wait_for_event(event, 7)), cts.token) == 7
+    assert await wait_async(asyncio.create_task(wait_for_event(event, 8)), CancellationToken()) == 8
+
+    async def failing() -> None:
+        raise KeyError("from the task")
+
+    with pytest.raises(KeyError, match="from the task"):
+        await wait_async(asyncio.create_task(failing()), cts.token)
+
+
+@pytest.mark.anyio
+async def test_wait_async_stops_waiting_at_cancel_and_leaves_the_task_running() -> None:
+    cts = CancellationTokenSource()
+    event = anyio.Event()
+    task = asyncio.create_task(wait_for_event(event, 42))
+
+    async def cancel_from_a_thread() -> None:
+        await anyio.wait_all_tasks_blocked()
+        await anyio.to_thread.run_sync(call_in_thread, cts.cancel)
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(cancel_from_a_thread)
+        with anyio.fail_after(NOT_BLOCKED), pytest.raises(OperationCanceledError) as info:
+            await wait_async(task, cts.token)
+
+    assert info.value.cancellation_token == cts.token
+    assert not task.done()
+    event.set()
+    assert await task == 42
+
+
+@pytest.mark.anyio
+async def test_run_cancellable_cancels_the_task_that_wait_async_leaves_running() -> None:
+    cts = CancellationTokenSource()
+    task = asyncio.create_task(wait_for_event(anyio.Event(), 42))
+
+    async def cancel_soon() -> None:
+        await anyio.wait_all_tasks_blocked()
+        cts.cancel()
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(cancel_soon)
+        with pytest.raises(OperationCanceledError):
+            await run_cancellable(task, cts.token)
+
+    await asyncio.wait([task])
+    assert task.cancelled()
+
+
+@pytest.mark.anyio
+async def test_wait_async_with_a_canceled_token_raises_and_leaves_the_task_alone() -> None:
+    event = anyio.Event()
+    task = asyncio.create_task(wait_for_event(event, 1))
+    token = CancellationToken(canceled=True)
+
+    with pytest.raises(OperationCanceledError) as info:
+        await wait_async(task, token)
+
+    assert info.value.cancellation_token == token
+    event.set()
+    assert await task == 1
+
+
+@pytest.mark.anyio
+async def test_wait_async_on_a_done_future_wins_over_a_canceled_token() -> None:
+    future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    future.set_result("done")
+
+    assert await wait_async(future, CancellationToken(canceled=True)) == "done"
+
+
+@pytest.mark.anyio
+async def test_wait_async_cancelled_from_outside_leaves_the_task_running() -> None:
+    cts = CancellationTokenSource()
+    event = anyio.Event()
+    task = asyncio.create_task(wait_for_event(event, 5))
+    waiter = asyncio.create_task(wait_async(task, cts.token))
+    await anyio.wait_all_tasks_blocked()
+
+    waiter.cancel()
+    await asyncio.wait([waiter])
+
+    assert waiter.cancelled()
+    assert not task.done()
+    cts.cancel()  # the abandoned wait left nothing registered that could fail now
+    event.set()
+    assert await task == 5
+
+
+@pytest.mark.anyio
+async def test_wait_async_rejects_a_coroutine() -> None:
+    coroutine = wait_for_event(anyio.Event(), 1)
+    try:
+        with pytest.raises(TypeError, match="create_task"):
+            await wait_async(coroutine, CancellationToken.NONE)  # type: ignore[arg-type]
+    finally:
+        coroutine.close()
+
+
+def test_new_names_are_exported_and_documented() -> None:
+    import ecrstream
+    import ecrstream.cancellation
+
+    assert "wait_async" in ecrstream.__all__
+    assert "wait_async" in ecrstream.cancellation.__all__
+    assert ecrstream.wait_async is wait_async
+    for member in (
+        CancellationTokenSource.cancel_async,
+        CancellationTokenRegistration.dispose_async,
+        CancellationToken.unsafe_register,
+        CancellationToken.register_with_token,
+        wait_async,
+    ):
+        assert inspect.getdoc(member), member

@@ -26,8 +26,11 @@ from aiobotocore.session import AioSession
 from ecrstream.cancellation import CancellationToken, CancellationTokenSource
 from ecrstream.client import EcrClient, RetryPolicy
 from ecrstream.errors import (
+    CorruptBlobError,
     DigestMismatchError,
+    ImageSelectionError,
     ImageSourceError,
+    InvalidArgumentError,
     LayersNotFoundError,
 )
 from ecrstream.image import (
@@ -584,6 +587,35 @@ async def test_layers_upload_concurrently_up_to_the_limit(
     assert sent == sorted(sent)
 
 
+async def test_uploads_start_largest_first_and_each_blob_is_checked_once_in_one_batch(
+    ecr: LocalEcr, repository: str, client: EcrClient, tmp_path: Path
+) -> None:
+    sizes = [8 * KIB, 96 * KIB, 16 * KIB, 300 * KIB, 1 * KIB, 64 * KIB, 5 * MIB + 7]
+    layers = [layer_bytes(size, 110 + n) for n, size in enumerate(sizes)]
+    source = oci_source(layers)
+    path = write_folder(source.files, tmp_path / "layout")
+    config = source.files[blob_path(source.config_digests[0])]
+    assert isinstance(config, bytes)
+    size_of = {digest_of(blob): len(blob) for blob in [*layers, config]}
+    started: list[str] = []
+
+    def on_progress(progress: PushProgress) -> None:
+        if progress.event == "started":
+            started.append(progress.digest)
+
+    await push_image(
+        client, path, repository, tags=["big"], max_concurrent_layers=2, on_progress=on_progress
+    )
+
+    assert [size_of[digest] for digest in started] == sorted(size_of.values(), reverse=True)
+    initiated = [r.sequence for r in ecr.requests(INITIATE)]
+    assert len(initiated) == len(size_of)
+    # One batched availability check names every blob, before the first upload
+    checks = ecr.requests(CHECK)
+    assert set(checks[0].layer_digests) == set(size_of)
+    assert checks[0].sequence < min(initiated)
+
+
 async def test_progress_reports_parts_of_a_large_layer_and_skipped_layers_as_done(
     ecr: LocalEcr, repository: str, client: EcrClient, tmp_path: Path, layers: list[bytes]
 ) -> None:
@@ -1100,3 +1132,191 @@ async def test_a_canceled_token_stops_the_push_before_anything_is_sent(
             await push_image(client, path, repository, cancellation_token=cts.token)
     assert caught.value.committed_digests == ()
     assert ecr.requests() == []
+
+
+# -- errors that say what is wrong in words a caller can reuse ------------------------------
+
+
+async def test_a_source_that_is_no_image_at_all_is_an_image_source_error_naming_it(
+    ecr: LocalEcr, repository: str, client: EcrClient, tmp_path: Path
+) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    not_a_tar = tmp_path / "notes.txt"
+    not_a_tar.write_bytes(b"these are notes, not an image\n" * 40)
+    unrelated = write_folder({"README": b"hello", "src/main.c": b"int main;"}, tmp_path / "src")
+
+    for path, message in [
+        (empty, "neither an OCI image layout"),
+        (not_a_tar, "not a readable tar"),
+        (unrelated, "neither an OCI image layout"),
+    ]:
+        with pytest.raises(ImageSourceError, match=message) as caught:
+            await push_image(client, path, repository, tags=["x"])
+        # The type says "this SOURCE is not a usable image" (the CLI's usage error), and
+        # the path is there to name it without parsing the message.
+        assert not isinstance(caught.value, ValueError)
+        assert caught.value.source == str(path)
+        assert str(path) in str(caught.value)
+    assert ecr.requests() == []
+
+
+@pytest.mark.parametrize("name", ["index.json", "oci-layout"])
+async def test_a_file_over_its_size_limit_is_named_once(
+    name: str, ecr: LocalEcr, repository: str, client: EcrClient, tmp_path: Path
+) -> None:
+    source = _oci()
+    padding = b" " * (4 * MIB + 1)
+    content = source.files[name]
+    assert isinstance(content, bytes)
+    source.files[name] = content + padding  # still valid JSON, just too big
+    path = write_tar(source.files, tmp_path / "image.tar")
+
+    with pytest.raises(ImageSourceError) as caught:
+        await push_image(client, path, repository, tags=["x"])
+
+    message = str(caught.value)
+    assert f"{name} is {len(content) + len(padding)} bytes, over the" in message
+    assert f"{name} {name}" not in message
+    assert ecr.requests() == []
+
+
+def _listed_twice_oci(files: dict[str, bytes | Link]) -> tuple[bytes, list[str]]:
+    manifest, _ = image_manifest(files, [layer_bytes(4 * KIB, 64)])
+    names = ["1.0", "latest"]
+    files["index.json"] = index_json(
+        [
+            descriptor(
+                OCI_MANIFEST, manifest, annotations={"org.opencontainers.image.ref.name": ref}
+            )
+            for ref in names
+        ]
+    )
+    return manifest, names
+
+
+def _listed_twice_legacy(files: dict[str, bytes | Link]) -> tuple[bytes, list[str]]:
+    source = legacy_source([layer_bytes(4 * KIB, 65)])
+    files.clear()
+    files.update(source.files)
+    (image,) = json.loads(source.files["manifest.json"])  # type: ignore[arg-type]
+    names = ["example/app:1.0", "example/app:latest"]
+    files["manifest.json"] = json.dumps([{**image, "RepoTags": [name]} for name in names]).encode()
+    return b"", names
+
+
+@pytest.mark.parametrize("layout", [_listed_twice_oci, _listed_twice_legacy])
+async def test_one_image_listed_under_two_names_is_one_image(
+    layout: Callable[[dict[str, bytes | Link]], tuple[bytes, list[str]]],
+    ecr: LocalEcr,
+    repository: str,
+    client: EcrClient,
+    tmp_path: Path,
+) -> None:
+    files: dict[str, bytes | Link] = {"oci-layout": b'{"imageLayoutVersion": "1.0.0"}'}
+    manifest, names = layout(files)
+    path = write_tar(files, tmp_path / "image.tar")
+
+    result = await push_image(client, path, repository, tags=["one"])
+    chosen = await push_image(client, path, repository, tags=["two"], image_ref=names[1])
+
+    assert chosen.manifest_digest == result.manifest_digest
+    if manifest:
+        assert result.manifest_digest == digest_of(manifest)
+    assert result.layers_uploaded == 1
+    text, digest, _ = await fetch(client, repository, "two")
+    assert digest == result.manifest_digest == digest_of(text.encode())
+
+
+async def test_an_ambiguous_source_says_which_names_it_holds_for_the_caller_to_offer(
+    ecr: LocalEcr, repository: str, client: EcrClient, tmp_path: Path
+) -> None:
+    first = docker25_source([layer_bytes(5 * KIB, 66)], tag="example/app:one")
+    second = docker25_source([layer_bytes(5 * KIB, 67)], tag="example/app:two")
+    files = {**first.files, **second.files}
+    entries = [*json.loads(first.files["index.json"])["manifests"]]  # type: ignore[arg-type]
+    entries += json.loads(second.files["index.json"])["manifests"]  # type: ignore[arg-type]
+    files["index.json"] = index_json(entries)
+    path = write_folder(files, tmp_path / "two")
+    names = ("docker.io/example/app:one", "docker.io/example/app:two", "one", "two")
+
+    with pytest.raises(ImageSelectionError) as none_chosen:
+        await push_image(client, path, repository)
+    with pytest.raises(ImageSelectionError) as unknown:
+        await push_image(client, path, repository, image_ref="three")
+
+    assert (none_chosen.value.image_ref, none_chosen.value.names) == (None, names)
+    assert "holds 2 images" in str(none_chosen.value)
+    assert (unknown.value.image_ref, unknown.value.names) == ("three", names)
+    assert "0 images are named 'three'" in str(unknown.value)
+    assert none_chosen.value.source == unknown.value.source == str(path)
+    assert ecr.requests() == []
+
+
+async def test_argument_errors_carry_the_argument_and_come_before_the_source_is_read(
+    ecr: LocalEcr, repository: str, client: EcrClient, tmp_path: Path
+) -> None:
+    path = write_folder(_oci().files, tmp_path / "layout")
+    missing = tmp_path / "missing"
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({"tags": "latest"}, "tags"),
+        ({"tags": [1]}, "tags"),
+        ({"tags": ["bad tag!"]}, "image_tag"),
+        ({"max_concurrent_layers": 0}, "max_concurrent_layers"),
+        ({"image_ref": 3}, "image_ref"),
+    ]
+    for options, field_name in cases:
+        # The source does not exist: the argument is refused before the source is looked at.
+        with pytest.raises(InvalidArgumentError) as caught:
+            await push_image(client, missing, repository, **options)
+        assert caught.value.field == field_name, options
+        assert str(caught.value) == f"{field_name}: {caught.value.rule}"
+    for source in (missing, tmp_path / "fifo"):
+        if source.name == "fifo":
+            os.mkfifo(source)
+        with pytest.raises(InvalidArgumentError) as caught:
+            await push_image(client, source, repository)
+        assert caught.value.field == "source"
+        assert str(source) in caught.value.rule
+    with pytest.raises(InvalidArgumentError) as caught:
+        await push_image(client, object(), repository)  # type: ignore[arg-type]
+    assert caught.value.field == "source"
+    assert path.exists()
+    assert ecr.requests() == []
+
+
+@pytest.mark.parametrize("form", ["tar", "folder"])
+@pytest.mark.parametrize("kind", ["layer", "config"])
+async def test_a_corrupt_blob_is_named_with_its_kind_member_and_source(
+    kind: str, form: str, ecr: LocalEcr, repository: str, client: EcrClient, tmp_path: Path
+) -> None:
+    layer = layer_bytes(300 * KIB, 68)
+    source = oci_source([layer])
+    digest = digest_of(layer) if kind == "layer" else source.config_digests[0]
+    member = blob_path(digest)
+    original = source.files[member]
+    assert isinstance(original, bytes)
+    corrupted = bytearray(original)
+    corrupted[len(corrupted) // 2] ^= 0xFF  # same size, other bytes: found only as it streams
+    source.files[member] = bytes(corrupted)
+    if form == "tar":
+        path = write_tar(source.files, tmp_path / "image.tar")
+    else:
+        path = write_folder(source.files, tmp_path / "image")
+
+    with pytest.raises(CorruptBlobError) as caught:
+        await push_image(client, path, repository, tags=["bad"], max_concurrent_layers=1)
+
+    error = caught.value
+    assert isinstance(error, DigestMismatchError)
+    assert (error.expected, error.actual) == (digest, digest_of(bytes(corrupted)))
+    assert (error.kind, error.member, error.source) == (kind, member, str(path))
+    message = str(error)
+    for part in (digest, member, str(path), f"{kind} {digest}", error.actual):
+        assert part in message
+    other = "config" if kind == "layer" else "layer"
+    assert other not in message.replace(str(path), "")
+    assert "expected_digest" not in message
+    await ecr.wait_idle_async()
+    assert digest not in uploaded_digests(ecr)
+    assert ecr.requests(PUT) == []

@@ -25,7 +25,6 @@ from aiobotocore.config import AioConfig
 from aiobotocore.session import AioSession
 from botocore.exceptions import BotoCoreError, ClientError
 
-from ecrstream import local
 from ecrstream.local import (
     DEFAULT_MIN_PART_SIZE,
     MAX_PART_SIZE,
@@ -34,6 +33,7 @@ from ecrstream.local import (
     LocalEcr,
     Operation,
     RecordedRequest,
+    store,
 )
 
 if TYPE_CHECKING:
@@ -802,18 +802,18 @@ async def test_client_leaving_while_the_request_is_applied_upstream_keeps_proxy_
     aio_ecr_client: ECRClient,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # Hold the proxy's call to moto until the client has gone: the only way to leave at that
-    # exact moment. Everything else stays real HTTP.
+    # Hold the proxy's write of the part until the client has gone: the only way to leave at
+    # that exact moment. Everything else stays real HTTP.
     upload_id = await initiate(aio_ecr_client, repository)
     forwarding, release = threading.Event(), threading.Event()
-    post_upstream = local._post_blocking
+    write_at = store._write_at
 
-    def held_post(*args: Any) -> Any:
+    def held_write(*args: Any) -> Any:
         forwarding.set()
         release.wait(10)
-        return post_upstream(*args)
+        return write_at(*args)
 
-    monkeypatch.setattr(local, "_post_blocking", held_post)
+    monkeypatch.setattr(store, "_write_at", held_write)
     with anyio.fail_after(10):
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(put_part, aio_ecr_client, repository, upload_id, 0, b"abc")

@@ -13,6 +13,7 @@ from ecrstream.cancellation import (
     OperationCanceledError,
     cancellation_scope,
     run_cancellable,
+    wait_async,
 )
 from ecrstream.client import BandwidthLimiter, EcrClient, PreparedPart, RetryPolicy, prepare_part
 from ecrstream.errors import (
@@ -127,4 +128,5 @@ __all__ = [
     "prepare_part",
     "push_image",
     "run_cancellable",
+    "wait_async",
 ]

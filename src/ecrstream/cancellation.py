@@ -11,6 +11,10 @@ Threads and event loops:
 * ``cancel()`` may be called from any thread. Plain callbacks run inline on that thread.
   Anything that touches an event loop (``wait()``, :func:`cancellation_scope`) hops onto
   its loop with ``loop.call_soon_threadsafe`` and does nothing if that loop is closed.
+* ``await cancel_async()`` (.NET 8's ``CancelAsync``) marks the source canceled on the
+  loop thread, then runs the callbacks on a thread of its own, so a slow callback does not
+  stall the loop; ``await registration.dispose_async()`` waits for a running callback
+  without blocking the loop.
 * ``cancel_after()`` (and the ``delay`` constructor argument) uses the running loop's
   ``call_later`` when called on an event-loop thread, so callbacks then run on that loop's
   thread; called elsewhere it starts a daemon ``threading.Timer`` and callbacks run on that
@@ -20,6 +24,8 @@ The bridge to asyncio is :func:`cancellation_scope` / :func:`run_cancellable`: a
 canceled while inside interrupts the body through an ``anyio.CancelScope`` and the caller
 gets :class:`OperationCanceledError`; a cancellation from outside (``task.cancel()``, an
 enclosing scope) stays ``asyncio.CancelledError``. Only the asyncio backend is supported.
+:func:`wait_async` is the other kind of wait (.NET's ``Task.WaitAsync(token)``): at cancel
+it stops waiting and leaves the task running.
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ import functools
 import inspect
 import math
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from types import TracebackType
 from typing import Any, ClassVar, Final, Protocol, TypeVar, TypeVarTuple, final
 
@@ -46,6 +52,7 @@ __all__ = [
     "TimerHandle",
     "cancellation_scope",
     "run_cancellable",
+    "wait_async",
 ]
 
 _T = TypeVar("_T")
@@ -120,6 +127,16 @@ class _SystemClock:
 _SYSTEM_CLOCK: Final = _SystemClock()
 
 
+def _check_callback(callback: object) -> None:
+    if not callable(callback):
+        raise TypeError(f"callback must be callable, got {callback!r}")
+    if inspect.iscoroutinefunction(callback):
+        raise TypeError(
+            "callback must be a synchronous function: cancel() cannot await it "
+            f"(got coroutine function {callback!r})"
+        )
+
+
 def _checked_delay(value: float, name: str) -> float:
     if math.isnan(value) or value < 0:
         raise ValueError(f"{name} must be a number of seconds >= 0 (or math.inf), got {value!r}")
@@ -177,17 +194,50 @@ class CancellationToken:
             TypeError: ``callback`` is not callable or is an ``async def`` function (a
                 callback must be synchronous; it cannot be awaited).
         """
-        if not callable(callback):
-            raise TypeError(f"callback must be callable, got {callback!r}")
-        if inspect.iscoroutinefunction(callback):
-            raise TypeError(
-                "callback must be a synchronous function: cancel() cannot await it "
-                f"(got coroutine function {callback!r})"
-            )
+        _check_callback(callback)
         source = self._source
         if source is None:
             return _EMPTY_REGISTRATION
         return source._register(callback, args, contextvars.copy_context())
+
+    def register_with_token(
+        self, callback: Callable[[CancellationToken, *_Ts], object], *args: *_Ts
+    ) -> CancellationTokenRegistration:
+        """Like :meth:`register`, but the callback is called as ``callback(token, *args)``.
+
+        ``token`` is this token, the one that was canceled (.NET 6's ``Register`` overload
+        taking ``Action<object?, CancellationToken>``): one callback shared by several
+        tokens can tell which one fired. Same threads, context, order and errors as
+        :meth:`register`.
+
+        Raises:
+            TypeError: ``callback`` is not callable or is an ``async def`` function.
+        """
+        _check_callback(callback)
+        source = self._source
+        if source is None:
+            return _EMPTY_REGISTRATION
+        return source._register(callback, (self, *args), contextvars.copy_context())
+
+    def unsafe_register(
+        self, callback: Callable[[*_Ts], object], *args: *_Ts
+    ) -> CancellationTokenRegistration:
+        """Like :meth:`register`, but without capturing the ``contextvars`` context.
+
+        .NET's ``UnsafeRegister``: the callback runs in whatever context is current on the
+        canceling thread (``cancel()``'s caller; under ``cancel_async()``, a copy of its
+        caller's context on its thread), and the variables it sets stay set there.
+        Cheaper, for callbacks that do not read context variables. To also receive the
+        token, pass it: ``token.unsafe_register(callback, token, ...)``.
+
+        Raises:
+            TypeError: ``callback`` is not callable or is an ``async def`` function.
+        """
+        _check_callback(callback)
+        source = self._source
+        if source is None:
+            return _EMPTY_REGISTRATION
+        return source._register(callback, args, None)
 
     def throw_if_cancellation_requested(self) -> None:
         """Raise :class:`OperationCanceledError` carrying this token if it is canceled."""
@@ -257,7 +307,7 @@ class _Waiter:
 
 
 class _Callback:
-    """A registered callback with its arguments and the context captured at registration."""
+    """A registered callback, its arguments and its context (None: the caller's, unsafe)."""
 
     __slots__ = ("args", "callback", "context")
 
@@ -265,14 +315,17 @@ class _Callback:
         self,
         callback: Callable[..., object],
         args: tuple[Any, ...],
-        context: contextvars.Context,
+        context: contextvars.Context | None,
     ) -> None:
         self.callback = callback
         self.args = args
         self.context = context
 
     def run(self) -> None:
-        self.context.run(self.callback, *self.args)
+        if self.context is None:
+            self.callback(*self.args)
+        else:
+            self.context.run(self.callback, *self.args)
 
 
 @final
@@ -319,6 +372,21 @@ class CancellationTokenRegistration:
         if source is not None and not source._unregister(self._id):
             source._wait_for_callback(self._id)
 
+    async def dispose_async(self) -> None:
+        """Like :meth:`dispose`, but awaits a callback running on another thread.
+
+        .NET's ``DisposeAsync``: the event loop keeps running while the callback finishes
+        (plain :meth:`dispose` would block the loop thread). Returns at once if the callback
+        was removed before it started, already ran, or runs on this thread. The awaiting
+        task may be cancelled as usual; the callback is not interrupted.
+
+        Raises:
+            RuntimeError: a wait is needed and no asyncio event loop is running.
+        """
+        source = self._source
+        if source is not None and not source._unregister(self._id):
+            await source._wait_for_callback_async(self._id)
+
     def __enter__(self) -> CancellationTokenRegistration:
         return self
 
@@ -356,6 +424,7 @@ class CancellationTokenSource:
     __slots__ = (
         "__weakref__",
         "_callback_finished",
+        "_callback_waiters",
         "_callbacks",
         "_clock",
         "_disposed",
@@ -384,6 +453,8 @@ class CancellationTokenSource:
         self._executing_id = 0
         self._executing_thread: int | None = None
         self._waiters: set[_Waiter] = set()
+        # dispose_async() callers awaiting the callback being executed now.
+        self._callback_waiters: set[_Waiter] = set()
         self._disposed = False
         self._clock: Clock = clock if clock is not None else _SYSTEM_CLOCK
         self._timer: TimerHandle | None = None
@@ -453,6 +524,53 @@ class CancellationTokenSource:
         """
         self._throw_if_disposed()
         self._notify_cancellation(throw_on_first_exception)
+
+    async def cancel_async(self) -> None:
+        """Request cancellation, then await the callbacks run on a thread of their own.
+
+        .NET 8's ``CancelAsync``. The source is canceled before this awaits anything
+        (:attr:`is_cancellation_requested` is True, ``wait()`` woken), then every callback
+        runs, newest first, on a new daemon thread, in a copy of the caller's context, so
+        the event loop keeps running during a slow callback. Returns when they have all
+        run; at once if cancellation was already requested (even while another thread still
+        runs the callbacks) or nothing is registered. A cancel of the awaiting task stops
+        the wait at once, but the callbacks still run to the end; their exceptions then go
+        to the loop's exception handler. Requires a running asyncio event loop.
+
+        Raises:
+            ExceptionGroup: of every exception the callbacks raised, after all have run.
+            RuntimeError: the source has been disposed, or no asyncio loop is running.
+        """
+        self._throw_if_disposed()
+        loop = asyncio.get_running_loop()
+        if not self._request_cancellation():
+            return
+        with self._lock:
+            has_callbacks = bool(self._callbacks)
+        if not has_callbacks:
+            # Nothing can be added any more (register now runs inline): just finish.
+            self._execute_callbacks(throw_on_first_exception=False)
+            return
+        done: asyncio.Future[None] = loop.create_future()
+        # A thread of its own, started before the first await: no cancel of this task and no
+        # busy thread pool can keep the callbacks from running once the source is marked.
+        thread = threading.Thread(
+            target=self._execute_callbacks_for,
+            args=(loop, done, contextvars.copy_context()),
+            name="ecrstream-cancel_async",
+            daemon=True,
+        )
+        try:
+            thread.start()
+        except RuntimeError:
+            # No thread to be had: run them here, blocking the loop, rather than lose them.
+            self._execute_callbacks(throw_on_first_exception=False)
+            return
+        try:
+            await asyncio.shield(done)
+        except asyncio.CancelledError:
+            done.add_done_callback(_report_abandoned_callback_errors)
+            raise
 
     def cancel_after(self, seconds: float) -> None:
         """Cancel this source ``seconds`` from now, replacing any earlier ``cancel_after``.
@@ -538,7 +656,7 @@ class CancellationTokenSource:
         self,
         callback: Callable[..., object],
         args: tuple[Any, ...],
-        context: contextvars.Context,
+        context: contextvars.Context | None,
     ) -> CancellationTokenRegistration:
         # The state test and the insertion share the lock that cancel() takes to change
         # the state, so a callback is either seen by cancel() or run inline here: never lost.
@@ -550,23 +668,41 @@ class CancellationTokenSource:
                 self._next_id += 1
                 self._callbacks[registration_id] = _Callback(callback, args, context)
                 return CancellationTokenRegistration(self, registration_id)
-        context.run(callback, *args)
+        _Callback(callback, args, context).run()
         return _EMPTY_REGISTRATION
 
     def _unregister(self, registration_id: int) -> bool:
         with self._lock:
             return self._callbacks.pop(registration_id, None) is not None
 
+    def _running_elsewhere(self, registration_id: int) -> bool:
+        """Whether that callback is running on another thread (call with the lock held)."""
+        # The thread running the callbacks must not wait for itself.
+        return (
+            self._state == _NOTIFYING
+            and self._executing_id == registration_id
+            and self._executing_thread != threading.get_ident()
+        )
+
     def _wait_for_callback(self, registration_id: int) -> None:
-        me = threading.get_ident()
         with self._callback_finished:
-            # The thread running the callbacks must not wait for itself.
-            while (
-                self._state == _NOTIFYING
-                and self._executing_id == registration_id
-                and self._executing_thread != me
-            ):
+            while self._running_elsewhere(registration_id):
                 self._callback_finished.wait()
+
+    async def _wait_for_callback_async(self, registration_id: int) -> None:
+        with self._lock:
+            if not self._running_elsewhere(registration_id):
+                return
+            loop = asyncio.get_running_loop()
+            future: asyncio.Future[None] = loop.create_future()
+            waiter = _Waiter(loop, future)
+            # Woken when the running callback ends; none with this id can start again.
+            self._callback_waiters.add(waiter)
+        try:
+            await future
+        finally:
+            with self._lock:
+                self._callback_waiters.discard(waiter)
 
     def _add_waiter(self, waiter: _Waiter) -> bool:
         """Queue ``waiter`` for cancellation; False if already canceled."""
@@ -617,11 +753,15 @@ class CancellationTokenSource:
         self._notify_cancellation(throw_on_first_exception=False)
 
     def _notify_cancellation(self, throw_on_first_exception: bool) -> None:
+        if self._request_cancellation():
+            self._execute_callbacks(throw_on_first_exception)
+
+    def _request_cancellation(self) -> bool:
+        """Mark the source canceled and wake the waiters; False if already requested."""
         with self._lock:
             if self._state != _NOT_CANCELED:
-                return
+                return False
             self._state = _NOTIFYING
-            self._executing_thread = threading.get_ident()
             timer = self._take_timer()
             waiters = self._waiters
             self._waiters = set()
@@ -629,10 +769,35 @@ class CancellationTokenSource:
             timer.cancel()
         for waiter in waiters:
             waiter.wake()
-        self._execute_callbacks(throw_on_first_exception)
+        return True
+
+    def _execute_callbacks_for(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        done: asyncio.Future[None],
+        context: contextvars.Context,
+    ) -> None:
+        """cancel_async()'s thread: run the callbacks, then settle ``done`` on its loop."""
+        error: BaseException | None = None
+        try:
+            context.run(self._execute_callbacks, False)
+        except BaseException as caught:  # handed over to the awaiting task, not swallowed
+            error = caught
+        _call_in_loop(loop, functools.partial(_settle, done, error))
+
+    def _take_callback_waiters(self) -> Collection[_Waiter]:
+        """Detach the dispose_async() waiters (lock held); wake them after releasing it."""
+        waiters = self._callback_waiters
+        if not waiters:
+            return ()
+        self._callback_waiters = set()
+        return waiters
 
     def _execute_callbacks(self, throw_on_first_exception: bool) -> None:
         errors: list[Exception] = []
+        with self._lock:
+            # cancel()'s thread, or cancel_async()'s thread: dispose() there must not wait.
+            self._executing_thread = threading.get_ident()
         try:
             while True:
                 with self._lock:
@@ -651,13 +816,41 @@ class CancellationTokenSource:
                     with self._lock:
                         self._executing_id = 0
                         self._callback_finished.notify_all()
+                        finished = self._take_callback_waiters()
+                    for waiter in finished:
+                        waiter.wake()
         finally:
             with self._lock:
                 self._state = _NOTIFYING_COMPLETE
                 self._executing_id = 0
                 self._callback_finished.notify_all()
+                finished = self._take_callback_waiters()
+            for waiter in finished:
+                waiter.wake()
         if errors:
             raise ExceptionGroup("cancellation callbacks raised exceptions", errors)
+
+
+def _settle(future: asyncio.Future[None], error: BaseException | None) -> None:
+    if future.done():
+        return
+    if error is None:
+        future.set_result(None)
+    else:
+        future.set_exception(error)
+
+
+def _report_abandoned_callback_errors(done: asyncio.Future[None]) -> None:
+    # cancel_async()'s awaiting task was cancelled: nobody else will see these errors.
+    if done.cancelled() or (error := done.exception()) is None:
+        return
+    done.get_loop().call_exception_handler(
+        {
+            "message": "cancel_async(): callbacks raised after the awaiting task was cancelled",
+            "exception": error,
+            "future": done,
+        }
+    )
 
 
 def _cancel_linked(linked: CancellationTokenSource) -> None:
@@ -751,6 +944,10 @@ async def cancellation_scope(token: CancellationToken) -> AsyncIterator[None]:
 async def run_cancellable(awaitable: Awaitable[_T], token: CancellationToken) -> _T:
     """Await ``awaitable`` inside :func:`cancellation_scope` and return its result.
 
+    The token's cancel cancels the awaitable itself (a task awaited here is canceled too),
+    which is what an operation taking a token should do. .NET's ``Task.WaitAsync(token)``
+    is different, it only stops waiting: for that, use :func:`wait_async`.
+
     If the token is already canceled nothing runs: a coroutine is closed (no "never
     awaited" warning) and a future or task is canceled, as it would be mid-flight.
 
@@ -768,3 +965,45 @@ async def run_cancellable(awaitable: Awaitable[_T], token: CancellationToken) ->
     async with cancellation_scope(token):
         result = await awaitable
     return result
+
+
+async def wait_async(future: asyncio.Future[_T], token: CancellationToken) -> _T:
+    """Wait for ``future`` (a task, say) until it is done or ``token`` is canceled.
+
+    .NET's ``Task.WaitAsync(token)``: a cancel stops the wait and leaves the future
+    alone; the task keeps running, and its owner can still await it. A cancel of the
+    awaiting task leaves it alone too. Contrast :func:`run_cancellable`, which cancels what
+    it awaits. A future already done wins over a canceled token, as in .NET. It takes a
+    future, not a coroutine: a coroutine left running needs a task and an owner, so pass
+    ``asyncio.create_task(coroutine)`` and keep the task.
+
+    Returns:
+        The future's result (its exception, or ``CancelledError`` if it was cancelled,
+        propagates as from ``await future``).
+
+    Raises:
+        OperationCanceledError: the token was canceled before the future was done.
+        TypeError: ``future`` is not an ``asyncio.Future`` (or Task).
+    """
+    if not isinstance(future, asyncio.Future):
+        raise TypeError(
+            "wait_async() needs an asyncio.Future or Task (wrap a coroutine in "
+            f"asyncio.create_task() and keep the task), got {future!r}"
+        )
+    if not future.done():
+        if not token.can_be_canceled:
+            await asyncio.wait((future,))
+        else:
+            token.throw_if_cancellation_requested()
+            loop = asyncio.get_running_loop()
+            stop: asyncio.Future[None] = loop.create_future()
+            # Waking reads no context variable, so the context need not be copied.
+            registration = token.unsafe_register(_Waiter(loop, stop).wake)
+            try:
+                # asyncio.wait never cancels what it waits for, even if this task is.
+                await asyncio.wait((future, stop), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                registration.unregister()
+            if not future.done():
+                raise OperationCanceledError(cancellation_token=token)
+    return future.result()

@@ -403,9 +403,15 @@ class EcrClient:
         override the credential chain; they are never logged or shown in a repr.
         """
         session = session or get_session()
-        if config is not None and not isinstance(config, AioConfig):
-            # aiobotocore wants its own Config subclass; carry over what the caller set
-            config = AioConfig(**getattr(config, "_user_provided_options", {}))
+        # aiobotocore wants its own Config subclass; carry over what the caller set
+        options = dict(getattr(config, "_user_provided_options", {})) if config else {}
+        if "http_session_cls" not in options:
+            # HTTPS encrypted off the event loop thread (ecrstream.tls), unless the caller
+            # chose an HTTP session class of their own.
+            from ecrstream.tls import TlsHttpSession
+
+            options["http_session_cls"] = TlsHttpSession
+        config = AioConfig(**options)
         async with AsyncExitStack() as stack:
             # Only the making of the client is translated: an exception from the caller's
             # ``async with`` body (a FileNotFoundError, a TimeoutError) must reach it as is.

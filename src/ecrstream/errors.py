@@ -4,6 +4,7 @@ The tree::
 
     Exception
     ├── OperationCanceledError            (ecrstream.cancellation; a token stopped the operation)
+    │   └── PushCanceledError             push_image stopped (.committed_digests .pending_digests)
     ├── ValueError
     │   └── InvalidArgumentError          an argument broke a rule (.field, .rule); raised before
     │                                     any request is sent; also an EcrStreamError
@@ -33,8 +34,24 @@ The tree::
         │                                 read timeout, response lost); .operation, .timed_out
         ├── CredentialsError              no usable AWS credentials were found
         ├── DigestMismatchError           computed digest differs from the expected/returned one
+        │   └── CorruptBlobError          a blob of an image source does not hash to its digest
+        │                                 (.kind .member .source; found as it streams)
         ├── SourceChangedError            the file changed while it was read
-        └── ImageSourceError              an image layout or archive is malformed or unsafe
+        ├── ImageSourceError              push_image's source is not a usable image: malformed,
+        │   │                             unsafe, or not an image at all (.source); before any
+        │   │                             request
+        │   └── ImageSelectionError       the source holds several images, or none by the name
+        │                                 asked for (.image_ref .names)
+        └── RegistryError                 a source registry failed a request (.status .url,
+            │                             never with credentials); unknown statuses stay here
+            ├── RegistryAuthError         401/403, a refused token request, a failed
+            │                             credential helper or an unreadable docker config
+            ├── RegistryNotFoundError     404: no such repository, manifest or blob
+            ├── ManifestInvalidError      not a manifest ecrstream takes (schema 1, unknown
+            │                             media type, over the size limit, malformed JSON)
+            ├── BlobSizeError             a blob has more or fewer bytes than its descriptor
+            └── RegistryConnectionError   no answer, reset, stalled or truncated body, still
+                                          failing when the retries ran out (.timed_out)
 
 `translate_botocore_error` is the boundary: it maps one botocore/aiohttp exception to the most
 specific class above. It only ever sees ``Exception`` (never ``BaseException``), so task
@@ -45,7 +62,8 @@ from __future__ import annotations
 
 import asyncio
 import errno
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Literal
 
 import aiohttp
 from botocore.exceptions import (
@@ -62,8 +80,12 @@ from botocore.exceptions import (
     ConnectionError as BotoConnectionError,
 )
 
+from ecrstream.cancellation import CancellationToken, OperationCanceledError
+
 __all__ = [
     "AuthenticationError",
+    "BlobSizeError",
+    "CorruptBlobError",
     "CredentialsError",
     "DigestMismatchError",
     "EcrConnectionError",
@@ -72,6 +94,7 @@ __all__ = [
     "EmptyUploadError",
     "ImageAlreadyExistsError",
     "ImageDigestDoesNotMatchError",
+    "ImageSelectionError",
     "ImageSourceError",
     "ImageTagAlreadyExistsError",
     "InvalidArgumentError",
@@ -83,7 +106,13 @@ __all__ = [
     "LayerPartTooSmallError",
     "LayersNotFoundError",
     "LimitExceededError",
+    "ManifestInvalidError",
+    "PushCanceledError",
     "ReferencedImagesNotFoundError",
+    "RegistryAuthError",
+    "RegistryConnectionError",
+    "RegistryError",
+    "RegistryNotFoundError",
     "RepositoryNotFoundError",
     "ServerError",
     "SourceChangedError",
@@ -294,8 +323,161 @@ class SourceChangedError(EcrStreamError):
     """The file changed (size or modification time) while it was read."""
 
 
+class CorruptBlobError(DigestMismatchError):
+    """A blob of push_image's source does not hash to its digest: the source is corrupt.
+
+    Found while the blob streams (its parts went up; its upload is never completed).
+    ``expected`` is the blob's digest, ``actual`` what its bytes hash to; ``kind`` is
+    ``"layer"`` or ``"config"``, ``member`` the blob's path inside the source (``blobs/sha256/...``
+    in an OCI layout), ``source`` the archive or folder. The message names all of them.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        expected: str,
+        actual: str,
+        kind: Literal["layer", "config"],
+        member: str,
+        source: str,
+    ) -> None:
+        super().__init__(message, expected=expected, actual=actual)
+        self.kind = kind
+        self.member = member
+        self.source = source
+
+
 class ImageSourceError(EcrStreamError):
-    """An OCI layout or docker archive is malformed, unsafe, or not something ECR can take."""
+    """push_image's source is not a usable image: malformed, unsafe, or not an image at all.
+
+    Raised before any request. ``source`` is the path of the archive or folder (None where
+    it is not known); the message says what is wrong, where in the source.
+    """
+
+    def __init__(self, message: str, *, source: str | None = None) -> None:
+        super().__init__(message)
+        self.source = source
+
+
+class ImageSelectionError(ImageSourceError):
+    """The source holds several images and none was chosen, or none (or several) by that name.
+
+    ``image_ref`` is the name asked for (None: none was given), ``names`` every name the
+    source lists for its images (index.json ref names, manifest.json RepoTags), so that a
+    caller can offer them under its own option name.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        source: str | None = None,
+        image_ref: str | None = None,
+        names: tuple[str, ...] = (),
+    ) -> None:
+        super().__init__(message, source=source)
+        self.image_ref = image_ref
+        self.names = names
+
+
+class PushCanceledError(OperationCanceledError):
+    """push_image stopped because its token was canceled.
+
+    ``committed_digests`` lists the blobs this push uploaded and committed before it stopped
+    (a second push finds them and skips them); ``pending_digests`` the blobs it meant to
+    upload that are not committed. A blob whose CompleteLayerUpload was cut off may be on ECR
+    without being listed; a second push finds it too.
+    """
+
+    committed_digests: tuple[str, ...]
+    pending_digests: tuple[str, ...]
+
+    def __init__(
+        self,
+        message: str | None = None,
+        cancellation_token: CancellationToken = CancellationToken.NONE,
+        *,
+        committed_digests: Sequence[str] = (),
+        pending_digests: Sequence[str] = (),
+    ) -> None:
+        """Create the error with what was committed and what was left."""
+        super().__init__(message, cancellation_token)
+        self.committed_digests = tuple(committed_digests)
+        self.pending_digests = tuple(pending_digests)
+
+
+class RegistryError(EcrStreamError):
+    """A source registry (OCI distribution API) failed a request.
+
+    ``status`` is the HTTP status (None when no answer came), ``url`` the request's URL without
+    credentials or query string (presigned storage URLs carry their signature there).
+    """
+
+    def __init__(self, message: str, *, status: int | None = None, url: str | None = None) -> None:
+        self.status = status
+        self.url = url
+        super().__init__(message)
+
+
+class RegistryAuthError(RegistryError):
+    """The registry or its token service refused us, or credentials could not be found.
+
+    401/403 answers, a token request refused, a credential helper that failed, or a docker
+    config.json that cannot be read. The message never contains a credential.
+    """
+
+
+class RegistryNotFoundError(RegistryError):
+    """404: the repository, manifest (tag or digest) or blob is not in the registry."""
+
+
+class ManifestInvalidError(RegistryError):
+    """The registry served a manifest ecrstream does not take.
+
+    Schema 1, an unknown media type, one over the size limit, or JSON that is not a valid
+    manifest or index (the message names the field).
+    """
+
+
+class BlobSizeError(RegistryError):
+    """A blob has more (overrun) or fewer (underrun) bytes than its descriptor's size.
+
+    ``expected`` is the descriptor's size, ``actual`` what the registry has or sent.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        expected: int,
+        actual: int,
+        status: int | None = None,
+        url: str | None = None,
+    ) -> None:
+        self.expected = expected
+        self.actual = actual
+        super().__init__(message, status=status, url=url)
+
+
+class RegistryConnectionError(RegistryError):
+    """No usable answer from the registry once the retries ran out (transient at heart).
+
+    Refused or reset connections, a body that stalled past the read timeout (``timed_out``),
+    or a truncated body. (5xx or 429 on every attempt raise :class:`RegistryError` with the
+    last ``status``.) The last cause is chained as ``__cause__``.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        url: str | None = None,
+        timed_out: bool = False,
+    ) -> None:
+        self.timed_out = timed_out
+        super().__init__(message, status=status, url=url)
 
 
 _AUTH_CODES = frozenset(

@@ -1,0 +1,261 @@
+"""``RegistryClient``: read manifests and blobs from one OCI distribution registry.
+
+Read-only, over HTTPS (or plain HTTP when asked), with anonymous, Basic or token auth (see
+:mod:`ecrstream.registry.auth`) and credentials given or found as docker finds them.
+``get_manifest`` pins a tag to the digest of the exact bytes served; ``open_blob`` streams a
+blob from any offset, resuming after source faults. aiohttp is imported when a client is
+built, not with ecrstream.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from types import TracebackType
+from typing import Final
+
+from ecrstream.cancellation import CancellationToken, cancellation_scope
+from ecrstream.client import RetryPolicy
+from ecrstream.errors import (
+    DigestMismatchError,
+    InvalidArgumentError,
+    ManifestInvalidError,
+)
+from ecrstream.registry.auth import redacted_url
+from ecrstream.registry.blob import BlobReader
+from ecrstream.registry.credentials import CredentialsArgument, credential_provider
+from ecrstream.registry.manifest import ACCEPTED_MEDIA_TYPES, Manifest, media_type_of
+from ecrstream.registry.reference import (
+    ImageReference,
+    check_digest,
+    check_registry,
+    check_repository,
+)
+from ecrstream.registry.transport import Attempts, TransientFault, Transport
+
+__all__ = ["DEFAULT_REGISTRY_RETRY", "MAX_MANIFEST_SIZE", "RegistryClient"]
+
+#: The largest manifest get_manifest takes (the size distribution and ECR accept).
+MAX_MANIFEST_SIZE: Final = 4 * 1024 * 1024
+#: Retries for registry requests: 6 attempts in a row without progress, backoff up to 10 s.
+DEFAULT_REGISTRY_RETRY: Final = RetryPolicy(max_attempts=6, base_delay=0.25, max_delay=10.0)
+_USER_AGENT: Final = "ecrstream"
+_ACCEPT: Final = ", ".join(ACCEPTED_MEDIA_TYPES)
+
+
+class RegistryClient:
+    """A read-only client of one registry (``host`` or ``host:port``), as an async context.
+
+    ::
+
+        async with RegistryClient(ref.registry) as registry:
+            manifest = await registry.get_manifest(ref)
+            async with await registry.open_blob(ref.repository, digest, size) as blob:
+                while count := await blob.readinto(buffer):
+                    ...
+
+    ``credentials``: ``"USER:PASSWORD"``, a (user, password) pair,
+    :class:`~ecrstream.registry.credentials.RegistryCredentials`, or a callable (sync or
+    async) given the registry host; None (the default) looks in docker's config.json and
+    credential helpers unless ``docker_config=False``, then anonymous. ``plain_http`` speaks
+    HTTP instead of HTTPS; ``verify`` is True (the system CAs), False (no check) or the path
+    of a CA bundle. ``read_timeout``: seconds without a byte before a response counts as
+    stalled (and is retried). ``retry`` bounds consecutive failed attempts.
+
+    Raises:
+        InvalidArgumentError: a bad argument (named), before any request.
+    """
+
+    __slots__ = ("_max_manifest_size", "_retry", "_transport", "registry")
+
+    def __init__(
+        self,
+        registry: str,
+        *,
+        credentials: CredentialsArgument | None = None,
+        docker_config: bool = True,
+        plain_http: bool = False,
+        verify: bool | str | os.PathLike[str] = True,
+        retry: RetryPolicy = DEFAULT_REGISTRY_RETRY,
+        connect_timeout: float = 30.0,
+        read_timeout: float = 60.0,
+        max_manifest_size: int = MAX_MANIFEST_SIZE,
+        user_agent: str = _USER_AGENT,
+    ) -> None:
+        if not isinstance(registry, str):
+            raise InvalidArgumentError("registry", "must be a host name or host:port string")
+        check_registry("registry", registry)
+        if not isinstance(retry, RetryPolicy):
+            raise InvalidArgumentError("retry", "must be a RetryPolicy")
+        if not isinstance(max_manifest_size, int) or max_manifest_size < 1:
+            raise InvalidArgumentError("max_manifest_size", "must be an integer >= 1 (bytes)")
+        self.registry = registry
+        self._retry = retry
+        self._max_manifest_size = max_manifest_size
+        self._transport = Transport(
+            registry,
+            credential_provider(credentials, docker_config=docker_config),
+            plain_http=plain_http,
+            verify=verify,
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
+            user_agent=user_agent,
+        )
+
+    def __repr__(self) -> str:
+        return f"<RegistryClient {self._transport.base_url}>"
+
+    @property
+    def token_requests(self) -> int:
+        """How many token requests the client has sent (tokens are cached per scope)."""
+        return self._transport.auth.token_requests
+
+    async def __aenter__(self) -> RegistryClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the HTTP session (open blob readers stop working)."""
+        await self._transport.close()
+
+    async def get_manifest(
+        self,
+        reference: ImageReference,
+        *,
+        cancellation_token: CancellationToken = CancellationToken.NONE,
+    ) -> Manifest:
+        """The manifest or index ``reference`` names, pinned: its digest is of the bytes served.
+
+        The bytes are checked against the reference's digest (if it has one) and against the
+        registry's Docker-Content-Digest header (if sha256). A tag resolves once: fetch the
+        children and blobs by the digest returned, so a tag moved meanwhile cannot mix two
+        images.
+
+        Raises:
+            InvalidArgumentError: ``reference`` is not an ImageReference of this registry.
+            DigestMismatchError: the bytes do not match the pinned or announced digest.
+            ManifestInvalidError: schema 1, another media type, over ``max_manifest_size``,
+                or not JSON.
+            RegistryNotFoundError, RegistryAuthError, RegistryConnectionError, RegistryError:
+                the registry's answer, after the retries.
+            OperationCanceledError: the token was canceled.
+        """
+        if not isinstance(reference, ImageReference):
+            raise InvalidArgumentError("reference", "must be an ImageReference")
+        if reference.registry != self.registry:
+            raise InvalidArgumentError(
+                "reference",
+                f"is in registry {reference.registry!r}; this client reads {self.registry!r}",
+            )
+        path = f"/v2/{reference.repository}/manifests/{reference.manifest_reference}"
+        scope = f"repository:{reference.repository}:pull"
+        async with cancellation_scope(cancellation_token):
+            attempts = Attempts(self._retry, cancellation_token)
+            while True:
+                try:
+                    data, content_type, announced, where = await self._fetch(path, scope)
+                    break
+                except TransientFault as fault:
+                    await attempts.failed(fault)
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        for expected, what in ((reference.digest, "the reference"), (announced, where)):
+            if expected is not None and expected.startswith("sha256:") and expected != digest:
+                raise DigestMismatchError(
+                    f"the manifest {where} sent has digest {digest}, but {what} says {expected}",
+                    expected=expected,
+                    actual=digest,
+                )
+        return Manifest(digest, media_type_of(data, content_type), data)
+
+    async def _fetch(self, path: str, scope: str) -> tuple[bytes, str | None, str | None, str]:
+        """One GET of a manifest: (body, Content-Type, Docker-Content-Digest, redacted URL)."""
+        import aiohttp
+
+        response = await self._transport.send("GET", path, scope=scope, headers={"Accept": _ACCEPT})
+        where = redacted_url(str(response.url))
+        try:
+            limit = self._max_manifest_size
+            if response.status != 200:
+                raise ManifestInvalidError(
+                    f"{where} answered HTTP {response.status} to a manifest GET",
+                    status=response.status,
+                    url=where,
+                )
+            length = response.content_length
+            if length is not None and length > limit:
+                raise self._too_big(where, length)
+            chunks: list[bytes] = []
+            received = 0
+            try:
+                async for chunk in response.content.iter_any():
+                    received += len(chunk)
+                    if received > limit:
+                        raise self._too_big(where, None)
+                    chunks.append(chunk)
+            except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+                raise self._transport.fault(exc, str(response.url)) from exc
+            headers = response.headers
+            return (
+                b"".join(chunks),
+                headers.get("Content-Type"),
+                headers.get("Docker-Content-Digest"),
+                where,
+            )
+        finally:
+            response.release()  # reuses the connection only if the body was read whole
+
+    def _too_big(self, where: str, length: int | None) -> ManifestInvalidError:
+        size = f"{length} bytes" if length is not None else "more"
+        return ManifestInvalidError(
+            f"the manifest at {where} has {size}, over the {self._max_manifest_size}-byte limit",
+            status=200,
+            url=where,
+        )
+
+    async def open_blob(
+        self,
+        repository: str,
+        digest: str,
+        size: int,
+        offset: int = 0,
+        *,
+        cancellation_token: CancellationToken = CancellationToken.NONE,
+    ) -> BlobReader:
+        """Start reading blob ``digest`` (of ``size`` bytes) of ``repository`` from ``offset``.
+
+        The first GET is sent (and retried) now, so a missing blob or refused access raises
+        here; at ``offset == size`` nothing is sent. ``cancellation_token`` also governs
+        every later ``readinto`` of the reader.
+
+        Raises:
+            InvalidArgumentError: a bad repository, digest, size or offset (named).
+            RegistryNotFoundError, RegistryAuthError, BlobSizeError, RegistryConnectionError,
+                RegistryError: the registry's answer, after the retries.
+            OperationCanceledError: the token was canceled.
+        """
+        if not isinstance(repository, str):
+            raise InvalidArgumentError("repository", "must be a string")
+        check_repository("repository", repository)
+        if not isinstance(digest, str):
+            raise InvalidArgumentError("digest", "must be a string")
+        check_digest("digest", digest)
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise InvalidArgumentError("size", "must be an integer >= 0 (bytes)")
+        if not isinstance(offset, int) or isinstance(offset, bool) or not 0 <= offset <= size:
+            raise InvalidArgumentError("offset", f"must be an integer from 0 to size ({size})")
+        reader = BlobReader(
+            self._transport, self._retry, repository, digest, size, offset, cancellation_token
+        )
+        try:
+            await reader.open()
+        except BaseException:
+            await reader.aclose()
+            raise
+        return reader
