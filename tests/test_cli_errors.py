@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import re
 
 import pytest
 
 from ecrstream.cli.errors import EXIT_FAILURE, EXIT_USAGE, OPTION_OF_FIELD, Context, explain
-from ecrstream.errors import EcrConnectionError, ImageSourceError, InvalidArgumentError
+from ecrstream.errors import EcrConnectionError, ImageSelectionError, InvalidArgumentError
 
 UPLOAD = Context("upload-layer", repository="my/app", region="eu-west-1")
 PUSH = Context("push", repository="my/app", region="eu-west-1")
@@ -71,13 +72,22 @@ def test_every_option_of_the_table_is_one_the_commands_take() -> None:
         assert option in help_texts, option
 
 
-def test_choose_one_with_image_ref_names_the_option() -> None:
-    error = ImageSourceError("index.json holds 2 images; choose one with image_ref (names: [])")
+@pytest.mark.parametrize("image_ref", [None, "nope"])
+def test_choosing_an_image_names_the_option(image_ref: str | None) -> None:
+    error = ImageSelectionError(
+        "index.json holds 2 images; choose one with image_ref (names: ['a', 'b'])",
+        source="/images/app.tar",
+        image_ref=image_ref,
+        names=("a", "b"),
+    )
 
     message, code = explain(error, PUSH)
 
-    assert code == EXIT_FAILURE
-    assert "choose one with --image-ref" in message
+    assert code == EXIT_USAGE
+    assert "--image-ref" in message
+    assert re.search(r"(?<!-)image_ref", message) is None
+    assert "/images/app.tar" in message
+    assert "(names: a, b)" in message
 
 
 def test_an_untrusted_certificate_names_the_fixes() -> None:

@@ -23,6 +23,7 @@ from ecrstream.errors import (
     EcrConnectionError,
     EcrServiceError,
     EcrStreamError,
+    ImageSelectionError,
     ImageSourceError,
     InvalidArgumentError,
     RepositoryNotFoundError,
@@ -230,11 +231,19 @@ def _source_changed(exc: SourceChangedError, context: Context) -> Explanation:
     return f"{exc}: run the command again once the file no longer changes", EXIT_FAILURE
 
 
+def _image_selection(exc: ImageSelectionError, context: Context) -> Explanation:
+    names = ", ".join(exc.names) or "none"
+    source = exc.source or "SOURCE"
+    if exc.image_ref is None:
+        text = f"{source} holds several images: choose one with --image-ref (names: {names})"
+    else:
+        text = f"--image-ref: {source} has no single image named {exc.image_ref!r} (names: {names})"
+    return f"{text} {context.see_help}", EXIT_USAGE
+
+
 def _image_source(exc: ImageSourceError, context: Context) -> Explanation:
-    # Until the library names its options: "choose one with image_ref" means --image-ref.
-    text = re.sub(r"\bimage_ref\b", "--image-ref", str(exc))
     return (
-        f"{text}: check SOURCE (an OCI layout folder or tar, or a docker save archive)",
+        f"{exc}: check SOURCE (an OCI layout folder or tar, or a docker save archive)",
         EXIT_FAILURE,
     )
 
@@ -270,6 +279,7 @@ _HANDLERS: tuple[tuple[Any, Callable[[Any, Context], Explanation]], ...] = (
     (EcrConnectionError, _unreachable),
     (DigestMismatchError, _digest_mismatch),
     (SourceChangedError, _source_changed),
+    (ImageSelectionError, _image_selection),
     (ImageSourceError, _image_source),
     (ServerError | ThrottlingError, _kept_failing),
     (EcrServiceError, _service),
