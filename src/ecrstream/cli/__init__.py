@@ -1,4 +1,4 @@
-"""The ``ecrstream`` command: upload-layer, push and demo (entry point: ``main``).
+"""The ``ecrstream`` command: upload-layer, push, demo and local-ecr (entry point: ``main``).
 
 Streams: results go to stdout (a line per part when stdout is not a terminal, then a summary
 line, or one JSON object with ``--json``); errors, warnings and the resume instructions go to
@@ -20,7 +20,7 @@ The modules, one concern each:
 - ``runner``: the one command runner (token, interrupts, timeout, client, displays);
 - ``signals``: Ctrl-C and SIGTERM; ``progress``: bars and lines; ``units``: sizes, rates;
 - ``errors``: exit codes, messages, the field-to-option table;
-- ``upload`` (with ``checkpoints``), ``push``, ``demo``: the commands.
+- ``upload`` (with ``checkpoints``), ``push``, ``demo``, ``local_ecr``: the commands.
 """
 
 from __future__ import annotations
@@ -41,7 +41,13 @@ from ecrstream.cli.errors import (
     redact,
     report,
 )
-from ecrstream.cli.options import DemoOptions, Options, PushOptions, UploadOptions
+from ecrstream.cli.options import (
+    DemoOptions,
+    LocalEcrOptions,
+    Options,
+    PushOptions,
+    UploadOptions,
+)
 from ecrstream.cli.parser import build_parser, parse
 from ecrstream.cli.units import parse_size
 
@@ -78,7 +84,7 @@ def _configure_logging(debug: bool) -> None:
 
 
 def _context(options: Options) -> Context:
-    if isinstance(options, DemoOptions):
+    if isinstance(options, DemoOptions | LocalEcrOptions):
         return Context(options.command)
     return Context(
         options.command,
@@ -100,6 +106,10 @@ def _dispatch(options: Options, context: Context) -> int:
         from ecrstream.cli import push
 
         return push.run(options, context)
+    if isinstance(options, LocalEcrOptions):
+        from ecrstream.cli import local_ecr
+
+        return local_ecr.run(options, context)
     from ecrstream.cli import demo
 
     return demo.run(options, context)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 __all__ = [
     "AwsOptions",
     "DemoOptions",
+    "LocalEcrOptions",
     "Options",
     "OutputOptions",
     "PushOptions",
@@ -96,4 +97,18 @@ class DemoOptions:
     command = "demo"
 
 
-Options = UploadOptions | PushOptions | DemoOptions
+@dataclass(frozen=True, slots=True)
+class LocalEcrOptions:
+    """``ecrstream local-ecr`` (its options are ``ecrstream.local.serve``'s)."""
+
+    argv: tuple[str, ...]
+    port: int = 0
+    repositories: tuple[str, ...] = ()
+    data_dir: str | None = None
+    region: str = "us-east-1"
+    output: OutputOptions = OutputOptions()
+
+    command = "local-ecr"
+
+
+Options = UploadOptions | PushOptions | DemoOptions | LocalEcrOptions

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import math
+import textwrap
 from collections.abc import Sequence
 from importlib import metadata
 from typing import NoReturn
@@ -12,6 +14,7 @@ from ecrstream.cli.errors import EXIT_USAGE
 from ecrstream.cli.options import (
     AwsOptions,
     DemoOptions,
+    LocalEcrOptions,
     Options,
     OutputOptions,
     PushOptions,
@@ -272,6 +275,20 @@ def _add_demo(commands: argparse._SubParsersAction[_Parser]) -> None:
     _add_output_options(demo)
 
 
+def _add_local_ecr(commands: argparse._SubParsersAction[_Parser]) -> None:
+    # Only the server's argparse part: moto is imported when it serves. (The module, not
+    # the function ecrstream.local.serve that shadows it as an attribute.)
+    serve = importlib.import_module("ecrstream.local.serve")
+
+    local = _subcommand(
+        commands,
+        "local-ecr",
+        "serve a local ECR endpoint on 127.0.0.1 until Ctrl-C (no AWS account, no network)",
+        textwrap.fill(serve.DESCRIPTION, 78),
+    )
+    serve.add_arguments(local)
+
+
 def _version() -> str:
     try:
         return metadata.version("ecrstream")
@@ -280,7 +297,7 @@ def _version() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``ecrstream`` parser with its three commands."""
+    """The ``ecrstream`` parser with its commands."""
     parser = _Parser(
         prog="ecrstream",
         description="Stream container image layers into Amazon ECR.",
@@ -293,6 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_upload_layer(commands)
     _add_push(commands)
     _add_demo(commands)
+    _add_local_ecr(commands)
     return parser
 
 
@@ -348,4 +366,12 @@ def parse(parser: argparse.ArgumentParser, argv: Sequence[str]) -> Options | Non
         )
     if namespace.command == "demo":
         return DemoOptions(argv=words, output=_output(namespace), size=namespace.size)
+    if namespace.command == "local-ecr":
+        return LocalEcrOptions(
+            argv=words,
+            port=namespace.port,
+            repositories=tuple(namespace.repository),
+            data_dir=namespace.data_dir,
+            region=namespace.region,
+        )
     return None
