@@ -134,7 +134,7 @@ def test(argv: list[str]) -> int:
     for name, cmd in (
         ("ruff check", ["-m", "ruff", "check", "."]),
         ("ruff format", ["-m", "ruff", "format", "--check", "."]),
-        ("mypy", ["-m", "mypy", "--strict", "src"]),
+        ("mypy", ["-m", "mypy", "--strict", "src", "tests"]),
     ):
         if _run(*cmd) != 0:
             failed.append(name)

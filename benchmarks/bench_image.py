@@ -170,10 +170,15 @@ class Config:
     variant_names: list[str]
     wait_quiet_s: float
     timeout_floor_s: float
+    scheme: str = "https"
 
 
-def _child_env() -> dict[str, str]:
+def _child_env(ca_bundle: str | None) -> dict[str, str]:
     env = dict(os.environ)
+    # Both variants trust the sink's throwaway CA the standard AWS way.
+    env.pop("AWS_CA_BUNDLE", None)
+    if ca_bundle:
+        env["AWS_CA_BUNDLE"] = ca_bundle
     env.update(
         AWS_ACCESS_KEY_ID="AKIDBENCHMARK",
         AWS_SECRET_ACCESS_KEY="bench",
@@ -214,7 +219,11 @@ def run_once(sink: bench.Sink, variant: str, layout: Layout, config: Config) -> 
     with tempfile.TemporaryFile("w+") as stderr:
         started = time.perf_counter()
         process = subprocess.Popen(
-            command, env=_child_env(), stdout=subprocess.PIPE, stderr=stderr, text=True
+            command,
+            env=_child_env(sink.ca_bundle),
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
         )
         killer = threading.Timer(timeout, process.kill)
         killer.start()
@@ -276,7 +285,10 @@ def run_once(sink: bench.Sink, variant: str, layout: Layout, config: Config) -> 
 
 
 def run_all(layout: Layout, config: Config) -> list[dict[str, Any]]:
-    sink = bench.Sink(config.part_size, verify=False)
+    case = bench.Case(config.scheme, config.part_size)
+    tls_dir = tempfile.TemporaryDirectory(prefix="bench-image-tls-")
+    tls = bench.make_tls_files(Path(tls_dir.name)) if config.scheme == "https" else None
+    sink = bench.Sink(case, verify=False, tls=tls)
     records = []
     try:
         names = config.variant_names
@@ -289,6 +301,7 @@ def run_all(layout: Layout, config: Config) -> list[dict[str, Any]]:
                 _print_progress(record)
     finally:
         sink.close()
+        tls_dir.cleanup()
     return records
 
 
@@ -388,6 +401,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smallest", type=bench.parse_size, default=MIB, help="smallest layer")
     parser.add_argument("--runs", type=int, default=5, help="rounds (each runs every variant)")
     parser.add_argument("--part-size", type=bench.parse_size, default=10 * MIB)
+    parser.add_argument(
+        "--scheme",
+        choices=("https", "http"),
+        default="https",
+        help="how the sink serves (https: a throwaway CA, trusted through AWS_CA_BUNDLE)",
+    )
     parser.add_argument("--max-concurrent-layers", type=int, default=4)
     parser.add_argument("--variants", default=",".join(image_variants.VARIANTS))
     parser.add_argument(
@@ -420,6 +439,7 @@ def main(argv: list[str] | None = None) -> int:
         variant_names=variant_names,
         wait_quiet_s=args.wait_quiet,
         timeout_floor_s=args.timeout_floor,
+        scheme=args.scheme,
     )
     started = time.time()
     environment = bench.environment()

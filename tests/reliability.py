@@ -75,6 +75,7 @@ import aiobotocore.session
 import anyio
 from aiobotocore.config import AioConfig
 from aiobotocore.session import AioSession
+from helpers import check_parts, digest_of, random_bytes
 
 import ecrstream
 from ecrstream import (
@@ -264,10 +265,10 @@ class Layer:
 
 
 def write_layer(folder: Path, size: int, seed: int | str) -> Layer:
-    data = random.Random(seed).randbytes(size)
+    data = random_bytes(size, seed)
     path = folder / f"layer-{uuid.uuid4().hex[:8]}-{size}.bin"
     path.write_bytes(data)
-    return Layer(path, data, "sha256:" + hashlib.sha256(data).hexdigest())
+    return Layer(path, data, digest_of(data))
 
 
 def new_repository(ecr: LocalEcr) -> str:
@@ -475,29 +476,6 @@ def leaks_since(before: Resources, *, socket_limit: int | None = None) -> list[s
 # -- invariants -------------------------------------------------------------------------------
 
 
-def walk_parts(ecr: LocalEcr, upload_id: str, layer: Layer) -> tuple[int, int, list[str]]:
-    """The parts ECR accepted for ``upload_id``, against the source.
-
-    Returns how many bytes from byte 0 are exactly the source's, how many accepted bytes are not
-    (out of place or different), and what is wrong, in words.
-    """
-    offset, bad, wrong = 0, 0, []
-    for part in ecr.accepted_parts(upload_id):
-        first, last, length = part.part_first_byte, part.part_last_byte, part.blob_length
-        if first is None or last is None or length is None:
-            wrong.append(f"accepted part #{part.sequence} has no byte range")
-            continue
-        if first != offset:
-            wrong.append(f"part {first}..{last} accepted after byte {offset - 1}")
-            bad += length
-        elif first + length > layer.size or part.blob_sha256 != layer.sha256_hex(first, length):
-            wrong.append(f"part {first}..{last} is not the source's bytes {first}..{last}")
-            bad += length
-        else:
-            offset += length
-    return offset, bad, wrong
-
-
 async def check_success(
     ecr: LocalEcr,
     client: EcrClient,
@@ -527,12 +505,13 @@ async def check_success(
     if result.upload_id is None:
         tally.other_problem(where, f"the result has no upload id: {result}")
         return
-    covered, bad, wrong = walk_parts(ecr, result.upload_id, layer)
-    if bad or wrong or covered != layer.size:
+    parts = check_parts(ecr, result.upload_id, layer.size, layer.sha256_hex)
+    if parts.problems:
         tally.lost(
             where,
-            bad + max(0, layer.size - covered),
-            f"upload {result.upload_id} holds {covered} of {layer.size} source bytes: {wrong}",
+            parts.bad + max(0, layer.size - parts.covered),
+            f"upload {result.upload_id} holds {parts.covered} of {layer.size} source bytes:"
+            f" {parts.problems}",
         )
 
 
@@ -546,10 +525,10 @@ def check_completes(ecr: LocalEcr, layer: Layer, tally: Tally, where: str) -> in
             )
             continue
         assert record.upload_id is not None
-        covered, bad, wrong = walk_parts(ecr, record.upload_id, layer)
-        if bad or wrong or covered != layer.size:
+        parts = check_parts(ecr, record.upload_id, layer.size, layer.sha256_hex)
+        if parts.problems:
             tally.wrong_layer(
-                where, f"upload {record.upload_id} completed with other bytes: {wrong}"
+                where, f"upload {record.upload_id} completed with other bytes: {parts.problems}"
             )
     return len(applied)
 
@@ -1154,9 +1133,10 @@ def check_checkpoint(
         and checkpoint.bytes_committed < resume.bytes_committed
     ):
         tally.other_problem(where, f"went back from byte {resume.bytes_committed}: {checkpoint}")
-    covered, bad, wrong = walk_parts(ecr, checkpoint.upload_id, layer)
-    if bad or wrong:
-        tally.lost(where, bad, f"upload {checkpoint.upload_id}: {wrong}")
+    parts = check_parts(ecr, checkpoint.upload_id, layer.size, layer.sha256_hex, whole=False)
+    covered = parts.covered
+    if parts.problems:
+        tally.lost(where, parts.bad, f"upload {checkpoint.upload_id}: {parts.problems}")
     held = ecr.upload(checkpoint.upload_id)
     if held is None:
         completed = any(
@@ -1211,11 +1191,11 @@ class BadFiles:
 def make_bad_files(folder: Path) -> BadFiles:
     folder.mkdir(parents=True, exist_ok=True)
     layer = folder / "layer.bin"
-    layer.write_bytes(random.Random("bad/layer").randbytes(4096))
+    layer.write_bytes(random_bytes(4096, "bad/layer"))
     big = folder / "big.bin"
-    big.write_bytes(random.Random("bad/big").randbytes(2 * PART + 4321))
+    big.write_bytes(random_bytes(2 * PART + 4321, "bad/big"))
     other = folder / "other.bin"
-    other.write_bytes(random.Random("bad/other").randbytes(4096))
+    other.write_bytes(random_bytes(4096, "bad/other"))
     empty = folder / "empty.bin"
     empty.touch()
     directory = folder / "folder.d"
@@ -2026,7 +2006,7 @@ async def run_cli_shrinking(ecr: LocalEcr, folder: Path, tally: Tally) -> list[s
     ecr.reset()
     repository = new_repository(ecr)
     path = folder / "cli-shrinking.bin"
-    path.write_bytes(random.Random("cli/shrinking").randbytes(2 * PART + 1234))
+    path.write_bytes(random_bytes(2 * PART + 1234, "cli/shrinking"))
     ecr.faults.add(INITIATE, FaultKind.DELAY, delay_seconds=2.0)
     command = _cli_command(ecr, _on(path, repository, "--part-size", "5MiB"))
     problems_before = len(tally.problems)

@@ -19,7 +19,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import random
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
@@ -33,13 +32,14 @@ from aiobotocore.session import AioSession
 from botocore.config import Config
 from botocore.exceptions import HTTPClientError
 from botocore.serialize import create_serializer
+from helpers import digest_of, push_layer, random_bytes
 
 from ecrstream.cancellation import (
     CancellationToken,
     CancellationTokenSource,
     OperationCanceledError,
 )
-from ecrstream.client import EcrClient, PreparedPart, RetryPolicy, prepare_part
+from ecrstream.client import EcrClient
 from ecrstream.errors import (
     EcrConnectionError,
     EcrServiceError,
@@ -48,6 +48,7 @@ from ecrstream.errors import (
     ThrottlingError,
 )
 from ecrstream.local import FaultKind, LocalEcr, Operation, RecordedRequest
+from ecrstream.lowlevel import PreparedPart, prepare_part
 from ecrstream.models import (
     MAX_PART_SIZE,
     BatchCheckLayerAvailabilityRequest,
@@ -57,6 +58,7 @@ from ecrstream.models import (
     PutImageRequest,
     UploadLayerPartRequest,
 )
+from ecrstream.retry import RetryPolicy
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(30)]
 
@@ -83,32 +85,11 @@ Call = Callable[[CancellationToken], Coroutine[Any, Any, object]]
 # -- helpers ---------------------------------------------------------------------------------
 
 
-def layer_bytes(size: int, seed: int = 0) -> bytes:
-    return random.Random(seed).randbytes(size)
-
-
-def digest_of(data: bytes | str) -> str:
-    raw = data.encode() if isinstance(data, str) else data
-    return "sha256:" + hashlib.sha256(raw).hexdigest()
-
-
 async def settled(ecr: LocalEcr, operation: str | None = None) -> list[RecordedRequest]:
     """The records once every request in flight has been recorded."""
     with anyio.fail_after(10):
         await ecr.wait_idle_async()
     return ecr.requests(operation)
-
-
-async def push_layer(client: EcrClient, repository: str, data: bytes) -> str:
-    """Upload ``data`` as a one-part layer through EcrClient; returns its digest."""
-    upload = await client.initiate_layer_upload(InitiateLayerUploadRequest(repository))
-    await client.upload_layer_part(
-        UploadLayerPartRequest(repository, upload.upload_id, 0, len(data) - 1, data)
-    )
-    done = await client.complete_layer_upload(
-        CompleteLayerUploadRequest(repository, upload.upload_id, (digest_of(data),))
-    )
-    return done.layer_digest
 
 
 def manifest_of(config: bytes, layers: list[bytes]) -> str:
@@ -138,7 +119,7 @@ def manifest_of(config: bytes, layers: list[bytes]) -> str:
 async def push_blobs_for_manifest(client: EcrClient, repository: str, seed: int = 0) -> str:
     """Upload a config blob and a layer; returns a manifest that references both."""
     config = json.dumps({"architecture": "amd64", "os": "linux", "seed": seed}).encode()
-    layer = layer_bytes(4096, seed)
+    layer = random_bytes(4096, seed)
     await push_layer(client, repository, config)
     await push_layer(client, repository, layer)
     return manifest_of(config, [layer])
@@ -157,7 +138,7 @@ async def prepare_call(operation: str, client: EcrClient, repository: str) -> Ca
         check = BatchCheckLayerAvailabilityRequest(repository, (digest_of(b"absent"),))
         return lambda token: client.batch_check_layer_availability(check, token)
     if operation in (UPLOAD_PART, COMPLETE):
-        data = layer_bytes(1000, seed=7)
+        data = random_bytes(1000, seed=7)
         upload = await client.initiate_layer_upload(InitiateLayerUploadRequest(repository))
         part = UploadLayerPartRequest(repository, upload.upload_id, 0, len(data) - 1, data)
         if operation == UPLOAD_PART:
@@ -231,7 +212,7 @@ def raw_client(ecr: LocalEcr, aio_session: AioSession, config: AioConfig) -> Any
 async def test_layer_upload_round_trip_through_create(
     client: EcrClient, ecr: LocalEcr, repository: str
 ) -> None:
-    data = layer_bytes(3000, seed=1)
+    data = random_bytes(3000, seed=1)
 
     upload = await client.initiate_layer_upload(InitiateLayerUploadRequest(repository))
     assert uuid.UUID(upload.upload_id)
@@ -264,7 +245,7 @@ async def test_layer_upload_round_trip_through_create(
 async def test_multi_part_layer_at_ecr_minimum_part_size(
     client: EcrClient, ecr: LocalEcr, repository: str
 ) -> None:
-    data = layer_bytes(5 * MIB + 1234, seed=2)
+    data = random_bytes(5 * MIB + 1234, seed=2)
     first, second = data[: 5 * MIB], data[5 * MIB :]
     upload = await client.initiate_layer_upload(InitiateLayerUploadRequest(repository))
 
@@ -299,7 +280,7 @@ async def test_initiate_reports_the_part_size_the_endpoint_asks_for(
 async def test_batch_check_layer_availability_reports_layers_and_failures(
     client: EcrClient, repository: str
 ) -> None:
-    data = layer_bytes(2048, seed=3)
+    data = random_bytes(2048, seed=3)
     present = await push_layer(client, repository, data)
     absent = digest_of(b"never uploaded")
 
@@ -740,7 +721,7 @@ def botocore_body(request: UploadLayerPartRequest) -> bytes:
 )
 @pytest.mark.parametrize("registry_id", [None, "123456789012"])
 def test_prepare_part_builds_the_body_botocore_would(size: int, registry_id: str | None) -> None:
-    data = layer_bytes(size, seed=size)
+    data = random_bytes(size, seed=size)
     request = UploadLayerPartRequest(
         "name/space-repo",
         str(uuid.uuid4()),
@@ -762,7 +743,7 @@ def test_prepare_part_builds_the_body_botocore_would(size: int, registry_id: str
 
 @pytest.mark.parametrize("blob_type", [bytearray, memoryview])
 def test_prepare_part_takes_any_bytes_like_blob(blob_type: type[Any]) -> None:
-    data = layer_bytes(4097, seed=4)
+    data = random_bytes(4097, seed=4)
     request = UploadLayerPartRequest("repo", str(uuid.uuid4()), 0, 4096, blob_type(data))
     expected = json.loads(
         botocore_body(UploadLayerPartRequest("repo", request.upload_id, 0, 4096, data))
@@ -772,8 +753,8 @@ def test_prepare_part_takes_any_bytes_like_blob(blob_type: type[Any]) -> None:
 
 def test_prepare_part_reuses_a_buffer_even_while_an_earlier_part_is_held() -> None:
     upload_id = str(uuid.uuid4())
-    small = UploadLayerPartRequest("repo", upload_id, 0, 99, layer_bytes(100, 1))
-    large = UploadLayerPartRequest("repo", upload_id, 100, 100_099, layer_bytes(100_000, 2))
+    small = UploadLayerPartRequest("repo", upload_id, 0, 99, random_bytes(100, 1))
+    large = UploadLayerPartRequest("repo", upload_id, 100, 100_099, random_bytes(100_000, 2))
     buffer = bytearray()
 
     held = prepare_part(small, buffer)  # its body views the buffer while we keep it
@@ -799,7 +780,7 @@ async def body_bytes(body: Any) -> bytes:
 async def test_the_prepared_body_and_its_hash_are_what_goes_on_the_wire(
     client: EcrClient, ecr: LocalEcr, repository: str
 ) -> None:
-    data = layer_bytes(MIB + 5, seed=5)
+    data = random_bytes(MIB + 5, seed=5)
     upload = await client.initiate_layer_upload(InitiateLayerUploadRequest(repository))
     request = UploadLayerPartRequest(repository, upload.upload_id, 0, len(data) - 1, data)
     prepared = prepare_part(request)
@@ -831,7 +812,7 @@ async def test_the_prepared_body_and_its_hash_are_what_goes_on_the_wire(
 async def test_upload_layer_part_sends_the_body_prepare_part_builds(
     client: EcrClient, ecr: LocalEcr, repository: str
 ) -> None:
-    data = layer_bytes(70_001, seed=6)
+    data = random_bytes(70_001, seed=6)
     upload = await client.initiate_layer_upload(InitiateLayerUploadRequest(repository))
     request = UploadLayerPartRequest(repository, upload.upload_id, 0, len(data) - 1, data)
     sent: list[bytes] = []

@@ -12,10 +12,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import hashlib
 import json
-import random
 import socket
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
@@ -36,10 +36,11 @@ from botocore.exceptions import (
     PartialCredentialsError,
     ReadTimeoutError,
 )
+from helpers import digest_of, push_layer, random_bytes
 
 import ecrstream.errors
 from ecrstream.cancellation import OperationCanceledError
-from ecrstream.client import EcrClient, RetryPolicy
+from ecrstream.client import EcrClient
 from ecrstream.errors import (
     AuthenticationError,
     CredentialsError,
@@ -49,6 +50,7 @@ from ecrstream.errors import (
     EmptyUploadError,
     ImageAlreadyExistsError,
     ImageDigestDoesNotMatchError,
+    InvalidArgumentError,
     InvalidLayerError,
     InvalidLayerPartError,
     InvalidParameterError,
@@ -60,6 +62,7 @@ from ecrstream.errors import (
     ThrottlingError,
     UploadNotFoundError,
     is_transient,
+    map_botocore_errors,
     translate_botocore_error,
 )
 from ecrstream.local import FaultKind, LocalEcr, Operation
@@ -71,6 +74,7 @@ from ecrstream.models import (
     PutImageRequest,
     UploadLayerPartRequest,
 )
+from ecrstream.retry import RetryPolicy
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -83,15 +87,6 @@ UPLOAD_OPERATIONS = (
 )
 ONE_ATTEMPT = RetryPolicy(max_attempts=1)
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-
-
-def layer_bytes(size: int, seed: int = 0) -> bytes:
-    return random.Random(seed).randbytes(size)
-
-
-def digest_of(data: bytes | str) -> str:
-    raw = data.encode() if isinstance(data, str) else data
-    return "sha256:" + hashlib.sha256(raw).hexdigest()
 
 
 def client_error(
@@ -163,15 +158,6 @@ async def send_part(
     return answer.last_byte_received
 
 
-async def push_layer(client: EcrClient, repository: str, data: bytes) -> str:
-    upload_id = await start_upload(client, repository)
-    await send_part(client, repository, upload_id, 0, data)
-    done = await client.complete_layer_upload(
-        CompleteLayerUploadRequest(repository, upload_id, (digest_of(data),))
-    )
-    return done.layer_digest
-
-
 def manifest_of(config_digest: str, layer_digests: list[str]) -> str:
     return json.dumps(
         {
@@ -192,7 +178,7 @@ def manifest_of(config_digest: str, layer_digests: list[str]) -> str:
 
 async def valid_manifest(client: EcrClient, repository: str) -> str:
     config = await push_layer(client, repository, b"{}")
-    layer = await push_layer(client, repository, layer_bytes(512, 1))
+    layer = await push_layer(client, repository, random_bytes(512, 1))
     return manifest_of(config, [layer])
 
 
@@ -319,7 +305,7 @@ async def test_layer_part_too_small_at_complete(
     client: EcrClient, ecr: LocalEcr, repository: str
 ) -> None:
     # ECR's real 5 MiB minimum: two 1 KiB parts leave the first one too small.
-    data = layer_bytes(2048, 2)
+    data = random_bytes(2048, 2)
     upload_id = await start_upload(client, repository)
     await send_part(client, repository, upload_id, 0, data[:1024])
     await send_part(client, repository, upload_id, 1024, data[1024:])
@@ -351,7 +337,7 @@ async def test_empty_upload_at_complete(client: EcrClient, ecr: LocalEcr, reposi
 async def test_layer_already_exists_at_complete(
     client: EcrClient, ecr: LocalEcr, repository: str
 ) -> None:
-    data = layer_bytes(3000, 3)
+    data = random_bytes(3000, 3)
     await push_layer(client, repository, data)
     upload_id = await start_upload(client, repository)
     await send_part(client, repository, upload_id, 0, data)
@@ -482,7 +468,7 @@ async def test_a_bare_http_500_is_a_server_error(
 async def test_no_answer_is_a_connection_error(
     client: EcrClient, ecr: LocalEcr, repository: str, operation: str, kind: FaultKind
 ) -> None:
-    data = layer_bytes(200_000, 4)  # larger than what RESET reads before it resets
+    data = random_bytes(200_000, 4)  # larger than what RESET reads before it resets
     upload_id = await start_upload(client, repository)
     if operation == "CompleteLayerUpload":
         await send_part(client, repository, upload_id, 0, data)
@@ -754,3 +740,39 @@ def test_the_tree() -> None:
     assert not issubclass(OperationCanceledError, EcrStreamError)
     assert issubclass(EcrConnectionError, EcrStreamError)
     assert not issubclass(EcrConnectionError, EcrServiceError)
+
+
+# -- the boundary as a context manager -----------------------------------------------------
+
+
+def test_the_boundary_raises_the_translation_from_the_original() -> None:
+    original = client_error("UploadNotFoundException", operation="UploadLayerPart")
+    with pytest.raises(UploadNotFoundError) as caught, map_botocore_errors("UploadLayerPart"):
+        raise original
+    assert caught.value.__cause__ is original
+    assert caught.value.operation == "UploadLayerPart"
+    with pytest.raises(InvalidArgumentError) as region, map_botocore_errors("CreateClient"):
+        raise NoRegionError()
+    assert (region.value.field, region.value.__cause__.__class__) == ("region_name", NoRegionError)
+
+
+@pytest.mark.parametrize(
+    "error", [KeyError("not botocore's"), asyncio.CancelledError(), KeyboardInterrupt()]
+)
+def test_the_boundary_lets_what_it_does_not_know_and_cancellation_through(
+    error: BaseException,
+) -> None:
+    with pytest.raises(type(error)) as caught, map_botocore_errors("PutImage"):
+        raise error
+    assert caught.value is error
+    assert caught.value.__cause__ is None
+
+
+def test_importing_the_errors_loads_neither_botocore_nor_aiohttp() -> None:
+    code = (
+        "import sys, ecrstream.errors; print('botocore' in sys.modules, 'aiohttp' in sys.modules)"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert loaded.stdout.split() == ["False", "False"]

@@ -23,7 +23,7 @@ from aiobotocore.session import AioSession
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from ecrstream.client import EcrClient, RetryPolicy
+from ecrstream.client import EcrClient
 from ecrstream.local import LocalEcr, Operation
 from ecrstream.models import (
     MAX_PART_SIZE,
@@ -42,6 +42,7 @@ from ecrstream.models import (
     UploadLayerPartResponse,
     validate_repository_name,
 )
+from ecrstream.retry import RetryPolicy
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -172,8 +172,9 @@ def test_bad_input_cli(
     case: Any, cli_batch: tuple[dict[str, CliOutcome], list[RecordedRequest]]
 ) -> None:
     outcomes, records = cli_batch
-    if outcomes[case.name].skipped is not None:
-        pytest.skip(outcomes[case.name].skipped)
+    skipped = outcomes[case.name].skipped
+    if skipped is not None:
+        pytest.skip(skipped)
     mine = [r for r in records if r.repository_name == cli_repository(case)]
 
     problems = tally_cli([case], outcomes, mine, Tally("bad inputs"))

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import array
-import hashlib
 import os
-import random
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from helpers import digest_of, open_fds_of, random_bytes
 
 from ecrstream.errors import SourceChangedError
 from ecrstream.source import FileSource, LayerHasher, StreamSource, check_path
@@ -17,31 +16,12 @@ from ecrstream.source import FileSource, LayerHasher, StreamSource, check_path
 pytestmark = pytest.mark.anyio
 
 
-def random_bytes(size: int, seed: int = 0) -> bytes:
-    return random.Random(seed).randbytes(size)
-
-
-def sha256_digest(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
-def open_fds_of(path: Path) -> list[str]:
-    found = []
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            if os.readlink(f"/proc/self/fd/{fd}") == str(path.resolve()):
-                found.append(fd)
-        except OSError:
-            pass
-    return found
-
-
 # -- LayerHasher ---------------------------------------------------------------------------------
 
 
 def test_hasher_of_nothing_is_the_empty_digest() -> None:
     hasher = LayerHasher()
-    assert (hasher.hashed, hasher.digest()) == (0, sha256_digest(b""))
+    assert (hasher.hashed, hasher.digest()) == (0, digest_of(b""))
 
 
 def test_hasher_feeds_each_byte_once_whatever_the_overlaps() -> None:
@@ -52,7 +32,7 @@ def test_hasher_feeds_each_byte_once_whatever_the_overlaps() -> None:
     hasher.update(0, memoryview(data)[:6000])  # nothing new
     hasher.update(6000, memoryview(data)[6000:])
     assert hasher.hashed == len(data)
-    assert hasher.digest() == sha256_digest(data)
+    assert hasher.digest() == digest_of(data)
 
 
 def test_hasher_refuses_a_gap() -> None:
@@ -60,7 +40,7 @@ def test_hasher_refuses_a_gap() -> None:
     hasher.update(0, memoryview(b"abc"))
     with pytest.raises(RuntimeError, match="gap"):
         hasher.update(4, memoryview(b"e"))
-    assert (hasher.hashed, hasher.digest()) == (3, sha256_digest(b"abc"))
+    assert (hasher.hashed, hasher.digest()) == (3, digest_of(b"abc"))
 
 
 # -- check_path and FileSource -------------------------------------------------------------------

@@ -26,6 +26,7 @@ import aiobotocore.session
 import anyio
 import pytest
 from aiobotocore.config import AioConfig
+from helpers import assert_parts_are_source, digest_of, open_fds_of, random_bytes
 
 from ecrstream import (
     BatchCheckLayerAvailabilityRequest,
@@ -63,10 +64,6 @@ CANCEL_LATENCY = 1.0  # seconds from cancel() to the error, at most
 # -- layers and the invariant every success must satisfy ----------------------------------------
 
 
-def sha256_digest(data: bytes | memoryview) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
 @dataclass(frozen=True)
 class LayerFile:
     """A layer on disk and its bytes (kept to check what the server received)."""
@@ -80,11 +77,7 @@ class LayerFile:
 
     @property
     def digest(self) -> str:
-        return sha256_digest(self.data)
-
-
-def random_bytes(size: int, seed: int) -> bytes:
-    return random.Random(seed).randbytes(size)
+        return digest_of(self.data)
 
 
 @pytest.fixture
@@ -110,32 +103,6 @@ def last_sequence(ecr: LocalEcr) -> int:
     return records[-1].sequence if records else 0
 
 
-def assert_parts_are_source(ecr: LocalEcr, upload_id: str, source: bytes | Path) -> None:
-    """The parts ECR accepted for ``upload_id`` are, in order, exactly the source's bytes."""
-    parts = ecr.accepted_parts(upload_id)
-    size = len(source) if isinstance(source, bytes) else source.stat().st_size
-    assert parts, f"no part of upload {upload_id} was accepted"
-    offset = 0
-    with contextlib.ExitStack() as stack:
-        file = None if isinstance(source, bytes) else stack.enter_context(source.open("rb"))
-        for part in parts:
-            assert part.part_first_byte == offset, f"part {part} does not start at byte {offset}"
-            assert part.part_last_byte is not None
-            length = part.part_last_byte - part.part_first_byte + 1
-            assert part.blob_length == length, f"part {part} has a byte range of {length} bytes"
-            if file is None:
-                assert isinstance(source, bytes)
-                expected = source[offset : offset + length]
-            else:
-                file.seek(offset)
-                expected = file.read(length)
-            assert part.blob_sha256 == hashlib.sha256(expected).hexdigest(), (
-                f"part {part} is not bytes {offset}..{offset + length - 1} of the source"
-            )
-            offset += length
-    assert offset == size, f"the accepted parts hold {offset} bytes, the source {size}"
-
-
 def file_size_and_digest(path: Path) -> tuple[int, str]:
     sha = hashlib.sha256()
     with path.open("rb") as file:
@@ -158,7 +125,7 @@ async def assert_layer_uploaded(
     ``since``: the last record before this call (a resumed upload counts parts from there).
     """
     if isinstance(source, bytes):
-        size, digest = len(source), sha256_digest(source)
+        size, digest = len(source), digest_of(source)
     else:
         size, digest = await anyio.to_thread.run_sync(file_size_and_digest, source)
     assert result.digest == digest
@@ -230,16 +197,6 @@ def running_tasks() -> set[asyncio.Task[Any]]:
         for task in asyncio.all_tasks()
         if task.get_coro().__qualname__ != "TestRunner._call_in_runner_task"  # type: ignore[union-attr]
     }
-
-
-def open_fds_of(path: Path) -> list[str]:
-    """File descriptors of this process open on ``path`` (Linux)."""
-    found = []
-    for fd in os.listdir("/proc/self/fd"):
-        with contextlib.suppress(OSError):
-            if os.readlink(f"/proc/self/fd/{fd}") == str(path.resolve()):
-                found.append(fd)
-    return found
 
 
 @dataclass
@@ -1085,7 +1042,7 @@ async def test_digest_mismatch_does_not_complete(
     source: str,
 ) -> None:
     layer = make_layer(2 * PART + 6, seed=34)
-    wrong = sha256_digest(b"something else")
+    wrong = digest_of(b"something else")
     uploader = LayerUploader(client, repository, part_size=PART)
     upload = (
         uploader.upload_file(layer.path, expected_digest=wrong)
@@ -1524,7 +1481,7 @@ async def test_resume_after_a_cancel_during_complete(
 
     result = await uploader.upload_file(layer.path, resume=checkpoint)
 
-    assert result.digest == sha256_digest(layer.data)
+    assert result.digest == digest_of(layer.data)
     assert result.restarted == (1 if gone else 0)
     if gone:
         await assert_layer_uploaded(ecr, client, repository, result, layer.data, since=since)

@@ -1,10 +1,19 @@
 """ecrstream: stream container image layers into Amazon ECR from asyncio applications.
 
 The public API (see README.md): cancellation tokens ported from .NET, a typed cancellable
-ECR client, the streaming LayerUploader, and push_image for whole images.
+ECR client, the streaming LayerUploader, and push_image for whole images. The low-level
+pieces (part bodies, the bandwidth limiter, sources, the retry loop) are in
+``ecrstream.lowlevel``.
+
+``import ecrstream`` does not import aiobotocore, botocore or aiohttp: the names that need
+them (``EcrClient``, ``LayerUploader``, ``push_image`` and the push's types) are loaded on
+first use.
 """
 
 from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from ecrstream.cancellation import (
     CancellationToken,
@@ -15,7 +24,6 @@ from ecrstream.cancellation import (
     run_cancellable,
     wait_async,
 )
-from ecrstream.client import BandwidthLimiter, EcrClient, PreparedPart, RetryPolicy, prepare_part
 from ecrstream.errors import (
     AuthenticationError,
     CredentialsError,
@@ -37,6 +45,7 @@ from ecrstream.errors import (
     LayerPartTooSmallError,
     LayersNotFoundError,
     LimitExceededError,
+    ProtocolViolationError,
     ReferencedImagesNotFoundError,
     RepositoryNotFoundError,
     ServerError,
@@ -44,7 +53,6 @@ from ecrstream.errors import (
     ThrottlingError,
     UploadNotFoundError,
 )
-from ecrstream.image import PushCanceledError, PushImageResult, PushProgress, push_image
 from ecrstream.models import (
     BatchCheckLayerAvailabilityRequest,
     BatchCheckLayerAvailabilityResponse,
@@ -65,11 +73,25 @@ from ecrstream.models import (
     UploadLayerPartResponse,
     UploadProgress,
 )
-from ecrstream.uploader import LayerUploader
+from ecrstream.retry import RetryPolicy
+
+if TYPE_CHECKING:
+    from ecrstream.client import EcrClient
+    from ecrstream.image import PushCanceledError, PushImageResult, PushProgress, push_image
+    from ecrstream.uploader import LayerUploader
+
+# Loaded on first use (module __getattr__): each of these imports aiobotocore.
+_LAZY = {
+    "EcrClient": "ecrstream.client",
+    "LayerUploader": "ecrstream.uploader",
+    "PushCanceledError": "ecrstream.image",
+    "PushImageResult": "ecrstream.image",
+    "PushProgress": "ecrstream.image",
+    "push_image": "ecrstream.image",
+}
 
 __all__ = [
     "AuthenticationError",
-    "BandwidthLimiter",
     "BatchCheckLayerAvailabilityRequest",
     "BatchCheckLayerAvailabilityResponse",
     "BatchGetImageRequest",
@@ -107,7 +129,7 @@ __all__ = [
     "LayersNotFoundError",
     "LimitExceededError",
     "OperationCanceledError",
-    "PreparedPart",
+    "ProtocolViolationError",
     "PushCanceledError",
     "PushImageResult",
     "PushProgress",
@@ -125,8 +147,20 @@ __all__ = [
     "UploadNotFoundError",
     "UploadProgress",
     "cancellation_scope",
-    "prepare_part",
     "push_image",
     "run_cancellable",
     "wait_async",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'ecrstream' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

@@ -39,9 +39,12 @@ import math
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from types import TracebackType
-from typing import Any, ClassVar, Final, Protocol, TypeVar, TypeVarTuple, final
+from typing import TYPE_CHECKING, Any, ClassVar, Final, Protocol, TypeVar, TypeVarTuple, final
 
 import anyio
+
+if TYPE_CHECKING:  # for the annotation only: this module imports nothing else of ecrstream
+    from ecrstream.models import UploadCheckpoint
 
 __all__ = [
     "CancellationToken",
@@ -873,18 +876,20 @@ class OperationCanceledError(Exception):
     cancellation_token: CancellationToken
     """The token whose cancellation stopped the operation (``NONE`` if unknown)."""
 
-    checkpoint: Any = None
-    """Set by operations that can be resumed (the uploader puts an ``UploadCheckpoint`` here)."""
+    checkpoint: UploadCheckpoint | None
+    """Where a resumable operation stood (the uploader's ``UploadCheckpoint``), else None."""
 
     def __init__(
         self,
         message: str | None = None,
         cancellation_token: CancellationToken = CancellationToken.NONE,
+        *,
+        checkpoint: UploadCheckpoint | None = None,
     ) -> None:
         """Create the error; ``message`` defaults to "The operation was canceled."."""
         super().__init__(_DEFAULT_MESSAGE if message is None else message)
         self.cancellation_token = cancellation_token
-        self.checkpoint = None
+        self.checkpoint = checkpoint
 
 
 @contextlib.asynccontextmanager

@@ -37,6 +37,9 @@ The tree::
         │   └── CorruptBlobError          a blob of an image source does not hash to its digest
         │                                 (.kind .member .source; found as it streams)
         ├── SourceChangedError            the file changed while it was read
+        ├── ProtocolViolationError        the endpoint answered something ECR never would (it
+        │                                 claims bytes never sent, refuses the byte it asks
+        │                                 for); .operation
         ├── ImageSourceError              push_image's source is not a usable image: malformed,
         │   │                             unsafe, or not an image at all (.source); before any
         │   │                             request
@@ -53,32 +56,21 @@ The tree::
             └── RegistryConnectionError   no answer, reset, stalled or truncated body, still
                                           failing when the retries ran out (.timed_out)
 
-`translate_botocore_error` is the boundary: it maps one botocore/aiohttp exception to the most
-specific class above. It only ever sees ``Exception`` (never ``BaseException``), so task
-cancellation passes through untouched.
+``map_botocore_errors(operation)`` is the boundary, a context manager around every call into
+aiobotocore: it maps a botocore/aiohttp exception raised inside it to the most specific class
+above (``translate_botocore_error``) and raises that ``from`` the original; anything it does
+not know passes unchanged. It only ever catches ``Exception`` (never ``BaseException``), so
+task cancellation passes through untouched. Importing this module imports neither botocore
+nor aiohttp: they are imported when an exception is translated.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, Literal
-
-import aiohttp
-from botocore.exceptions import (
-    BotoCoreError,
-    ClientError,
-    HTTPClientError,
-    NoCredentialsError,
-    NoRegionError,
-    ParamValidationError,
-    PartialCredentialsError,
-    ReadTimeoutError,
-)
-from botocore.exceptions import (
-    ConnectionError as BotoConnectionError,
-)
 
 from ecrstream.cancellation import CancellationToken, OperationCanceledError
 
@@ -107,6 +99,7 @@ __all__ = [
     "LayersNotFoundError",
     "LimitExceededError",
     "ManifestInvalidError",
+    "ProtocolViolationError",
     "PushCanceledError",
     "ReferencedImagesNotFoundError",
     "RegistryAuthError",
@@ -119,6 +112,7 @@ __all__ = [
     "ThrottlingError",
     "UploadNotFoundError",
     "is_transient",
+    "map_botocore_errors",
     "translate_botocore_error",
 ]
 
@@ -480,6 +474,21 @@ class RegistryConnectionError(RegistryError):
         super().__init__(message, status=status, url=url)
 
 
+class ProtocolViolationError(EcrStreamError):
+    """The endpoint answered something a real ECR never would; nothing was completed.
+
+    ECR cannot truthfully claim bytes the client never sent, nor refuse a part that starts
+    at the very byte it asks for. Such an answer comes from a broken proxy, emulator or
+    middlebox on the way: ``operation`` names the request that got it, and the message says
+    what was claimed. Check what sits between the client and ECR (``--endpoint-url``, a
+    proxy); a checkpoint taken at this point never claims more than the client sent.
+    """
+
+    def __init__(self, message: str, *, operation: str) -> None:
+        self.operation = operation
+        super().__init__(f"{operation}: {message}")
+
+
 _AUTH_CODES = frozenset(
     {
         "UnrecognizedClientException",
@@ -523,7 +532,7 @@ _BY_CODE["TooManyRequestsException"] = ThrottlingError
 _BY_CODE["RequestLimitExceeded"] = ThrottlingError
 
 
-def service_error(
+def _service_error(
     code: str,
     message: str,
     *,
@@ -551,7 +560,23 @@ def translate_botocore_error(exc: Exception, operation: str) -> Exception:
 
     Returns the new exception (the caller raises it ``from exc``); an exception it does not
     know is returned unchanged. Never given BaseException: cancellation is not translated.
+    Prefer ``map_botocore_errors``, which does the raising.
     """
+    # Imported here, not at module level: ``import ecrstream`` must not pay for botocore and
+    # aiohttp (both are loaded by then: the exception came from them).
+    import aiohttp
+    from botocore.exceptions import (
+        BotoCoreError,
+        ClientError,
+        HTTPClientError,
+        NoCredentialsError,
+        NoRegionError,
+        ParamValidationError,
+        PartialCredentialsError,
+        ReadTimeoutError,
+    )
+    from botocore.exceptions import ConnectionError as BotoConnectionError
+
     if isinstance(exc, ClientError):
         error = exc.response.get("Error", {})
         metadata = exc.response.get("ResponseMetadata", {})
@@ -560,7 +585,7 @@ def translate_botocore_error(exc: Exception, operation: str) -> Exception:
         message = str(error.get("Message") or error.get("message") or "")
         if not message and status:
             message = f"HTTP {status} without an error message"
-        return service_error(
+        return _service_error(
             code,
             message,
             operation=operation,
@@ -574,9 +599,11 @@ def translate_botocore_error(exc: Exception, operation: str) -> Exception:
             "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, or run where an IAM role is available"
         )
     if isinstance(exc, NoRegionError):
-        return ValueError("region_name: no AWS region is configured; pass one or set AWS_REGION")
+        return InvalidArgumentError(
+            "region_name", "no AWS region is configured; pass one or set AWS_REGION"
+        )
     if isinstance(exc, ParamValidationError):
-        return ValueError(f"{operation}: {exc}")
+        return InvalidArgumentError(operation, str(exc))
     if isinstance(exc, ReadTimeoutError | TimeoutError | asyncio.TimeoutError):
         return EcrConnectionError(f"read timed out ({exc})", operation=operation, timed_out=True)
     if isinstance(exc, BotoConnectionError | HTTPClientError | aiohttp.ClientError | OSError):
@@ -591,6 +618,22 @@ def translate_botocore_error(exc: Exception, operation: str) -> Exception:
     return exc
 
 
+@contextlib.contextmanager
+def map_botocore_errors(operation: str) -> Iterator[None]:
+    """Raise the ecrstream error for a botocore/aiohttp exception of the ``with`` body.
+
+    The translation (``translate_botocore_error``) is raised ``from`` the original; an
+    exception without one, and every BaseException (cancellation), passes unchanged.
+    """
+    try:
+        yield
+    except Exception as exc:
+        translated = translate_botocore_error(exc, operation)
+        if translated is exc:
+            raise
+        raise translated from exc
+
+
 _RESET_ERRNOS = frozenset({errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED})
 
 
@@ -602,6 +645,8 @@ def _connection_failure(exc: Exception) -> str:
     the aiohttp error it wraps (``kwargs["error"]``) knows better.
     """
     text = str(exc)
+    from botocore.exceptions import BotoCoreError
+
     details: dict[str, Any] = getattr(exc, "kwargs", None) or {}
     cause = details.get("error") if isinstance(exc, BotoCoreError) else None
     if not isinstance(cause, BaseException):

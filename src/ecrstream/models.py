@@ -1,8 +1,8 @@
 """Frozen dataclasses: the requests and responses of the ECR operations, results, progress.
 
-Requests validate themselves when built, so invalid arguments raise ``ValueError`` (naming
-the field and the rule) before any request is sent. Wire names (camelCase) live in
-``client.py`` only; everything here is snake_case.
+Requests validate themselves when built, so invalid arguments raise ``InvalidArgumentError``
+(a ``ValueError`` naming the field and the rule) before any request is sent. Wire names
+(camelCase) live in ``client.py`` only; everything here is snake_case.
 """
 
 from __future__ import annotations
@@ -13,8 +13,11 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from ecrstream.errors import InvalidArgumentError
+
 __all__ = [
     "MAX_LAYER_PARTS",
+    "MAX_MANIFEST_BYTES",
     "MAX_PART_SIZE",
     "MIN_PART_SIZE",
     "BatchCheckLayerAvailabilityRequest",
@@ -35,6 +38,10 @@ __all__ = [
     "UploadLayerPartRequest",
     "UploadLayerPartResponse",
     "UploadProgress",
+    "validate_digest",
+    "validate_registry_id",
+    "validate_repository_name",
+    "validate_upload_id",
 ]
 
 #: ECR's largest part, from the API model (ECR's quota is 10 MiB in practice).
@@ -43,6 +50,7 @@ MAX_PART_SIZE = 20_971_520
 MIN_PART_SIZE = 5 * 1024 * 1024
 #: ECR's most parts per layer.
 MAX_LAYER_PARTS = 4_200
+#: ECR's largest image manifest (PutImage's imageManifest), in UTF-8 bytes.
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
 
 _REPOSITORY_RE_ECR = re.compile(
@@ -56,15 +64,15 @@ _DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
 _TAG_RE = re.compile(r"[A-Za-z0-9_.+-]{1,300}")
 
 
-def _fail(field_name: str, value: object, rule: str) -> ValueError:
+def _fail(field_name: str, value: object, rule: str) -> InvalidArgumentError:
     shown = repr(value)
     if len(shown) > 80:
         shown = shown[:77] + "..."
-    return ValueError(f"{field_name}: {rule} (got {shown})")
+    return InvalidArgumentError(field_name, f"{rule} (got {shown})")
 
 
 def validate_repository_name(value: object, field_name: str = "repository_name") -> str:
-    """Return ``value`` if it is a valid ECR repository name, else raise ValueError."""
+    """Return ``value`` if it is a valid ECR repository name, else InvalidArgumentError."""
     if not isinstance(value, str):
         raise _fail(field_name, value, "must be a string")
     if not 2 <= len(value) <= 256:
@@ -80,7 +88,7 @@ def validate_repository_name(value: object, field_name: str = "repository_name")
 
 
 def validate_registry_id(value: object, field_name: str = "registry_id") -> str | None:
-    """Return ``value`` if it is None or a 12-digit AWS account id, else raise ValueError."""
+    """Return ``value`` if it is None or a 12-digit AWS account id, else InvalidArgumentError."""
     if value is None:
         return None
     if not isinstance(value, str) or not _REGISTRY_RE.fullmatch(value):
@@ -89,14 +97,14 @@ def validate_registry_id(value: object, field_name: str = "registry_id") -> str 
 
 
 def validate_upload_id(value: object, field_name: str = "upload_id") -> str:
-    """Return ``value`` if it has the UUID form ECR upload ids have, else raise ValueError."""
+    """Return ``value`` if it has the UUID form ECR upload ids have, else InvalidArgumentError."""
     if not isinstance(value, str) or not _UPLOAD_ID_RE.fullmatch(value):
         raise _fail(field_name, value, "must be an ECR upload id (UUID form 8-4-4-4-12 hex)")
     return value
 
 
 def validate_digest(value: object, field_name: str = "digest") -> str:
-    """Return ``value`` if it is ``sha256:`` + 64 lowercase hex digits, else raise ValueError."""
+    """Return ``value`` if it is ``sha256:`` + 64 lowercase hex, else InvalidArgumentError."""
     if not isinstance(value, str) or not _DIGEST_RE.fullmatch(value):
         raise _fail(field_name, value, "must be 'sha256:' followed by 64 lowercase hex digits")
     return value
@@ -170,9 +178,10 @@ class UploadLayerPartRequest:
         if size > MAX_PART_SIZE:
             raise _fail("layer_part_blob", size, f"must be at most {MAX_PART_SIZE} bytes")
         if last - first + 1 != size:
-            raise ValueError(
-                f"part_last_byte: part_last_byte - part_first_byte + 1 must equal "
-                f"len(layer_part_blob) (got {first}..{last} for {size} bytes)"
+            raise InvalidArgumentError(
+                "part_last_byte",
+                "part_last_byte - part_first_byte + 1 must equal "
+                f"len(layer_part_blob) (got {first}..{last} for {size} bytes)",
             )
 
 
@@ -406,22 +415,24 @@ class UploadCheckpoint:
 
     @classmethod
     def from_json(cls, text: str | bytes) -> UploadCheckpoint:
-        """Read a checkpoint written by ``to_json``; ValueError names what is wrong."""
+        """Read a checkpoint written by ``to_json``; InvalidArgumentError names what is wrong."""
         try:
             data = json.loads(text)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ValueError(f"checkpoint: not valid JSON ({exc})") from None
+            raise InvalidArgumentError("checkpoint", f"not valid JSON ({exc})") from None
         except RecursionError:  # hostile input: arrays or objects nested thousands deep
-            raise ValueError("checkpoint: not valid JSON (nested too deeply)") from None
+            raise InvalidArgumentError("checkpoint", "not valid JSON (nested too deeply)") from None
         if not isinstance(data, dict) or data.get("ecrstream_checkpoint") != 1:
-            raise ValueError("checkpoint: not an ecrstream checkpoint (version 1) JSON object")
+            raise InvalidArgumentError(
+                "checkpoint", "not an ecrstream checkpoint (version 1) JSON object"
+            )
         data.pop("ecrstream_checkpoint")
         allowed = set(cls.__dataclass_fields__)
         unknown = set(data) - allowed
         if unknown:
-            raise ValueError(f"checkpoint: unknown field(s) {sorted(unknown)}")
+            raise InvalidArgumentError("checkpoint", f"unknown field(s) {sorted(unknown)}")
         missing = {"repository_name", "upload_id", "bytes_committed"} - set(data)
         if missing:
-            raise ValueError(f"checkpoint: missing field(s) {sorted(missing)}")
+            raise InvalidArgumentError("checkpoint", f"missing field(s) {sorted(missing)}")
         data.setdefault("registry_id", None)
         return cls(**data)

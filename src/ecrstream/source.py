@@ -1,12 +1,23 @@
-"""Where a layer's bytes come from: a file (read with aiofiles) or an async iterator of bytes.
+"""Where a layer's bytes come from: the ``LayerSource`` interface and its file and stream kinds.
 
-Both kinds answer one question, ``read(offset, into)``: the bytes of the layer from
-``offset`` on, into a caller's buffer. A file can be read at any offset again (that is how
-the uploader re-aligns backwards or resumes); a stream keeps only the bytes not yet
-committed and can go back no further than that.
+A source answers the questions the uploader asks and nothing else, so the uploader never asks
+what kind of source it has:
 
-``LayerHasher`` is the layer's incremental sha256: it is fed the bytes as they are read,
-each byte once, whatever the order of reads, and refuses a gap.
+- ``size``: the layer's size when known up front (a file), else None (a stream);
+- ``can_rewind``: whether ``read`` works at any offset at any time (a file), or only from
+  the last ``release`` on (a stream, which keeps the bytes not yet committed and no more);
+- ``read(offset, into)``: the bytes from ``offset`` into a caller's buffer; when it returns
+  or raises (canceled included), nothing goes on writing into the buffer;
+- ``release(offset)``: bytes before it will never be asked for again;
+- ``checkpoint_fields()``: what a checkpoint records to recognize the source at resume
+  (``check_same_source`` compares two of them);
+- ``check_unchanged()``: raise SourceChangedError if the bytes may have changed since open;
+- ``aclose()``: free what it holds; safe under either kind of cancellation.
+
+``FileSource`` is a regular file, or a section of one; ``StreamSource`` any async iterable of
+bytes-like chunks. Files are read in worker threads (one per read: seek and readinto).
+``LayerHasher`` is the layer's incremental sha256: it is fed the bytes as
+they are read, each byte once, whatever the order of reads, and refuses a gap.
 """
 
 from __future__ import annotations
@@ -17,16 +28,23 @@ import stat
 from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
-import aiofiles
 import anyio
 
-from ecrstream.errors import SourceChangedError
+from ecrstream._shield import finish
+from ecrstream.errors import InvalidArgumentError, SourceChangedError
 
-__all__ = ["FileSource", "LayerHasher", "LayerSource", "StreamSource"]
-
-_HASH_SLICE = 8 * 1024 * 1024
+__all__ = [
+    "CheckpointFields",
+    "FileIdentity",
+    "FileSource",
+    "LayerHasher",
+    "LayerSource",
+    "StreamSource",
+    "check_path",
+    "check_same_source",
+]
 
 
 class LayerHasher:
@@ -55,18 +73,85 @@ class LayerHasher:
         return "sha256:" + self._sha.hexdigest()
 
 
+@dataclass(frozen=True, slots=True)
+class CheckpointFields:
+    """What an ``UploadCheckpoint`` records about its source (a stream records nothing).
+
+    The names are the checkpoint's own: the file's resolved path, its size and modification
+    time when it was opened, and the section of it the layer is.
+    """
+
+    source_path: str | None = None
+    source_size: int | None = None
+    source_mtime_ns: int | None = None
+    source_offset: int = 0
+    source_length: int | None = None
+
+
+@runtime_checkable
 class LayerSource(Protocol):
-    """The bytes of one layer, readable by offset."""
+    """The bytes of one layer, readable by offset (see the module docstring)."""
 
     @property
     def size(self) -> int | None:
         """Total size when known up front (files), else None (streams)."""
 
+    @property
+    def can_rewind(self) -> bool:
+        """True if ``read`` works at any offset, also below the last ``release``."""
+
     async def read(self, offset: int, into: memoryview) -> int:
-        """Fill ``into`` with the layer's bytes from ``offset``; fewer only at the end."""
+        """Fill ``into`` with the layer's bytes from ``offset``; fewer only at the end.
+
+        Nothing writes into ``into`` once this returns or raises, canceled or not.
+        """
 
     def release(self, offset: int) -> None:
         """Bytes before ``offset`` will never be asked for again (committed upstream)."""
+
+    def checkpoint_fields(self) -> CheckpointFields:
+        """What a checkpoint of an upload of this source records about it."""
+
+    def check_unchanged(self) -> None:
+        """Raise SourceChangedError if the bytes may differ from those read."""
+
+    async def aclose(self) -> None:
+        """Free what the source holds (idempotent; holds under any cancellation)."""
+
+
+def check_same_source(recorded: CheckpointFields, current: CheckpointFields) -> None:
+    """Refuse a resume whose checkpoint was taken of another source (InvalidArgumentError).
+
+    Fields the checkpoint leaves unset (a checkpoint written by hand) are not compared.
+    """
+    if recorded.source_path is not None and (
+        current.source_path is None
+        or Path(recorded.source_path).resolve() != Path(current.source_path).resolve()
+    ):
+        raise InvalidArgumentError(
+            "resume", f"the checkpoint belongs to {recorded.source_path}, not {current.source_path}"
+        )
+    if (recorded.source_size is not None and recorded.source_size != current.source_size) or (
+        recorded.source_mtime_ns is not None and recorded.source_mtime_ns != current.source_mtime_ns
+    ):
+        raise InvalidArgumentError(
+            "resume",
+            "the checkpoint belongs to another file or an older version of it"
+            f" (checkpoint: {recorded.source_size} bytes, mtime_ns {recorded.source_mtime_ns};"
+            f" {current.source_path}: {current.source_size} bytes,"
+            f" mtime_ns {current.source_mtime_ns})",
+        )
+    if recorded.source_offset != current.source_offset or (
+        recorded.source_length is not None and recorded.source_length != current.source_length
+    ):
+        end = recorded.source_offset + (recorded.source_length or 0)
+        current_end = current.source_offset + (current.source_length or 0)
+        raise InvalidArgumentError(
+            "resume",
+            f"the checkpoint is for bytes {recorded.source_offset}..{end} of"
+            f" {current.source_path}, not {current.source_offset}..{current_end}"
+            " (another section)",
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,37 +167,68 @@ def _identity(result: os.stat_result) -> FileIdentity:
 
 
 def check_path(path: str | os.PathLike[str]) -> Path:
-    """Resolve and check a layer file path; ValueError naming ``path`` and the rule."""
+    """Resolve and check a layer file path; InvalidArgumentError naming ``path`` and the rule."""
     try:
         candidate = Path(path)
     except TypeError:
-        raise ValueError(f"path: must be a str or os.PathLike (got {path!r})") from None
+        raise InvalidArgumentError("path", f"must be a str or os.PathLike (got {path!r})") from None
     try:
         info = candidate.stat()
     except FileNotFoundError:
-        raise ValueError(f"path: no such file: {candidate}") from None
+        raise InvalidArgumentError("path", f"no such file: {candidate}") from None
     except PermissionError:
-        raise ValueError(f"path: permission denied: {candidate}") from None
+        raise InvalidArgumentError("path", f"permission denied: {candidate}") from None
     except OSError as exc:  # ELOOP (a symlink loop), ENAMETOOLONG, ...
-        raise ValueError(f"path: cannot use {candidate}: {exc.strerror or exc}") from None
+        raise InvalidArgumentError(
+            "path", f"cannot use {candidate}: {exc.strerror or exc}"
+        ) from None
     if stat.S_ISDIR(info.st_mode):
-        raise ValueError(f"path: is a directory, not a file: {candidate}")
+        raise InvalidArgumentError("path", f"is a directory, not a file: {candidate}")
     if not stat.S_ISREG(info.st_mode):
-        raise ValueError(
-            f"path: not a regular file (a FIFO, socket or device cannot be re-read): {candidate}"
+        raise InvalidArgumentError(
+            "path",
+            f"not a regular file (a FIFO, socket or device cannot be re-read): {candidate}",
         )
     if not os.access(candidate, os.R_OK):
-        raise ValueError(f"path: permission denied (not readable): {candidate}")
+        raise InvalidArgumentError("path", f"permission denied (not readable): {candidate}")
     return candidate
 
 
+def _open_checked(path: Path, identity: FileIdentity) -> Any:
+    # buffering=0: readinto goes straight into our buffer, without BufferedReader's copy.
+    file = open(path, "rb", buffering=0)  # noqa: SIM115 - closed by FileSource.aclose
+    try:
+        if _identity(os.fstat(file.fileno())) != identity:
+            raise SourceChangedError(f"{path}: the file changed as it was opened")
+    except BaseException:
+        file.close()
+        raise
+    return file
+
+
+def _read_into(file: Any, position: int, into: memoryview) -> int:
+    # One worker-thread hop per read (seek and read together); reads of a source never
+    # overlap, the pipeline has one reader.
+    file.seek(position)
+    filled = 0
+    while filled < len(into):
+        count = file.readinto(into[filled:])
+        if not count:
+            break
+        filled += count
+    return filled
+
+
 class FileSource:
-    """A regular file (or ``length`` bytes of it from ``start``), read with aiofiles.
+    """A regular file (or ``length`` bytes of it from ``start``): a source that can rewind.
 
     Offsets given to ``read`` are layer offsets (0 is byte ``start`` of the file). Use as an
-    async context manager; ``identity`` is the file's size and mtime seen on opening, and
-    ``check_unchanged`` compares them again.
+    async context manager (or call ``aclose``); ``identity`` is the file's size and mtime
+    seen when it was checked, and ``check_unchanged`` compares them again. Reads run in a
+    worker thread and always end before ``read`` returns, canceled or not.
     """
+
+    can_rewind = True
 
     def __init__(
         self, path: str | os.PathLike[str], *, start: int = 0, length: int | None = None
@@ -121,15 +237,18 @@ class FileSource:
         self._file: Any = None
         self.identity = _identity(self.path.stat())
         if not isinstance(start, int) or isinstance(start, bool) or start < 0:
-            raise ValueError(f"offset: must be an integer >= 0 (got {start!r})")
+            raise InvalidArgumentError("offset", f"must be an integer >= 0 (got {start!r})")
         if length is not None and (
             not isinstance(length, int) or isinstance(length, bool) or length < 0
         ):
-            raise ValueError(f"length: must be an integer >= 0 or None (got {length!r})")
+            raise InvalidArgumentError(
+                "length", f"must be an integer >= 0 or None (got {length!r})"
+            )
         if start + (length or 0) > self.identity.size:
-            raise ValueError(
-                f"offset/length: bytes {start}..{start + (length or 0)} lie past the end of"
-                f" {self.path} ({self.identity.size} bytes)"
+            raise InvalidArgumentError(
+                "offset/length",
+                f"bytes {start}..{start + (length or 0)} lie past the end of"
+                f" {self.path} ({self.identity.size} bytes)",
             )
         self.start = start
         self.length = self.identity.size - start if length is None else length
@@ -140,23 +259,30 @@ class FileSource:
         return self.length
 
     async def __aenter__(self) -> FileSource:
-        # buffering=0: readinto goes straight into our buffer, without BufferedReader's copy.
-        # Shielded: a task cancelled while the worker thread opens the file would never see
-        # the file object, and it would leak (ResourceWarning); the cancel lands after.
-        with anyio.CancelScope(shield=True):
-            self._file = await aiofiles.open(self.path, "rb", buffering=0)
-            opened = _identity(os.fstat(self._file.fileno()))
-            if opened != self.identity:
-                await self._file.close()
-                self._file = None
-                raise SourceChangedError(f"{self.path}: the file changed as it was opened")
+        await self.open()
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def open(self) -> None:
+        """Open the file; SourceChangedError if it is not the one checked at construction.
+
+        A cancel while the worker thread opens it waits for the thread, closes the file and
+        is then raised: the file object is never lost.
+        """
+        if self._file is None:
+            self._file = await finish(
+                anyio.to_thread.run_sync(_open_checked, self.path, self.identity),
+                undo=lambda file: file.close(),
+            )
+
+    async def aclose(self) -> None:
+        """Close the file (idempotent). Closing a file opened for reading does not block,
+        so it happens at once, with no await a cancel could interrupt."""
         if self._file is not None:
             file, self._file = self._file, None
-            with anyio.CancelScope(shield=True):
-                await file.close()
+            file.close()
 
     async def read(self, offset: int, into: memoryview) -> int:
         """Read up to ``len(into)`` bytes from ``offset``; fewer only at the end of the file."""
@@ -164,13 +290,11 @@ class FileSource:
         if file is None:
             raise RuntimeError("FileSource is not open")
         into = into[: max(0, min(len(into), self.length - offset))]
-        await file.seek(self.start + offset)
-        filled = 0
-        while filled < len(into):
-            count = await file.readinto(into[filled:])
-            if not count:
-                break
-            filled += count
+        if not len(into):
+            return 0
+        # A canceled read would go on writing into the buffer from its thread: it always
+        # runs to its end (a part-sized read from a file takes milliseconds).
+        filled = await finish(anyio.to_thread.run_sync(_read_into, file, self.start + offset, into))
         if filled < len(into):
             raise SourceChangedError(
                 f"{self.path}: the file shrank while it was read "
@@ -180,6 +304,16 @@ class FileSource:
 
     def release(self, offset: int) -> None:
         """Nothing to free: a file can always be read again."""
+
+    def checkpoint_fields(self) -> CheckpointFields:
+        """The file's resolved path, size and mtime when checked, and the section."""
+        return CheckpointFields(
+            source_path=str(self.path.resolve()),
+            source_size=self.identity.size,
+            source_mtime_ns=self.identity.mtime_ns,
+            source_offset=self.start,
+            source_length=self.length,
+        )
 
     def check_unchanged(self) -> None:
         """Raise SourceChangedError if size or mtime differ from when the file was opened."""
@@ -197,14 +331,18 @@ class StreamSource:
 
     Holds one window of bytes, from the oldest offset still needed (``release`` moves it)
     to what has been pulled: appends are amortized linear and releases drop from the front,
-    so any chunk sizes cost linear time and memory bounded by about two parts.
+    so any chunk sizes cost linear time and memory bounded by about two parts. It cannot
+    rewind below the window.
     """
+
+    can_rewind = False
 
     def __init__(self, chunks: AsyncIterable[bytes | bytearray | memoryview]) -> None:
         self._iterator: AsyncIterator[bytes | bytearray | memoryview] = aiter(chunks)
         self._window = bytearray()
         self._start = 0  # offset of _window[0]
         self._exhausted = False
+        self._closed = False
 
     @property
     def size(self) -> None:
@@ -249,9 +387,23 @@ class StreamSource:
             del self._window[:cut]
             self._start += cut
 
+    @property
+    def released(self) -> int:
+        """The first offset still held: a stream cannot be read below it."""
+        return self._start
+
+    def checkpoint_fields(self) -> CheckpointFields:
+        """Nothing identifies a stream: its checkpoint records how far it got, no more."""
+        return CheckpointFields()
+
+    def check_unchanged(self) -> None:
+        """A stream's bytes were read once: nothing can change behind them."""
+
     async def aclose(self) -> None:
-        """Close the iterator if it can be closed (an async generator)."""
+        """Close the iterator if it can be closed (an async generator); idempotent."""
+        if self._closed:
+            return
+        self._closed = True
         close = getattr(self._iterator, "aclose", None)
         if close is not None:
-            with anyio.CancelScope(shield=True):
-                await close()
+            await finish(close())
