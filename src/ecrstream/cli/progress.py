@@ -41,9 +41,10 @@ class PartCounter:
         count = max(1, math.ceil(self.total / self.part_size))
         return f"{min(count, math.ceil(bytes_sent / self.part_size))}/{count}"
 
-    def restart(self) -> None:
-        """The upload started over from byte 0."""
+    def restart(self, part_size: int | None) -> None:
+        """The upload started over from byte 0, in parts of ``part_size`` (None: learn it)."""
         self.already = 0
+        self.part_size = part_size
 
 
 class Rate:
@@ -195,14 +196,26 @@ class Display:
 
 
 class LayerProgress:
-    """on_progress for one layer upload: the bar, or a line per committed part."""
+    """on_progress for one layer upload: the bar, or a line per committed part.
+
+    ``part_size`` is the size of the parts the upload sends (a resumed one: its checkpoint's),
+    ``fresh_part_size`` that of a fresh upload should it start over (None: ECR's, learned
+    from its first part).
+    """
 
     def __init__(
-        self, display: Display, total: int, already: int = 0, part_size: int | None = None
+        self,
+        display: Display,
+        total: int,
+        already: int = 0,
+        part_size: int | None = None,
+        fresh_part_size: int | None = None,
     ) -> None:
         self.display = display
         self._total = total
         self._parts = PartCounter(total, already, part_size)
+        self._fresh_part_size = fresh_part_size
+        self._parts_sent = 0  # since the upload (re)started
         self._rate = Rate(already)
 
     @property
@@ -212,9 +225,11 @@ class LayerProgress:
 
     def __call__(self, progress: UploadProgress) -> None:
         if self._rate.update(progress.bytes_sent):
-            self._parts.restart()
+            self._parts.restart(self._fresh_part_size)
+            self._parts_sent = 0
             self.display.restart(progress.bytes_sent, self._total, "part ?")
-        parts = self._parts.text(progress.bytes_sent, progress.parts_sent)
+        self._parts_sent += 1
+        parts = self._parts.text(progress.bytes_sent, self._parts_sent)
         self.display.show(
             progress.bytes_sent, self._total, f"part {parts}", lambda: self._line(progress, parts)
         )

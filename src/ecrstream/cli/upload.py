@@ -130,7 +130,7 @@ class _Upload:
         part_size = (resume.part_size if resume else None) or options.part_size
         detail = "part " + PartCounter(self.size, already, part_size).text(already, 0)
         display = runner.display(self.file.name, self.size, already, detail)
-        progress = LayerProgress(display, self.size, already, part_size)
+        progress = LayerProgress(display, self.size, already, part_size, options.part_size)
         started = time.monotonic()
         result = await uploader.upload_file(
             self.file,
