@@ -297,3 +297,36 @@ class LayerUploader:
             return await self._run(source, cancellation_token, on_progress, expected_digest, None)
         finally:
             await source.aclose()
+
+    async def upload_source(
+        self,
+        source: LayerSource,
+        *,
+        expected_digest: str | None = None,
+        resume: UploadCheckpoint | None = None,
+        cancellation_token: CancellationToken = _NONE,
+        on_progress: ProgressCallback | None = None,
+    ) -> LayerUploadResult:
+        """Upload any ``LayerSource`` (open, owned and closed by the caller) as one layer.
+
+        For sources other than files and streams (a registry blob, say). ``resume=`` needs a
+        source that can rewind, and a checkpoint whose source fields match
+        ``source.checkpoint_fields()``. Errors as ``upload_file``.
+        """
+        if cancellation_token.is_cancellation_requested:
+            raise OperationCanceledError(
+                cancellation_token=cancellation_token,
+                checkpoint=resume if isinstance(resume, UploadCheckpoint) else None,
+            )
+        if not isinstance(source, LayerSource):
+            raise TypeError(f"source: must be a LayerSource (got {type(source).__name__})")
+        if expected_digest is not None:
+            validate_digest(expected_digest, "expected_digest")
+        checkpoint = None if resume is None else self._check_resume(resume, source)
+        if source.size == 0:
+            raise EmptyUploadError(
+                "the source is empty: ECR does not take empty layers; nothing was uploaded",
+                code="EmptyUploadException",
+                operation="InitiateLayerUpload",
+            )
+        return await self._run(source, cancellation_token, on_progress, expected_digest, checkpoint)

@@ -264,28 +264,39 @@ class _Push:
 
     async def put(self, request: PutImageRequest) -> None:
         """PutImage, retrying while ECR does not see the blobs/manifests just pushed."""
-        expected = request.image_digest
-        attempt = 1
-        while True:
-            try:
-                response = await self.client.put_image(request, self.token)
-            except ImageAlreadyExistsError:
-                return  # the same manifest with the same tag: already done
-            except (LayersNotFoundError, ReferencedImagesNotFoundError) as exc:
-                if attempt >= self.put_image_retry.max_attempts:
-                    raise
-                logger.info("PutImage attempt %d: %s; retrying", attempt, exc.code)
-                await self.put_image_retry.sleep(attempt, self.token)
-                attempt += 1
-                continue
-            actual = response.image.image_digest
-            if expected is not None and actual is not None and actual != expected:
-                raise DigestMismatchError(
-                    f"PutImage stored the manifest as {actual}, not its digest {expected}",
-                    expected=expected,
-                    actual=actual,
-                )
-            return
+        await put_image_checked(self.client, request, self.token, self.put_image_retry)
+
+
+async def put_image_checked(
+    client: EcrClient, request: PutImageRequest, token: CancellationToken, retry: RetryPolicy
+) -> None:
+    """PutImage, retrying while ECR does not see the blobs/manifests just pushed.
+
+    The same manifest already there with the same tag counts as done; a stored digest other
+    than ``request.image_digest`` raises DigestMismatchError.
+    """
+    expected = request.image_digest
+    attempt = 1
+    while True:
+        try:
+            response = await client.put_image(request, token)
+        except ImageAlreadyExistsError:
+            return  # the same manifest with the same tag: already done
+        except (LayersNotFoundError, ReferencedImagesNotFoundError) as exc:
+            if attempt >= retry.max_attempts:
+                raise
+            logger.info("PutImage attempt %d: %s; retrying", attempt, exc.code)
+            await retry.sleep(attempt, token)
+            attempt += 1
+            continue
+        actual = response.image.image_digest
+        if expected is not None and actual is not None and actual != expected:
+            raise DigestMismatchError(
+                f"PutImage stored the manifest as {actual}, not its digest {expected}",
+                expected=expected,
+                actual=actual,
+            )
+        return
 
 
 def _corrupt_blob(plan: Plan, blob: Blob, actual: str) -> CorruptBlobError:
