@@ -183,6 +183,7 @@ class LayerUploader:
         on_progress: ProgressCallback | None,
         expected_digest: str | None,
         resume: UploadCheckpoint | None,
+        check_existing: bool = True,
     ) -> LayerUploadResult:
         settings = UploadSettings(
             self.client,
@@ -195,7 +196,7 @@ class LayerUploader:
         upload = LayerUpload(settings, source, token, on_progress, expected_digest, resume)
         try:
             async with cancellation_scope(token):
-                if expected_digest is not None and resume is None:
+                if check_existing and expected_digest is not None and resume is None:
                     existing = await self._skip_existing(expected_digest, source.size, token)
                     if existing is not None:
                         return existing
@@ -306,12 +307,15 @@ class LayerUploader:
         resume: UploadCheckpoint | None = None,
         cancellation_token: CancellationToken = _NONE,
         on_progress: ProgressCallback | None = None,
+        check_existing: bool = True,
     ) -> LayerUploadResult:
         """Upload any ``LayerSource`` (open, owned and closed by the caller) as one layer.
 
         For sources other than files and streams (a registry blob, say). ``resume=`` needs a
         source that can rewind, and a checkpoint whose source fields match
-        ``source.checkpoint_fields()``. Errors as ``upload_file``.
+        ``source.checkpoint_fields()``. ``check_existing=False`` skips the availability
+        check of ``expected_digest`` (a caller that checked a batch of them already).
+        Errors as ``upload_file``.
         """
         if cancellation_token.is_cancellation_requested:
             raise OperationCanceledError(
@@ -329,4 +333,6 @@ class LayerUploader:
                 code="EmptyUploadException",
                 operation="InitiateLayerUpload",
             )
-        return await self._run(source, cancellation_token, on_progress, expected_digest, checkpoint)
+        return await self._run(
+            source, cancellation_token, on_progress, expected_digest, checkpoint, check_existing
+        )

@@ -35,7 +35,7 @@ from ecrstream.models import (
     validate_registry_id,
     validate_repository_name,
 )
-from ecrstream.registry.client import RegistryClient
+from ecrstream.registry.client import DEFAULT_REGISTRY_RETRY, RegistryClient
 from ecrstream.registry.credentials import CredentialsArgument
 from ecrstream.registry.manifest import Manifest, index_children, manifest_blobs
 from ecrstream.registry.reference import parse_reference
@@ -282,6 +282,7 @@ class _Copy:
                 resume=checkpoint,
                 cancellation_token=self.token,
                 on_progress=part_done,
+                check_existing=False,  # the batched check found it missing
             )
         except OperationCanceledError as exc:
             if not self.token.is_cancellation_requested:
@@ -412,6 +413,7 @@ async def copy_image(
     resume: CopyCanceledError | Mapping[str, UploadCheckpoint] | None = None,
     part_size: int | None = None,
     put_image_retry: RetryPolicy | None = None,
+    source_retry: RetryPolicy | None = None,
 ) -> CopyImageResult:
     """Copy an image (or index) from a registry or from ECR into an ECR repository.
 
@@ -429,7 +431,9 @@ async def copy_image(
     ``"linux/arm/v7"``). Blobs ECR lacks (one batched check) stream from the source into
     the upload, largest first, at most ``max_concurrent_layers`` at once, digest and size
     checked as they stream (a mismatch is never completed). Then child manifests by digest,
-    the top manifest, then each tag.
+    the top manifest, then each tag. ``source_retry`` bounds consecutive failed source
+    requests (default ``registry.DEFAULT_REGISTRY_RETRY``); a GET resumes from the byte it
+    reached.
 
     Raises:
         InvalidArgumentError/TypeError: bad arguments (named), before any request.
@@ -448,6 +452,8 @@ async def copy_image(
     checkpoints, pinned = _check_resume(resume)
     if source_client is not None:
         _check_client(source_client)
+    if source_retry is not None and not isinstance(source_retry, RetryPolicy):
+        raise InvalidArgumentError("source_retry", "must be a RetryPolicy or None")
     reference = parse_reference(source)
     source_registry_id = validate_registry_id(source_registry_id, "source_registry_id")
     uploader = LayerUploader(client, repository_name, registry_id=registry_id, part_size=part_size)
@@ -459,6 +465,7 @@ async def copy_image(
             reference.repository,
             source_registry_id or (ecr_host.group(1) if ecr_host else None),
             verify=True if verify is None else verify,
+            retry=source_retry or DEFAULT_REGISTRY_RETRY,
         )
     else:
         image_source = RegistrySource(
@@ -467,6 +474,7 @@ async def copy_image(
                 credentials=source_credentials,
                 plain_http=plain_http,
                 verify=True if verify is None else verify,
+                retry=source_retry or DEFAULT_REGISTRY_RETRY,
             ),
             reference,
         )
