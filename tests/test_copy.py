@@ -524,3 +524,64 @@ async def test_a_bad_source_reference_is_named(client: EcrClient, repository: st
     with pytest.raises(InvalidArgumentError) as caught:
         await copy_image(client, "UPPER/Case::", repository)
     assert caught.value.field == "source"
+
+
+async def test_an_ecr_registry_host_is_read_through_the_ecr_api(
+    anon_registry: RegistryServer, ecr: LocalEcr, client: EcrClient, repository: str
+) -> None:
+    image = Seeder(anon_registry).push_image(repo_name(), "v1", (120_000,))
+    await copy_image(
+        client,
+        f"{anon_registry.host}/{image.repository}:v1",
+        repository,
+        tags=["v1"],
+        plain_http=True,
+    )
+    target = repo_name("copy")
+    ecr.create_repository(target)
+    ecr.reset()
+    host = f"{ecr.registry_id}.dkr.ecr.{ecr.region_name}.amazonaws.com"
+    result = await copy_image(client, f"{host}/{repository}:v1", target, tags=["v1"])
+    assert result.manifest_digest == image.digest
+    assert len(ecr.requests("GetDownloadUrlForLayer")) == 2
+    async with await ecr_reader(ecr, client) as reader:
+        await assert_image_in_ecr(reader, target, ":v1", image)
+
+
+async def test_a_cancel_with_several_blobs_in_flight_checkpoints_each(
+    anon_registry: RegistryServer, ecr: LocalEcr, client: EcrClient, repository: str
+) -> None:
+    ecr.part_size = 5 * MIB
+    image = Seeder(anon_registry).push_image(repo_name(), "two", (11 * MIB, 12 * MIB))
+    source = CancellationTokenSource()
+    progressed: set[str] = set()
+
+    def stop_once_both_sent_a_part(event: PushProgress) -> None:
+        if event.event == "progress" and event.kind == "layer":
+            progressed.add(event.digest)
+        if len(progressed) == 2:
+            source.cancel()
+
+    reference = f"{anon_registry.host}/{image.repository}:two"
+    with pytest.raises(CopyCanceledError) as caught:
+        await copy_image(
+            client,
+            reference,
+            repository,
+            plain_http=True,
+            max_concurrent_layers=3,
+            cancellation_token=source.token,
+            on_progress=stop_once_both_sent_a_part,
+        )
+    stopped = caught.value
+    assert set(image.layers) <= set(stopped.checkpoints)
+    starts = {c.upload_id: c.bytes_committed for c in stopped.checkpoints.values()}
+    assert all(stopped.checkpoints[layer].bytes_committed > 0 for layer in image.layers)
+    ecr.reset()
+    result = await copy_image(client, reference, repository, plain_http=True, resume=stopped)
+    assert result.manifest_digest == image.digest
+    assert_no_byte_sent_twice(ecr, starts)
+    for upload_id, committed in starts.items():
+        assert parts_by_upload(ecr)[upload_id][0][0] == committed
+    async with await ecr_reader(ecr, client) as reader:
+        await assert_image_in_ecr(reader, repository, f"@{image.digest}", image)
