@@ -57,7 +57,8 @@ class CopyImageResult:
     (or its whole index) was copied; with ``platforms=`` selecting one child, that child's;
     selecting several, a new index listing only them. ``source_digest`` is the digest the
     source reference was pinned to. ``blobs_uploaded``/``blobs_skipped`` count distinct
-    blobs (configs included); ``bytes_moved`` the blob bytes this call sent to ECR.
+    blobs (configs included); ``bytes_moved`` the blob bytes this call streamed into ECR
+    (after a resume, not those its checkpoints had committed).
     ``manifest_digests`` lists the platform manifests put by digest.
     """
 
