@@ -5,6 +5,7 @@ The tree::
     Exception
     ├── OperationCanceledError            (ecrstream.cancellation; a token stopped the operation)
     │   └── PushCanceledError             push_image stopped (.committed_digests .pending_digests)
+    │       └── CopyCanceledError         copy_image stopped (+ .checkpoints .source_digest)
     ├── ValueError
     │   └── InvalidArgumentError          an argument broke a rule (.field, .rule); raised before
     │                                     any request is sent; also an EcrStreamError
