@@ -235,7 +235,7 @@ async def test_copy_one_platform_of_an_index(
         f"{anon_registry.host}/{index.repository}:multi",
         repository,
         tags=["arm"],
-        platforms=["linux/arm64/v8"],
+        platforms=["linux/arm64"],  # any variant, as docker matches it
         plain_http=True,
     )
     assert result.manifest_digest == arm.digest
@@ -261,6 +261,16 @@ async def test_copy_one_platform_of_an_index(
     listed = [m["digest"] for m in json.loads(top.data)["manifests"]]
     assert listed == [index.children[0].digest, index.children[2].digest]
     assert two.manifest_digest == top.digest
+    with pytest.raises(InvalidArgumentError, match=r"no platform \['linux/s390x'\]") as caught:
+        await copy_image(
+            client,
+            f"{anon_registry.host}/{index.repository}:multi",
+            repository,
+            platforms=["linux/amd64", "linux/s390x"],
+            plain_http=True,
+        )
+    assert caught.value.field == "platforms"
+    assert "linux/arm64/v8" in str(caught.value)  # names what the index has
 
 
 async def test_ecr_to_ecr(

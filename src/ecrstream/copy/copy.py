@@ -37,7 +37,7 @@ from ecrstream.models import (
 )
 from ecrstream.registry.client import DEFAULT_REGISTRY_RETRY, RegistryClient
 from ecrstream.registry.credentials import CredentialsArgument
-from ecrstream.registry.manifest import Manifest, index_children, manifest_blobs
+from ecrstream.registry.manifest import IndexChild, Manifest, index_children, manifest_blobs
 from ecrstream.registry.reference import parse_reference
 from ecrstream.uploader import LayerUploader
 
@@ -106,6 +106,15 @@ def _check_platforms(platforms: object) -> tuple[str, ...] | None:
     return chosen
 
 
+def _matches(wanted: str, entry: IndexChild) -> bool:
+    """``os/arch/variant`` matches exactly; ``os/arch`` matches any variant of it (as docker)."""
+    platform = entry.platform
+    assert platform is not None
+    if wanted.count("/") == 2:
+        return str(platform) == wanted
+    return f"{platform.os}/{platform.architecture}" == wanted
+
+
 def _blobs_of(manifest: Manifest, blobs: dict[str, _Blob]) -> None:
     for number, descriptor in enumerate(manifest_blobs(manifest)):
         kind: Literal["layer", "config"] = "config" if number == 0 else "layer"
@@ -149,14 +158,20 @@ async def _plan(
         return _Plan(top.digest, top, (), blobs)
     entries = index_children(top)
     if platforms is not None:
-        wanted = set(platforms)
-        entries = tuple(e for e in entries if e.platform is not None and str(e.platform) in wanted)
-        found = {str(e.platform) for e in entries}
-        missing = [p for p in platforms if p not in found]
+        selected: list[IndexChild] = []
+        missing: list[str] = []
+        for wanted in platforms:
+            matches = [e for e in entries if e.platform is not None and _matches(wanted, e)]
+            if not matches:
+                missing.append(wanted)
+            selected.extend(e for e in matches if e not in selected)
         if missing:
+            listed = sorted({str(e.platform) for e in entries if e.platform is not None})
             raise InvalidArgumentError(
-                "platforms", f"{source.description}@{top.digest} has no platform {missing}"
+                "platforms",
+                f"{source.description}@{top.digest} has no platform {missing} (it has {listed})",
             )
+        entries = tuple(e for e in entries if e in selected)  # in the index's order
     children = []
     for entry in entries:
         child = await source.manifest(entry.digest, token)
