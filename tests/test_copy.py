@@ -38,6 +38,7 @@ from ecrstream.errors import (
     BlobSizeError,
     DigestMismatchError,
     InvalidArgumentError,
+    ManifestInvalidError,
     RegistryNotFoundError,
 )
 from ecrstream.image import PushProgress
@@ -620,3 +621,48 @@ async def test_upload_source_refuses_what_is_not_a_layer_source(
 
 async def _never_opened(offset: int) -> ecrstream.registry.BlobReader:
     raise AssertionError("no read expected")
+
+
+async def test_an_image_of_many_layers_is_checked_in_batches_of_100(
+    anon_registry: RegistryServer, ecr: LocalEcr, client: EcrClient, repository: str
+) -> None:
+    sizes = tuple(1_000 + n for n in range(120))
+    image = Seeder(anon_registry).push_image(repo_name(), "many", sizes)
+    result = await copy_image(
+        client,
+        f"{anon_registry.host}/{image.repository}:many",
+        repository,
+        tags=["many"],
+        plain_http=True,
+        max_concurrent_layers=8,
+    )
+    assert result.blobs_uploaded == 121
+    assert [len(r.layer_digests) for r in ecr.requests("BatchCheckLayerAvailability")] == [
+        100,
+        21,
+    ]
+    async with await ecr_reader(ecr, client) as reader:
+        await assert_image_in_ecr(reader, repository, ":many", image)
+
+
+async def test_a_manifest_over_4_mib_is_refused_before_any_upload(
+    fault_proxy: FaultProxy,
+    anon_registry: RegistryServer,
+    ecr: LocalEcr,
+    client: EcrClient,
+    repository: str,
+) -> None:
+    image = Seeder(anon_registry).push_image(repo_name(), "huge", (10_000,))
+    fault_proxy.add(
+        Fault(
+            "replace",
+            where="/manifests/",
+            body=b" " * (4 * MIB + 1),
+            headers={"Content-Type": "application/vnd.oci.image.manifest.v1+json"},
+        )
+    )
+    with pytest.raises(ManifestInvalidError, match="limit"):
+        await copy_image(
+            client, f"{fault_proxy.host}/{image.repository}:huge", repository, plain_http=True
+        )
+    assert ecr.requests() == []

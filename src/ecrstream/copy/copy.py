@@ -35,6 +35,7 @@ from ecrstream.models import (
     validate_registry_id,
     validate_repository_name,
 )
+from ecrstream.registry.blob import BlobReader
 from ecrstream.registry.client import DEFAULT_REGISTRY_RETRY, RegistryClient
 from ecrstream.registry.credentials import CredentialsArgument
 from ecrstream.registry.manifest import IndexChild, Manifest, index_children, manifest_blobs
@@ -287,7 +288,7 @@ class _Copy:
             self.count_sent(blob, progress.bytes_sent)
             await self.report(blob, "progress")
 
-        async def opener(offset: int) -> Any:
+        async def opener(offset: int) -> BlobReader:
             return await self.source.open_blob(blob.digest, blob.size, offset, self.token)
 
         remote = RemoteBlobSource(blob.digest, blob.size, opener)
