@@ -6,7 +6,9 @@
                                           # (installs the Debian package skopeo if missing)
 
 Each creates (or reuses) the virtual environment ``.venv`` in the checkout and installs
-what it needs into it; it reinstalls only when pyproject.toml changes.
+what it needs into it; it reinstalls only when pyproject.toml changes. Needs Python 3.11 or
+newer. Afterwards the command is ``.venv/bin/ecrstream`` (or activate the venv:
+``. .venv/bin/activate``, then ``ecrstream --help``).
 """
 
 from __future__ import annotations
@@ -25,20 +27,60 @@ BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
 PYTHON = BIN / ("python.exe" if os.name == "nt" else "python")
 
 
+# What each extra brings along (pyproject.toml): an install of one covers the ones after it.
+_INCLUDES = {"test": ("test", "local", "cli"), "local": ("local", "cli"), "cli": ("cli",)}
+
+
+def _stamp(extra: str, digest: str) -> Path:
+    return VENV / f".installed-{extra}-{digest}"
+
+
+def _install_steps(extra: str) -> list[tuple[str, list[str]]]:
+    """What a first run does, step by step: (what to say, the command), pip's output shown."""
+    pip = [str(PYTHON), "-m", "pip", "--disable-pip-version-check"]
+    return [
+        ("upgrading pip in .venv", [*pip, "install", "--upgrade", "pip"]),
+        (
+            f"installing ecrstream[{extra}] and its dependencies into .venv (a few minutes)",
+            [*pip, "install", "-e", f"{ROOT}[{extra}]"],
+        ),
+    ]
+
+
 def _ensure_venv(extra: str) -> None:
     """Create .venv if needed and install the project with ``extra`` when it changed."""
-    if not PYTHON.exists():
-        print(f"run.py: creating {VENV}", flush=True)
-        venv.EnvBuilder(with_pip=True).create(VENV)
     digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()[:16]
-    stamp = VENV / f".installed-{extra}-{digest}"
-    if stamp.exists():
+    covering = [name for name, covers in _INCLUDES.items() if extra in covers]
+    if PYTHON.exists() and any(_stamp(name, digest).exists() for name in covering):
         return
-    print(f"run.py: installing ecrstream[{extra}] into {VENV}", flush=True)
-    pip = [str(PYTHON), "-m", "pip", "--disable-pip-version-check", "-q"]
-    subprocess.run([*pip, "install", "--upgrade", "pip"], check=True)
-    subprocess.run([*pip, "install", "-e", f"{ROOT}[{extra}]"], check=True)
-    stamp.touch()
+    print(
+        "run.py: setting up .venv; this happens once, and again only when pyproject.toml changes",
+        flush=True,
+    )
+    if not PYTHON.exists():
+        print(f"run.py: creating the virtual environment {VENV}", flush=True)
+        venv.EnvBuilder(with_pip=True).create(VENV)
+    for what, command in _install_steps(extra):
+        print(f"run.py: {what}", flush=True)
+        subprocess.run(command, check=True)
+    _stamp(extra, digest).touch()
+
+
+def how_to_run() -> str:
+    """The last words of run.py: where the ecrstream command is."""
+
+    def shown(path: Path) -> Path:
+        try:
+            return path.relative_to(Path.cwd())
+        except ValueError:
+            return path
+
+    where = shown(BIN / "ecrstream")
+    activate = shown(BIN / "activate")
+    return (
+        f"run.py: the ecrstream command is {where} (or activate the venv: . {activate}, then"
+        " ecrstream --help); it is not on your PATH otherwise"
+    )
 
 
 def _run(*args: str) -> int:
@@ -48,7 +90,9 @@ def _run(*args: str) -> int:
 
 def demo(argv: list[str]) -> int:
     _ensure_venv("local")
-    return _run("-m", "ecrstream", "demo", *argv)
+    code = _run("-m", "ecrstream", "demo", *argv)
+    print(how_to_run(), flush=True)
+    return code
 
 
 # Real third-party programs the tests run: the command each needs, and its Debian package.
@@ -90,7 +134,7 @@ def test(argv: list[str]) -> int:
     for name, cmd in (
         ("ruff check", ["-m", "ruff", "check", "."]),
         ("ruff format", ["-m", "ruff", "format", "--check", "."]),
-        ("mypy", ["-m", "mypy", "--strict", "src"]),
+        ("mypy", ["-m", "mypy", "--strict", "src", "tests"]),
     ):
         if _run(*cmd) != 0:
             failed.append(name)
@@ -100,12 +144,18 @@ def test(argv: list[str]) -> int:
         failed.append("pytest")
     if failed:
         print(f"run.py: FAILED: {', '.join(failed)}", flush=True)
+        print(how_to_run(), flush=True)
         return 1
     print("run.py: all checks passed", flush=True)
+    print(how_to_run(), flush=True)
     return 0
 
 
 def main() -> int:
+    if sys.version_info < (3, 11):  # noqa: UP036 - run.py runs on whatever python3 there is
+        version = ".".join(map(str, sys.version_info[:3]))
+        print(f"run.py: ecrstream needs Python 3.11 or newer; this is Python {version}")
+        return 1
     commands = {"demo": demo, "test": test}
     if len(sys.argv) < 2 or sys.argv[1] not in commands:
         print(__doc__)

@@ -304,6 +304,12 @@ class RegistryServer:
     def base_url(self) -> str:
         return f"{'http' if self.plain_http else 'https'}://{self.host}"
 
+    @property
+    def ca(self) -> Path:
+        """The CA that signed a TLS registry's certificate (what its clients must trust)."""
+        assert self.ca_path is not None, f"{self.name} serves plain HTTP: it has no CA"
+        return self.ca_path
+
     def ssl_context(self) -> ssl.SSLContext | None:
         if self.ca_path is None:
             return None

@@ -1307,6 +1307,7 @@ async def _change_while_read(context: ApiContext) -> LayerUploadResult:
 
 _UNREADABLE_CHILD = """
 import asyncio, json, sys
+import ecrstream
 from ecrstream import EcrClient, LayerUploader
 async def main():
     endpoint, region, repository, path = sys.argv[1:5]
@@ -1317,39 +1318,51 @@ async def main():
         try:
             await LayerUploader(client, repository).upload_file(path)
         except Exception as exc:
-            kind = "ValueError" if isinstance(exc, ValueError) else type(exc).__name__
-            print(json.dumps({"type": kind, "message": str(exc)}))
+            answer = {"type": type(exc).__name__, "value_error": isinstance(exc, ValueError),
+                      "message": str(exc)}
         else:
-            print(json.dumps({"type": None, "message": "uploaded"}))
+            answer = {"type": None, "value_error": False, "message": "uploaded"}
+    print(json.dumps({**answer, "module": ecrstream.__file__}))
 asyncio.run(main())
 """
 
 
 class CannotRun(Exception):
-    """This machine cannot set the case up (root, and no way to run a child as another user)."""
+    """This machine cannot set the case up (root, and no way to drop root's file overrides)."""
 
 
-def as_nobody() -> list[str]:
-    """A command prefix that runs a child as nobody when we are root (root reads any file).
+# The capabilities that let root read any file whatever its mode; without them root is held
+# to the mode bits like any user (a file of mode 000 is denied to its owner).
+_OVERRIDES = "-dac_override,-dac_read_search"
 
-    ``setpriv`` (util-linux) rather than ``subprocess``'s ``user=``: it resolves the
-    executable before it drops root, so an interpreter under /root (pyenv) still starts.
-    Raises CannotRun as root without setpriv.
+
+@functools.cache
+def denied_reader() -> tuple[str, ...]:
+    """A command prefix under which a child may not read a file of mode 000 it owns.
+
+    Not root: nothing (the mode bits apply). As root, the child stays root, so it still
+    enters the checkout and reads the code wherever the checkout lives (a 0700 folder
+    included, which a child run as nobody could not), but without the capabilities that
+    override file permissions: ``setpriv`` (util-linux) drops them from the bounding and
+    inheritable sets. Raises CannotRun as root without setpriv, or where it may not drop them.
     """
     if os.geteuid() != 0:
-        return []
+        return ()
     setpriv = shutil.which("setpriv")
     if setpriv is None:
-        raise CannotRun("running as root and setpriv is missing: no user to be denied the file")
-    return [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups"]
+        raise CannotRun("running as root and setpriv is missing: root would read the file")
+    prefix = (setpriv, f"--inh-caps={_OVERRIDES}", f"--bounding-set={_OVERRIDES}", "--")
+    probe = subprocess.run([*prefix, "true"], capture_output=True, text=True, timeout=30)
+    if probe.returncode != 0:
+        raise CannotRun(f"setpriv cannot drop root's file overrides: {probe.stderr.strip()}")
+    return prefix
 
 
 @contextlib.contextmanager
 def unreadable_file() -> Any:
-    """A file nobody but root may read, in a folder everyone may enter (pytest's are 0700)."""
+    """A file of mode 000 (no one may read it; root too, under ``denied_reader``)."""
     folder = Path(tempfile.mkdtemp(prefix="ecrstream-unreadable-"))
     try:
-        folder.chmod(0o755)
         path = folder / "secret.bin"
         path.write_bytes(b"x" * 100)
         path.chmod(0o000)
@@ -1358,33 +1371,39 @@ def unreadable_file() -> Any:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-async def _unreadable(context: ApiContext) -> Any:
-    """As root, a chmod 000 file is readable: run the upload in a child that is not root."""
+def private_checkout(folder: Path) -> dict[str, str]:
+    """A copy of the package's source in ``folder`` (put it where only its owner may enter),
+    and the environment that makes a child import ecrstream from there."""
+    source = Path(ecrstream.__file__).resolve().parent
+    shutil.copytree(source, folder / "src" / "ecrstream", ignore=shutil.ignore_patterns("*.pyc"))
+    return {"PYTHONPATH": str(folder / "src")}
+
+
+async def unreadable_upload(
+    ecr: LocalEcr, repository: str, extra_env: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """Upload a file of mode 000 in a child under ``denied_reader``; what the child got."""
     with unreadable_file() as path:
-        prefix = as_nobody()
+        prefix = denied_reader()
+        command = [*prefix, sys.executable, "-c", _UNREADABLE_CHILD, ecr.endpoint_url]
+        command += [ecr.region_name, repository, str(path)]
+        env = {**_clean_env(path.parent), **(extra_env or {})}
         child = await anyio.to_thread.run_sync(
             lambda: subprocess.run(
-                [
-                    *prefix,
-                    sys.executable,
-                    "-c",
-                    _UNREADABLE_CHILD,
-                    context.ecr.endpoint_url,
-                    context.ecr.region_name,
-                    context.repository,
-                    str(path),
-                ],
-                capture_output=True,
-                text=True,
-                timeout=60,
-                cwd=path.parent,
-                env=_clean_env(path.parent),
+                command, capture_output=True, text=True, timeout=60, cwd=path.parent, env=env
             )
         )
-    if child.returncode != 0 or not child.stdout.strip():
-        raise RuntimeError(f"the child failed ({child.returncode}): {child.stderr[-2000:]}")
-    answer = json.loads(child.stdout.strip().splitlines()[-1])
-    if answer["type"] == "ValueError":
+        if child.returncode != 0 or not child.stdout.strip():
+            raise RuntimeError(f"the child failed ({child.returncode}): {child.stderr[-2000:]}")
+        answer: dict[str, Any] = json.loads(child.stdout.strip().splitlines()[-1])
+        answer["path"] = str(path)
+    return answer
+
+
+async def _unreadable(context: ApiContext) -> Any:
+    """As root, a chmod 000 file is readable: run the upload in a child denied the file."""
+    answer = await unreadable_upload(context.ecr, context.repository)
+    if answer["value_error"]:
         raise ValueError(answer["message"])
     raise RuntimeError(f"the child got {answer['type']}: {answer['message']}")
 
@@ -1712,7 +1731,7 @@ class CliCase:
     args: Callable[[BadFiles, str], list[str]]  # (files, repository) -> arguments
     says: str
     exit_code: int = 2
-    as_nobody: bool = False
+    denied: bool = False  # FILE is of mode 000, the child under denied_reader()
     timeout: float = 60.0  # a usage error takes a second; this is "hung"
 
 
@@ -1793,7 +1812,7 @@ CLI_CASES: tuple[CliCase, ...] = (
     CliCase("a symlink loop", _with(path="loop"), "symbolic links"),
     CliCase("a path through a file", _with(path="through"), "Not a directory"),
     CliCase("an empty file", _with(path="empty"), "is empty"),
-    CliCase("an unreadable file", _with(), "permission denied", as_nobody=True),
+    CliCase("an unreadable file", _with(), "permission denied", denied=True),
     CliCase(
         "repository uppercase", _with(repository="Team/App"), "--repository: must be lowercase"
     ),
@@ -1874,22 +1893,25 @@ def _cli_command(ecr: LocalEcr, arguments: list[str]) -> list[str]:
     ]
 
 
-def run_cli_case(ecr: LocalEcr, files: BadFiles, case: CliCase) -> CliOutcome:
+def run_cli_case(
+    ecr: LocalEcr, files: BadFiles, case: CliCase, extra_env: dict[str, str] | None = None
+) -> CliOutcome:
     """Run one case in a child process (blocking); a child still running at ``case.timeout``
-    is killed."""
+    is killed. ``extra_env`` adds to the child's environment."""
     arguments = case.args(files, cli_repository(case))
     with contextlib.ExitStack() as stack:
-        prefix: list[str] = []
-        options: dict[str, Any] = {"env": _clean_env(files.folder)}
-        if case.as_nobody:
-            # root reads anything: the child runs as nobody, on a file only root may read
+        prefix: tuple[str, ...] = ()
+        options: dict[str, Any] = {"env": {**_clean_env(files.folder), **(extra_env or {})}}
+        if case.denied:
+            # root reads anything: the child is denied root's overrides, on a file of mode 000
             try:
-                prefix = as_nobody()
+                prefix = denied_reader()
             except CannotRun as exc:
                 return CliOutcome(None, "", "", skipped=str(exc))
             path = stack.enter_context(unreadable_file())
             arguments = [str(path) if a == str(files.layer) else a for a in arguments]
-            options = {"cwd": path.parent, "env": _clean_env(path.parent)}
+            env = {**_clean_env(path.parent), **(extra_env or {})}
+            options = {"cwd": path.parent, "env": env}
         try:
             child = subprocess.run(
                 [*prefix, *_cli_command(ecr, arguments)],

@@ -276,7 +276,7 @@ def _run_without_ca(sink: Sink, path: Path) -> subprocess.CompletedProcess[str]:
 
 
 def test_sink_waits_the_added_latency_before_each_answer(tls_files: tuple[str, str, str]) -> None:
-    import boto3
+    import boto3  # type: ignore[import-untyped]
     from botocore.config import Config
 
     ca_bundle = tls_files[0]

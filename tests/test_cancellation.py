@@ -27,6 +27,7 @@ from ecrstream.cancellation import (
     run_cancellable,
     wait_async,
 )
+from ecrstream.models import UploadCheckpoint
 
 T = TypeVar("T")
 
@@ -1082,11 +1083,17 @@ def test_operation_canceled_error_defaults() -> None:
 def test_operation_canceled_error_carries_message_token_and_checkpoint() -> None:
     cts = CancellationTokenSource()
     error = OperationCanceledError("upload stopped", cts.token)
-    error.checkpoint = ("upload-id", 1024)
+    checkpoint = UploadCheckpoint(
+        repository_name="repo",
+        registry_id=None,
+        upload_id="0f1e2d3c-4b5a-6978-8a9b-0c1d2e3f4a5b",
+        bytes_committed=1024,
+    )
+    error.checkpoint = checkpoint
 
     assert str(error) == "upload stopped"
     assert error.cancellation_token == cts.token
-    assert error.checkpoint == ("upload-id", 1024)
+    assert error.checkpoint is checkpoint
 
 
 @pytest.mark.anyio

@@ -11,6 +11,9 @@ import io
 import json
 import os
 import random
+import re
+import shlex
+import signal
 import subprocess
 import sys
 import tarfile
@@ -20,9 +23,10 @@ from typing import Any
 
 import botocore.session
 import pytest
+from cli_run import error_line
 from terminal import run_on_terminal
 
-from ecrstream.local import LocalEcr, Operation
+from ecrstream.local import FaultKind, LocalEcr, Operation
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -38,8 +42,14 @@ def _blob(digest: str) -> str:
     return "blobs/sha256/" + digest.removeprefix("sha256:")
 
 
-def write_oci_tar(path: Path, layer_sizes: list[int]) -> tuple[bytes, list[str]]:
-    """An OCI image layout as a tar; returns the manifest bytes and the layer digests."""
+def write_oci_tar(
+    path: Path, layer_sizes: list[int], *, images: int = 1
+) -> tuple[bytes, list[str]]:
+    """An OCI image layout as a tar; returns the manifest bytes and the layer digests.
+
+    With ``images`` > 1 its index lists that many images (the same layers, manifests that
+    differ in an annotation), named ``image-1``, ``image-2``...
+    """
     rng = random.Random(7)
     layers = [rng.randbytes(size) for size in layer_sizes]
     config = json.dumps(
@@ -69,19 +79,23 @@ def write_oci_tar(path: Path, layer_sizes: list[int]) -> tuple[bytes, list[str]]
         },
         indent=2,
     ).encode()
-    index = json.dumps(
-        {
-            "schemaVersion": 2,
-            "mediaType": OCI_INDEX,
-            "manifests": [
-                {"mediaType": OCI_MANIFEST, "digest": _digest(manifest), "size": len(manifest)}
-            ],
-        }
-    ).encode()
+    manifests = [manifest]
+    for number in range(2, images + 1):
+        other = json.loads(manifest)
+        other["annotations"] = {"number": str(number)}
+        manifests.append(json.dumps(other).encode())
+    entries: list[dict[str, Any]] = [
+        {"mediaType": OCI_MANIFEST, "digest": _digest(data), "size": len(data)}
+        for data in manifests
+    ]
+    if images > 1:
+        for number, entry in enumerate(entries, 1):
+            entry["annotations"] = {"org.opencontainers.image.ref.name": f"image-{number}"}
+    index = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries}).encode()
     files = {
         "oci-layout": b'{"imageLayoutVersion": "1.0.0"}',
         "index.json": index,
-        **{_blob(_digest(data)): data for data in [config, manifest, *layers]},
+        **{_blob(_digest(data)): data for data in [config, *manifests, *layers]},
     }
     with tarfile.open(path, "w") as archive:
         for name, data in files.items():
@@ -101,7 +115,8 @@ def sync_client(ecr: LocalEcr) -> Iterator[Any]:
         client.close()
 
 
-def run_cli(*args: str, ecr: LocalEcr) -> subprocess.CompletedProcess[str]:
+def push_env() -> dict[str, str]:
+    """The child's environment: dummy keys, no AWS config files, no instance metadata."""
     env = {
         key: value
         for key, value in os.environ.items()
@@ -114,17 +129,18 @@ def run_cli(*args: str, ecr: LocalEcr) -> subprocess.CompletedProcess[str]:
         AWS_SHARED_CREDENTIALS_FILE=os.devnull,
         AWS_EC2_METADATA_DISABLED="true",
     )
-    command = [
-        sys.executable,
-        "-m",
-        "ecrstream",
-        *args,
-        "--endpoint-url",
-        ecr.endpoint_url,
-        "--region",
-        "us-east-1",
-    ]
-    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=50)
+    return env
+
+
+def push_command(*args: str, ecr: LocalEcr) -> list[str]:
+    where = ["--endpoint-url", ecr.endpoint_url, "--region", "us-east-1"]
+    return [sys.executable, "-m", "ecrstream", *args, *where]
+
+
+def run_cli(*args: str, ecr: LocalEcr) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        push_command(*args, ecr=ecr), env=push_env(), capture_output=True, text=True, timeout=50
+    )
 
 
 def test_push_subcommand_pushes_an_oci_archive_end_to_end(
@@ -202,3 +218,143 @@ def test_push_on_a_terminal_shows_a_bar_per_layer_in_flight_and_a_total(
     for digest in layer_digests:  # a bar of its own for each layer while it uploads
         assert f"layer {digest[7:19]}" in screen
     assert "3 layers uploaded" in screen
+
+
+# -- bad sources and options: exit 2, named as typed ----------------------------------------
+
+
+def _not_a_tar(folder: Path) -> Path:
+    path = folder / "image.tar"
+    path.write_bytes(b"this is not a tar archive\n" * 100)
+    return path
+
+
+def _empty_folder(folder: Path) -> Path:
+    path = folder / "empty"
+    path.mkdir()
+    return path
+
+
+def _folder_without_layout(folder: Path) -> Path:
+    path = folder / "photos"
+    path.mkdir()
+    (path / "cat.jpg").write_bytes(b"\xff\xd8")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("make", "says"),
+    [
+        (_not_a_tar, "is not a tar archive"),
+        (_empty_folder, "is an empty folder"),
+        (_folder_without_layout, "is neither an OCI image layout"),
+    ],
+    ids=["a file that is not a tar", "an empty folder", "a folder that is not a layout"],
+)
+def test_a_source_that_is_not_an_image_is_a_usage_error(
+    make: Any, says: str, ecr: LocalEcr, repository: str, tmp_path: Path
+) -> None:
+    source = make(tmp_path)
+
+    done = run_cli("push", str(source), "--repository", repository, "--tag", "v1", ecr=ecr)
+
+    assert done.returncode == 2, done.stderr
+    line = error_line(done)
+    assert line.startswith(f"ecrstream push: error: SOURCE: {source} {says}")
+    assert line.endswith("(see 'ecrstream push --help')")
+    assert ecr.requests() == []
+
+
+def test_errors_name_the_options_not_python_fields(
+    ecr: LocalEcr, repository: str, tmp_path: Path
+) -> None:
+    one, two = tmp_path / "one.tar", tmp_path / "two.tar"
+    write_oci_tar(one, [3_000])
+    write_oci_tar(two, [3_000], images=2)
+
+    bad_tag = run_cli("push", str(one), "--repository", repository, "--tag", "no spaces", ecr=ecr)
+    which = run_cli("push", str(two), "--repository", repository, "--tag", "v1", ecr=ecr)
+
+    assert bad_tag.returncode == 2, bad_tag.stderr
+    assert "error: --tag: must be" in error_line(bad_tag)
+    assert "image_tag" not in bad_tag.stderr
+    assert which.returncode == 2, which.stderr
+    line = error_line(which)
+    assert "holds several images: choose one with --image-ref (names: image-1, image-2)" in line
+    assert re.search(r"(?<!-)image_ref", line) is None
+    assert ecr.requests(Operation.UPLOAD_LAYER_PART) == []
+
+
+# -- progress, plurals, Ctrl-C ----------------------------------------------------------------
+
+
+def test_piped_progress_is_a_line_per_part(ecr: LocalEcr, repository: str, tmp_path: Path) -> None:
+    path = tmp_path / "image.tar"
+    _, (big, middle, small) = write_oci_tar(path, [12 * 1024 * 1024, 200_000, 3_000])
+    args = ["push", str(path), "--repository", repository, "--tag", "v1", "--part-size", "5MiB"]
+
+    done = run_cli(*args, "--max-concurrent-layers", "1", ecr=ecr)
+
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    name = f"layer {big[:19]}"
+    assert lines[0].startswith(f"{name} part 1/3: 5.0 MiB of 12.0 MiB; layers 0/3, 5.0 MiB of")
+    assert lines[1].startswith(f"{name} part 2/3: 10.0 MiB of 12.0 MiB; layers 0/3,")
+    assert "MB/s" in lines[0]
+    assert lines[2].startswith(f"{name} done (12.0 MiB); layers 1/3")  # the last part's line
+    assert lines[3].startswith(f"layer {middle[:19]} done")
+    assert lines[4].startswith(f"layer {small[:19]} done")
+    assert lines[5].startswith("config sha256:")
+    assert lines[6].startswith("pushed sha256:")
+    assert ": 3 layers uploaded, 0 already there" in lines[6]
+    assert len(lines) == 7
+
+
+def test_one_layer_is_one_layer(ecr: LocalEcr, repository: str, tmp_path: Path) -> None:
+    path = tmp_path / "image.tar"
+    write_oci_tar(path, [3_000])
+
+    done = run_cli("push", str(path), "--repository", repository, "--tag", "v1", ecr=ecr)
+
+    assert done.returncode == 0, done.stderr
+    assert ": 1 layer uploaded, 0 already there" in done.stdout.splitlines()[-1]
+
+
+def test_ctrl_c_says_what_is_committed_and_what_starts_over(
+    ecr: LocalEcr, repository: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "image.tar"
+    _, (big, middle, _) = write_oci_tar(path, [12 * 1024 * 1024, 200_000, 3_000])
+    # One blob at a time, largest first: parts 1-3 are the big layer, part 4 the middle one.
+    ecr.faults.add(Operation.UPLOAD_LAYER_PART, FaultKind.DELAY, call=4, delay_seconds=60)
+    args = ["push", str(path), "--repository", repository, "--tag", "v1", "--part-size", "5MiB"]
+    args += ["--max-concurrent-layers", "1"]
+    with subprocess.Popen(
+        push_command(*args, ecr=ecr),
+        env=push_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+    ) as child:
+        ecr.wait_for_delay(Operation.UPLOAD_LAYER_PART, call=4, timeout=30)
+        child.send_signal(signal.SIGINT)
+        _, stderr = child.communicate(timeout=30)
+
+    assert child.returncode == 130, stderr
+    lines = stderr.splitlines()
+    assert "Ctrl-C: stopping" in lines[0]
+    assert lines[1] == (
+        f"ecrstream push: interrupted; 1 blob committed to {repository} (layer {big[:19]}):"
+        " skipped next time"
+    )
+    assert lines[2] == (
+        f"ecrstream push: 1 blob in flight (layer {middle[:19]}; 0 B of 195.3 KiB sent):"
+        " uploaded again from the start next time"
+    )
+    assert lines[3] == "ecrstream push: to finish, run the same command again:"
+    again = subprocess.run(
+        shlex.split(lines[4]), env=push_env(), capture_output=True, text=True, timeout=50
+    )
+    assert again.returncode == 0, again.stderr
+    assert ": 2 layers uploaded, 1 already there" in again.stdout.splitlines()[-1]

@@ -385,7 +385,7 @@ async def test_basic_auth_refusals_never_show_the_password(
             await client.get_manifest(reference)
     wrong = RegistryCredentials(BASIC_USER, "wrong-password-123")
     assert repr(wrong) == "RegistryCredentials(username=<redacted>, password=<redacted>)"
-    async with RegistryClient(server.host, credentials=wrong, verify=server.ca_path) as client:
+    async with RegistryClient(server.host, credentials=wrong, verify=server.ca) as client:
         with pytest.raises(RegistryAuthError) as caught:
             await client.get_manifest(reference)
     assert caught.value.status == 401
@@ -413,9 +413,7 @@ async def test_callable_credentials_are_asked_with_the_registry_host(
         asked.append(registry)
         return BASIC_USER, BASIC_PASSWORD
 
-    async with RegistryClient(
-        server.host, credentials=credentials, verify=server.ca_path
-    ) as client:
+    async with RegistryClient(server.host, credentials=credentials, verify=server.ca) as client:
         manifest = await client.get_manifest(
             parse_reference(f"{server.host}/{image.repository}:cb")
         )
@@ -581,7 +579,7 @@ async def test_docker_config_auths_log_in(
         entry = {"username": BASIC_USER, "password": BASIC_PASSWORD}
     # A legacy key (scheme and path) matches by its host, as in docker.
     write_config(isolated_docker_config, {"auths": {f"https://{server.host}/v1/": entry}})
-    async with RegistryClient(server.host, verify=server.ca_path) as client:
+    async with RegistryClient(server.host, verify=server.ca) as client:
         manifest = await client.get_manifest(
             parse_reference(f"{server.host}/{image.repository}:cfg")
         )
@@ -607,7 +605,7 @@ async def test_docker_credential_helpers_are_run_as_docker_runs_them(
     # auths holds wrong credentials: a helper, when configured, is what docker asks.
     config["auths"] = {server.host: {"username": BASIC_USER, "password": "stale"}}
     write_config(isolated_docker_config, config)
-    async with RegistryClient(server.host, verify=server.ca_path) as client:
+    async with RegistryClient(server.host, verify=server.ca) as client:
         manifest = await client.get_manifest(
             parse_reference(f"{server.host}/{image.repository}:helper")
         )
@@ -624,16 +622,16 @@ async def test_docker_config_failures_are_clear_and_secret_free(
     reference = parse_reference(f"{server.host}/team/app:1")
     # The helper does not know this registry: anonymous, which this registry refuses.
     write_config(isolated_docker_config, {"credHelpers": {server.host: "test"}})
-    async with RegistryClient(server.host, verify=server.ca_path) as client:
+    async with RegistryClient(server.host, verify=server.ca) as client:
         with pytest.raises(RegistryAuthError, match="none were found"):
             await client.get_manifest(reference)
     assert helper_calls(credential_helper) == [[["get"], server.host]]
     write_config(isolated_docker_config, {"credsStore": "absent"})
-    async with RegistryClient(server.host, verify=server.ca_path) as client:
+    async with RegistryClient(server.host, verify=server.ca) as client:
         with pytest.raises(RegistryAuthError, match="docker-credential-absent is not on PATH"):
             await client.get_manifest(reference)
     (isolated_docker_config / "config.json").write_text('{"auths": {"x": "s3cr3t-in-bad-json"')
-    async with RegistryClient(server.host, verify=server.ca_path) as client:
+    async with RegistryClient(server.host, verify=server.ca) as client:
         with pytest.raises(RegistryAuthError, match="is not valid JSON") as caught:
             await client.get_manifest(reference)
     assert "s3cr3t" not in str(caught.value)

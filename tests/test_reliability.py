@@ -35,6 +35,7 @@ from reliability import (
     FuzzPlan,
     Tally,
     abandoned_async_generators,
+    check_cli_outcome,
     check_success,
     checkpoint_of,
     cli_repository,
@@ -45,12 +46,15 @@ from reliability import (
     matrix,
     open_client,
     open_clients,
+    private_checkout,
     run_api_case,
     run_cell,
+    run_cli_case,
     run_cli_cases,
     run_cli_shrinking,
     run_fuzz,
     tally_cli,
+    unreadable_upload,
     write_layer,
 )
 
@@ -182,6 +186,29 @@ def test_bad_inputs_on_the_command_line_send_no_request(
     cli_batch: tuple[dict[str, CliOutcome], list[RecordedRequest]],
 ) -> None:
     assert cli_batch[1] == []
+
+
+async def test_the_permission_cases_pass_from_a_checkout_in_a_private_folder(
+    ecr: LocalEcr, repository: str, bad_files: BadFiles, tmp_path: Path
+) -> None:
+    """A checkout where only its owner may enter (a 0700 home, a mktemp -d folder): the
+    children of the permission cases must still import ecrstream from it, and still be denied
+    the file, for the right reason."""
+    home = tmp_path / "home"
+    home.mkdir()
+    home.chmod(0o700)
+    extra_env = private_checkout(home / "checkout")
+
+    answer = await unreadable_upload(ecr, repository, extra_env)
+
+    assert answer["module"].startswith(str(home / "checkout")), answer
+    assert answer["value_error"], answer
+    assert answer["message"].startswith("path: permission denied")
+    assert answer["path"] in answer["message"]
+    case = next(case for case in CLI_CASES if case.denied)
+    outcome = await asyncio.to_thread(run_cli_case, ecr, bad_files, case, extra_env)
+    assert outcome.skipped is None
+    assert check_cli_outcome(case, outcome) == []
 
 
 async def test_bad_input_cli_file_shrinking_while_read(ecr: LocalEcr, tmp_path: Path) -> None:

@@ -1,0 +1,310 @@
+"""The command's exit codes and error messages: one line naming what failed and what to do.
+
+Credentials are never printed: every message passes through ``redact``. Argument errors of
+the library (``InvalidArgumentError``, a ValueError with ``.field``) are named by the option
+the user typed, through ``OPTION_OF_FIELD``; plain ValueErrors whose message starts with a
+field name (``part_size: ...``) are mapped the same way.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ecrstream.errors import (
+    AuthenticationError,
+    CredentialsError,
+    DigestMismatchError,
+    EcrConnectionError,
+    EcrServiceError,
+    EcrStreamError,
+    ImageSelectionError,
+    ImageSourceError,
+    InvalidArgumentError,
+    RepositoryNotFoundError,
+    ServerError,
+    SourceChangedError,
+    ThrottlingError,
+)
+
+__all__ = [
+    "EXIT_FAILURE",
+    "EXIT_INTERRUPTED",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "OPTION_OF_FIELD",
+    "Context",
+    "Failure",
+    "UsageError",
+    "explain",
+    "one_line",
+    "redact",
+    "report",
+]
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+#: The option (or argument) the user typed for each Python field the library names.
+OPTION_OF_FIELD = {
+    "repository_name": "--repository",
+    "registry_id": "--registry-id",
+    "expected_digest": "--expected-digest",
+    "part_size": "--part-size",
+    "path": "FILE",
+    "source": "SOURCE",
+    "resume": "--resume",
+    "region_name": "--region",
+    "endpoint_url": "--endpoint-url",
+    "verify": "--ca-bundle",
+    "image_tag": "--tag",
+    "tags": "--tag",
+    "image_ref": "--image-ref",
+    "max_concurrent_layers": "--max-concurrent-layers",
+}
+
+_FIELD_PREFIX_RE = re.compile(r"([a-z_]+): ")
+_KEY_ID_RE = re.compile(r"\b(?:AKIA|ASIA|AROA|AIDA)[A-Z0-9]{12,}\b")
+_SECRET_ENV = (
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_SECURITY_TOKEN",
+)
+
+
+class UsageError(ValueError):
+    """A bad argument, found by the command itself: exit code 2."""
+
+
+class Failure(Exception):
+    """A failure the command explains itself: exit code 1 (or ``exit_code``)."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_FAILURE) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+@dataclass(slots=True)
+class Context:
+    """What an error message may name; the runner fills in ``region`` once it resolved it.
+
+    The one mutable piece of a run (the options themselves are frozen): the region may come
+    from the profile or the environment, known only once the AWS session is made.
+    """
+
+    command: str
+    repository: str | None = None
+    registry_id: str | None = None
+    endpoint_url: str | None = None
+    region: str | None = None
+
+    @property
+    def where(self) -> str:
+        return self.endpoint_url or (f"ECR in {self.region}" if self.region else "ECR")
+
+    @property
+    def see_help(self) -> str:
+        return f"(see 'ecrstream {self.command} --help')"
+
+
+def redact(text: str) -> str:
+    """Hide credentials: the values of the AWS key variables, and anything like a key id."""
+    for name in _SECRET_ENV:
+        value = os.environ.get(name)
+        if value and len(value) >= 4:
+            text = text.replace(value, "***")
+    return _KEY_ID_RE.sub("***", text)
+
+
+def one_line(text: str) -> str:
+    """``text`` redacted, on one line."""
+    return " ".join(redact(text).split())
+
+
+def _leaf(exc: BaseException) -> BaseException:
+    """The first leaf of an exception group (task groups wrap what their tasks raise)."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc
+
+
+def name_field(text: str) -> str:
+    """``text`` with a leading ``field: `` replaced by the option's name (``--part-size: ``)."""
+    match = _FIELD_PREFIX_RE.match(text)
+    if match is None or match.group(1) not in OPTION_OF_FIELD:
+        return text
+    return f"{OPTION_OF_FIELD[match.group(1)]}: {text[match.end() :]}"
+
+
+# -- one message per kind of error -------------------------------------------------------------
+
+Explanation = tuple[str, int]
+
+
+def _usage(exc: UsageError, context: Context) -> Explanation:
+    return f"{exc} {context.see_help}", EXIT_USAGE
+
+
+def _failure(exc: Failure, context: Context) -> Explanation:
+    return str(exc), exc.exit_code
+
+
+def _bad_argument(exc: ValueError, context: Context) -> Explanation:
+    if isinstance(exc, InvalidArgumentError):
+        option = OPTION_OF_FIELD.get(exc.field, exc.field)
+        text = f"{option}: {exc.rule}"
+    else:  # a plain ValueError, until every library check raises InvalidArgumentError
+        text = name_field(str(exc))
+    if text.startswith("--resume:"):
+        text += "; run the command without --resume to start over"
+    return f"{text} {context.see_help}", EXIT_USAGE
+
+
+def _repository_not_found(exc: RepositoryNotFoundError, context: Context) -> Explanation:
+    repository = context.repository
+    registry = context.registry_id
+    in_registry = f"registry {registry}" if registry else "the default registry"
+    return (
+        f"repository {repository!r} not found in {in_registry} at {context.where}: create it"
+        f" (aws ecr create-repository --repository-name {repository}) or check"
+        " --repository, --region and --registry-id",
+        EXIT_FAILURE,
+    )
+
+
+def _refused(exc: AuthenticationError, context: Context) -> Explanation:
+    # The service's message is not shown: some echo the access key id.
+    if exc.code == "AccessDeniedException":
+        return (
+            f"AWS denied {exc.operation} on repository {context.repository!r}"
+            " (AccessDeniedException): these credentials lack the ECR permission; use a role"
+            " or profile that has it",
+            EXIT_FAILURE,
+        )
+    return (
+        f"AWS refused the credentials ({exc.code}): check AWS_PROFILE/--profile or"
+        " AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and AWS_SESSION_TOKEN, and that they"
+        " have not expired (aws sts get-caller-identity tests them)",
+        EXIT_FAILURE,
+    )
+
+
+def _no_credentials(exc: CredentialsError, context: Context) -> Explanation:
+    return (
+        "no AWS credentials found: set AWS_PROFILE (or pass --profile), or"
+        " AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or run where an IAM role is available",
+        EXIT_FAILURE,
+    )
+
+
+def _unreachable(exc: EcrConnectionError, context: Context) -> Explanation:
+    text = str(exc)
+    if "certificate" in text.lower():
+        return (
+            f"cannot reach {context.where}: {text}; the endpoint's TLS certificate is not"
+            " trusted: pass --ca-bundle PATH (or set AWS_CA_BUNDLE) with the CA that signed"
+            " it, or --no-verify-ssl to skip the check",
+            EXIT_FAILURE,
+        )
+    return (
+        f"cannot reach {context.where}: {text}; check --endpoint-url, --region and the"
+        " network, then run the command again",
+        EXIT_FAILURE,
+    )
+
+
+def _digest_mismatch(exc: DigestMismatchError, context: Context) -> Explanation:
+    if context.command == "push":
+        return f"{exc}: SOURCE holds a blob whose bytes do not match its digest", EXIT_FAILURE
+    return f"{exc}: check --expected-digest and the file", EXIT_FAILURE
+
+
+def _source_changed(exc: SourceChangedError, context: Context) -> Explanation:
+    return f"{exc}: run the command again once the file no longer changes", EXIT_FAILURE
+
+
+def _image_selection(exc: ImageSelectionError, context: Context) -> Explanation:
+    names = ", ".join(exc.names) or "none"
+    source = exc.source or "SOURCE"
+    if exc.image_ref is None:
+        text = f"{source} holds several images: choose one with --image-ref (names: {names})"
+    else:
+        text = f"--image-ref: {source} has no single image named {exc.image_ref!r} (names: {names})"
+    return f"{text} {context.see_help}", EXIT_USAGE
+
+
+def _image_source(exc: ImageSourceError, context: Context) -> Explanation:
+    return (
+        f"{exc}: check SOURCE (an OCI layout folder or tar, or a docker save archive)",
+        EXIT_FAILURE,
+    )
+
+
+def _kept_failing(exc: ServerError | ThrottlingError, context: Context) -> Explanation:
+    return (
+        f"ECR kept failing after retries ({exc.code}: {exc.message}): try again later",
+        EXIT_FAILURE,
+    )
+
+
+def _service(exc: EcrServiceError, context: Context) -> Explanation:
+    return f"ECR refused {exc.operation} ({exc.code}: {exc.message})", EXIT_FAILURE
+
+
+def _ours(exc: EcrStreamError, context: Context) -> Explanation:
+    return str(exc), EXIT_FAILURE
+
+
+def _os_error(exc: OSError, context: Context) -> Explanation:
+    target = f": {exc.filename}" if exc.filename else ""
+    return f"{exc.strerror or exc}{target}", EXIT_FAILURE
+
+
+# Most specific first: InvalidArgumentError is a ValueError and an EcrStreamError.
+_HANDLERS: tuple[tuple[Any, Callable[[Any, Context], Explanation]], ...] = (
+    (UsageError, _usage),
+    (Failure, _failure),
+    (ValueError, _bad_argument),
+    (RepositoryNotFoundError, _repository_not_found),
+    (AuthenticationError, _refused),
+    (CredentialsError, _no_credentials),
+    (EcrConnectionError, _unreachable),
+    (DigestMismatchError, _digest_mismatch),
+    (SourceChangedError, _source_changed),
+    (ImageSelectionError, _image_selection),
+    (ImageSourceError, _image_source),
+    (ServerError | ThrottlingError, _kept_failing),
+    (EcrServiceError, _service),
+    (EcrStreamError, _ours),
+    (OSError, _os_error),
+)
+
+
+def explain(exc: BaseException, context: Context) -> Explanation:
+    """One line saying what failed and what to do, and the exit code."""
+    exc = _leaf(exc)
+    for kind, handler in _HANDLERS:
+        if isinstance(exc, kind):
+            return handler(exc, context)
+    return (
+        f"unexpected error: {type(exc).__name__}: {exc} (run with --debug for the traceback,"
+        " and please report it)",
+        EXIT_FAILURE,
+    )
+
+
+def report(exc: BaseException, context: Context, *, debug: bool) -> int:
+    """Print ``exc`` as the command's one error line (a traceback first with ``debug``)."""
+    message, code = explain(exc, context)
+    if debug:
+        print(redact("".join(traceback.format_exception(exc))), file=sys.stderr, end="")
+    print(f"ecrstream {context.command}: error: {one_line(message)}", file=sys.stderr)
+    return code

@@ -1,0 +1,234 @@
+"""The one command runner: token, interrupts, timeout, client and displays, for every command.
+
+``run_command(context, body, ...)`` runs ``await body(runner)`` in a fresh event loop with a
+cancellation token that Ctrl-C, SIGTERM and ``--timeout`` cancel (see ``signals.py``). The
+body asks the runner for what it needs (``runner.token``, ``await runner.client()``,
+``runner.display(...)``) and the runner closes all of it. If the token stops the body, the
+result is a ``Stopped`` saying why (``on_stopped`` runs first, inside the event loop, where a
+quit-at-once cannot cut it short: the place to write a checkpoint).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+from ecrstream.cancellation import (
+    CancellationToken,
+    CancellationTokenSource,
+    OperationCanceledError,
+)
+from ecrstream.cli.errors import EXIT_FAILURE, EXIT_INTERRUPTED, Context, UsageError
+from ecrstream.cli.options import AwsOptions, OutputOptions
+from ecrstream.cli.progress import Display
+from ecrstream.cli.signals import Interrupts, interrupts
+from ecrstream.client import EcrClient
+
+__all__ = ["Runner", "Stopped", "check_endpoint", "run_command"]
+
+logger = logging.getLogger("ecrstream.cli")
+
+_T = TypeVar("_T")
+
+# A black-holed endpoint fails in seconds rather than botocore's default minute.
+_CONNECT_TIMEOUT = 10
+
+
+@dataclass(frozen=True, slots=True)
+class Stopped:
+    """The token stopped the command: ``error`` is what the library raised."""
+
+    error: OperationCanceledError
+    #: "Ctrl-C", "SIGTERM", or None for --timeout
+    signal_name: str | None
+    timeout: float | None
+
+    @property
+    def timed_out(self) -> bool:
+        return self.signal_name is None
+
+    @property
+    def reason(self) -> str:
+        if self.timed_out:
+            return f"timed out after {self.timeout:g} s (--timeout)"
+        return "interrupted"
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_FAILURE if self.timed_out else EXIT_INTERRUPTED
+
+
+def check_endpoint(url: str | None) -> str | None:
+    """``url`` with its host in lowercase (what the signature uses); UsageError if not a URL."""
+    if url is None:
+        return None
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise UsageError(f"--endpoint-url: {url!r} is not an http:// or https:// URL")
+    if "@" in parts.netloc:
+        return url
+    # botocore signs the host in lowercase; aiohttp would send it as typed (LocalHost:PORT)
+    return urlunsplit(parts._replace(netloc=parts.netloc.lower()))
+
+
+def _creates_with_verify() -> bool:
+    """Whether this library's EcrClient.create takes ``verify=`` (boto3's)."""
+    return "verify" in inspect.signature(EcrClient.create).parameters
+
+
+def _session(aws: AwsOptions, context: Context) -> Any:
+    """An AioSession for --profile; checks the profile and the region before any request.
+
+    Sets ``context.region`` to the region it resolved.
+    """
+    from aiobotocore.session import AioSession
+    from botocore.exceptions import ProfileNotFound
+
+    profile = aws.profile
+    verify = aws.verify
+    try:
+        if verify is not None and not _creates_with_verify():
+            session = _verifying_session(profile, verify)
+        else:
+            session = AioSession(profile=profile)
+        if profile is not None and profile not in session.available_profiles:
+            raise UsageError(
+                f"--profile: no profile named {profile!r} in the AWS config files"
+                " (~/.aws/config, ~/.aws/credentials); 'aws configure list-profiles' lists them"
+            )
+        # Also where a bad AWS_PROFILE shows up, before any request
+        configured_region = session.get_config_variable("region")
+    except ProfileNotFound as exc:
+        raise UsageError(
+            f"the AWS profile {exc.kwargs.get('profile')!r} (from AWS_PROFILE) does not exist:"
+            " pass --profile NAME or unset AWS_PROFILE"
+        ) from None
+    region = aws.region or configured_region
+    if not region:
+        raise UsageError(
+            "no AWS region: pass --region (for example --region us-east-1)"
+            " or set AWS_REGION or AWS_DEFAULT_REGION"
+        )
+    context.region = region
+    return session
+
+
+def _verifying_session(profile: str | None, verify: bool | str) -> Any:
+    """An AioSession whose clients take ``verify`` (for an EcrClient.create without it)."""
+    from aiobotocore.session import AioSession
+
+    class VerifyingSession(AioSession):
+        def create_client(self, *args: Any, **kwargs: Any) -> Any:
+            kwargs["verify"] = verify
+            return super().create_client(*args, **kwargs)
+
+    return VerifyingSession(profile=profile)
+
+
+def _check_ca_bundle(aws: AwsOptions) -> None:
+    if aws.ca_bundle is not None and not Path(aws.ca_bundle).is_file():
+        raise UsageError(f"--ca-bundle: no such file: {aws.ca_bundle}")
+
+
+class Runner:
+    """What a command's body gets: the token, an ECR client, displays; see the module."""
+
+    def __init__(
+        self,
+        context: Context,
+        handler: Interrupts,
+        stack: contextlib.AsyncExitStack,
+        aws: AwsOptions | None,
+        output: OutputOptions,
+    ) -> None:
+        self.context = context
+        self.output = output
+        self._handler = handler
+        self._stack = stack
+        self._aws = aws
+
+    @property
+    def token(self) -> CancellationToken:
+        """Canceled by Ctrl-C, SIGTERM or --timeout."""
+        return self._handler.source.token
+
+    @property
+    def stopping(self) -> bool:
+        return self._handler.source.is_cancellation_requested
+
+    async def client(self, **create: Any) -> EcrClient:
+        """An EcrClient for the command's AWS options (or for ``create``'s own arguments)."""
+        if not create:
+            aws = self._aws
+            assert aws is not None, "a command without AWS options gives its client arguments"
+            _check_ca_bundle(aws)
+            session = _session(aws, self.context)
+            from aiobotocore.config import AioConfig
+
+            create = {
+                "region_name": self.context.region,
+                "endpoint_url": check_endpoint(aws.endpoint_url),
+                "session": session,
+                "config": AioConfig(connect_timeout=_CONNECT_TIMEOUT),
+            }
+            if aws.verify is not None and _creates_with_verify():
+                create["verify"] = aws.verify
+            logger.debug(
+                "client: region %s, endpoint %s, profile %s, verify %s",
+                create["region_name"],
+                create["endpoint_url"] or "(AWS)",
+                aws.profile or "(default chain)",
+                aws.verify if aws.verify is not None else "(default)",
+            )
+        client: EcrClient = await self._stack.enter_async_context(EcrClient.create(**create))
+        return client
+
+    def display(self, label: str, total: int, completed: int = 0, detail: str = "") -> Display:
+        """A progress display (close it before the next one); a quit-at-once restores it."""
+        display = Display(self.output, label, total, completed, detail)
+        self._handler.displays.append(display)
+        self._stack.callback(display.close)
+        return display
+
+    def critical(self) -> contextlib.AbstractContextManager[None]:
+        """A quit-at-once waits for the end of this block."""
+        return self._handler.critical()
+
+
+def run_command(
+    context: Context,
+    body: Callable[[Runner], Awaitable[_T]],
+    *,
+    output: OutputOptions,
+    aws: AwsOptions | None = None,
+    timeout: float | None = None,
+    on_stopped: Callable[[Stopped], None] | None = None,
+) -> _T | Stopped:
+    """Run ``body`` in a new event loop; its result, or Stopped if the token stopped it."""
+
+    async def main() -> _T | Stopped:
+        source = CancellationTokenSource()
+        async with interrupts(source) as handler, contextlib.AsyncExitStack() as stack:
+            if timeout is not None:
+                source.cancel_after(timeout)
+            runner = Runner(context, handler, stack, aws, output)
+            try:
+                return await body(runner)
+            except OperationCanceledError as exc:
+                if not source.is_cancellation_requested:
+                    raise
+                stopped = Stopped(exc, handler.received, timeout)
+                logger.debug("stopped: %s", stopped.reason)
+                if on_stopped is not None:
+                    with handler.critical():
+                        on_stopped(stopped)
+                return stopped
+
+    return asyncio.run(main())

@@ -1,0 +1,197 @@
+"""upload-layer's newer options, run as a user would: --version, --debug, --skip-existing,
+--ca-bundle and --no-verify-ssl (against a real TLS endpoint on 127.0.0.1)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import socket
+import ssl
+import subprocess
+import threading
+from collections.abc import Iterator
+from importlib import metadata
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+from cli_run import MIB, assert_clean, cli, error_line, make_env, make_layer, on
+
+from ecrstream.local import LocalEcr, Operation
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    return make_env(tmp_path)
+
+
+def test_version(env: dict[str, str]) -> None:
+    result = cli("--version", env=env)
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"ecrstream {metadata.version('ecrstream')}\n"
+
+
+def test_debug_shows_the_debug_log_of_a_run_that_succeeds(
+    ecr: LocalEcr, repository: str, env: dict[str, str], tmp_path: Path
+) -> None:
+    layer = tmp_path / "layer.bin"
+    make_layer(layer, 6 * MIB)
+
+    result = cli(
+        "upload-layer", str(layer), "--repository", repository, *on(ecr), "--debug", env=env
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert_clean(result)
+    log = result.stderr.splitlines()
+    assert log, "--debug printed nothing"
+    assert all(": DEBUG: " in line for line in log), result.stderr
+    assert any(line.startswith("ecrstream") for line in log)
+    assert f"endpoint {ecr.endpoint_url}" in result.stderr
+    assert "botocore" not in result.stderr  # its debug log shows request headers
+
+
+# -- --skip-existing -------------------------------------------------------------------------
+
+
+def test_skip_existing_hashes_first_and_sends_nothing_the_repository_has(
+    ecr: LocalEcr, repository: str, env: dict[str, str], tmp_path: Path
+) -> None:
+    layer = tmp_path / "layer.bin"
+    digest = make_layer(layer, 11 * MIB)
+    args = ["upload-layer", str(layer), "--repository", repository, *on(ecr), "--skip-existing"]
+
+    first = cli(*args, "--json", env=env)  # not there yet: uploaded
+
+    assert first.returncode == 0, first.stderr
+    assert json.loads(first.stdout)["part_count"] == 2
+    ecr.reset()
+
+    again = cli(*args, "--json", env=env)
+
+    assert again.returncode == 0, again.stderr
+    report = json.loads(again.stdout)
+    assert report["digest"] == digest
+    assert report["already_existed"] is True
+    assert report["part_count"] == 0
+    assert report["upload_id"] is None
+    assert ecr.requests(Operation.INITIATE_LAYER_UPLOAD) == []
+    assert ecr.requests(Operation.UPLOAD_LAYER_PART) == []
+    assert len(ecr.requests(Operation.BATCH_CHECK_LAYER_AVAILABILITY)) == 1
+
+    plain = cli(*args, env=env)
+
+    assert plain.returncode == 0, plain.stderr
+    assert plain.stdout == f"{digest} is already in {repository}: nothing uploaded\n"
+
+
+# -- TLS: --ca-bundle and --no-verify-ssl --------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 (openssl), and its key."""
+    openssl = shutil.which("openssl")
+    assert openssl is not None, "the openssl command is needed"
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+         "-keyout", str(key), "-out", str(cert), "-subj", "/CN=ecrstream test endpoint",
+         "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
+def _pump(source: socket.socket, target: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        while data := source.recv(65536):
+            target.sendall(data)
+    with contextlib.suppress(OSError):
+        target.shutdown(socket.SHUT_WR)
+
+
+@pytest.fixture
+def tls_endpoint(ecr: LocalEcr, certificate: tuple[Path, Path]) -> Iterator[str]:
+    """https://127.0.0.1:PORT: TLS with the self-signed certificate, then the local endpoint."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(*certificate)
+    upstream = urlsplit(ecr.endpoint_url)
+    listener = socket.create_server(("127.0.0.1", 0))
+    threads: list[threading.Thread] = []
+
+    def serve(connection: socket.socket) -> None:
+        try:
+            secure = context.wrap_socket(connection, server_side=True)
+        except (OSError, ssl.SSLError):  # the client refused the certificate
+            connection.close()
+            return
+        with secure, socket.create_connection((upstream.hostname, upstream.port)) as plain:
+            back = threading.Thread(target=_pump, args=(plain, secure))
+            back.start()
+            _pump(secure, plain)
+            back.join()
+
+    def accept() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                connection, _ = listener.accept()
+                thread = threading.Thread(target=serve, args=(connection,))
+                threads.append(thread)
+                thread.start()
+
+    acceptor = threading.Thread(target=accept)
+    acceptor.start()
+    try:
+        yield f"https://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        listener.shutdown(socket.SHUT_RDWR)
+        listener.close()
+        acceptor.join()
+        for thread in threads:
+            thread.join(timeout=30)
+
+
+@pytest.mark.parametrize("trust", ["--ca-bundle", "--no-verify-ssl"])
+def test_a_tls_endpoint_with_a_certificate_of_its_own(
+    trust: str,
+    tls_endpoint: str,
+    certificate: tuple[Path, Path],
+    repository: str,
+    env: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    layer = tmp_path / "layer.bin"
+    digest = make_layer(layer, 6 * MIB)
+    args = ["upload-layer", str(layer), "--repository", repository, "--region", "us-east-1"]
+    args += ["--endpoint-url", tls_endpoint]
+
+    refused = cli(*args, env=env)
+
+    assert refused.returncode == 1
+    assert_clean(refused)
+    line = error_line(refused)
+    assert "certificate" in line
+    assert "--ca-bundle" in line
+    assert "--no-verify-ssl" in line
+
+    option = [trust, str(certificate[0])] if trust == "--ca-bundle" else [trust]
+    trusted = cli(*args, *option, "--json", env=env)
+
+    assert trusted.returncode == 0, trusted.stderr
+    assert json.loads(trusted.stdout)["digest"] == digest
+
+
+def test_ca_bundle_must_exist(env: dict[str, str], tmp_path: Path) -> None:
+    layer = tmp_path / "layer.bin"
+    make_layer(layer, 1000)
+    args = ["upload-layer", str(layer), "--repository", "some-repo", "--region", "us-east-1"]
+
+    result = cli(*args, "--ca-bundle", str(tmp_path / "none.pem"), env=env)
+
+    assert result.returncode == 2
+    assert "--ca-bundle: no such file: " in error_line(result)
