@@ -9,6 +9,7 @@ from the local ECR's registry API (``/v2/``, with the password of GetAuthorizati
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import uuid
 from collections.abc import AsyncIterator
@@ -398,9 +399,10 @@ async def test_source_faults_are_retried_without_resending_to_ecr(
     fault: Fault,
 ) -> None:
     image = Seeder(anon_registry).push_image(repo_name(), "f", (1_500_000, 600_000))
+    largest = image.layers[0]  # the fault hits it, not whichever GET comes first
     if fault.kind == "ignore_range":
-        fault_proxy.add(Fault("truncate", at_byte=300_000))
-    fault_proxy.add(fault)
+        fault_proxy.add(Fault("truncate", where=largest, at_byte=300_000))
+    fault_proxy.add(dataclasses.replace(fault, where=largest))
     result = await copy_image(
         client,
         f"{fault_proxy.host}/{image.repository}:f",
