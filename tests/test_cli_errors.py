@@ -66,7 +66,7 @@ def test_every_option_of_the_table_is_one_the_commands_take() -> None:
         if isinstance(action, argparse._SubParsersAction)
         for command in action.choices.values()
     ]
-    assert len(commands) == 4  # upload-layer, push, demo, local-ecr
+    assert len(commands) == 5  # upload-layer, push, copy, demo, local-ecr
     help_texts = " ".join(command.format_help() for command in commands)
     for option in set(OPTION_OF_FIELD.values()):
         assert option in help_texts, option

@@ -27,6 +27,7 @@ from ecrstream.cancellation import (
 from ecrstream.errors import (
     AuthenticationError,
     CertificateVerificationError,
+    CopyCanceledError,
     CredentialsError,
     DigestMismatchError,
     EcrConnectionError,
@@ -78,16 +79,19 @@ from ecrstream.retry import RetryPolicy
 
 if TYPE_CHECKING:
     from ecrstream.client import EcrClient
+    from ecrstream.copy import CopyImageResult, copy_image
     from ecrstream.image import PushCanceledError, PushImageResult, PushProgress, push_image
     from ecrstream.uploader import LayerUploader
 
 # Loaded on first use (module __getattr__): each of these imports aiobotocore.
 _LAZY = {
+    "CopyImageResult": "ecrstream.copy",
     "EcrClient": "ecrstream.client",
     "LayerUploader": "ecrstream.uploader",
     "PushCanceledError": "ecrstream.image",
     "PushImageResult": "ecrstream.image",
     "PushProgress": "ecrstream.image",
+    "copy_image": "ecrstream.copy",
     "push_image": "ecrstream.image",
 }
 
@@ -103,6 +107,8 @@ __all__ = [
     "CertificateVerificationError",
     "CompleteLayerUploadRequest",
     "CompleteLayerUploadResponse",
+    "CopyCanceledError",
+    "CopyImageResult",
     "CredentialsError",
     "DigestMismatchError",
     "EcrClient",
@@ -149,6 +155,7 @@ __all__ = [
     "UploadNotFoundError",
     "UploadProgress",
     "cancellation_scope",
+    "copy_image",
     "push_image",
     "run_cancellable",
     "wait_async",

@@ -68,6 +68,8 @@ from ecrstream.models import (
     BatchGetImageResponse,
     CompleteLayerUploadRequest,
     CompleteLayerUploadResponse,
+    GetDownloadUrlForLayerRequest,
+    GetDownloadUrlForLayerResponse,
     Image,
     InitiateLayerUploadRequest,
     InitiateLayerUploadResponse,
@@ -533,4 +535,28 @@ class EcrClient:
         return BatchGetImageResponse(
             images=tuple(_image(item) for item in data.get("images", ())),
             failures=tuple(dict(item) for item in data.get("failures", ())),
+        )
+
+    async def get_download_url_for_layer(
+        self,
+        request: GetDownloadUrlForLayerRequest,
+        cancellation_token: CancellationToken = _NONE,
+        *,
+        retry: RetryPolicy | None = None,
+    ) -> GetDownloadUrlForLayerResponse:
+        """A URL serving the layer's bytes (presigned, it expires; Range works on it)."""
+        params: dict[str, Any] = {
+            "repositoryName": request.repository_name,
+            "layerDigest": request.layer_digest,
+        }
+        _opt(request.registry_id, "registryId", params)
+        data = await self._call(
+            "GetDownloadUrlForLayer",
+            self._client.get_download_url_for_layer,
+            params,
+            cancellation_token,
+            retry,
+        )
+        return GetDownloadUrlForLayerResponse(
+            download_url=str(data.get("downloadUrl", "")), layer_digest=data.get("layerDigest")
         )

@@ -5,6 +5,7 @@ The tree::
     Exception
     ├── OperationCanceledError            (ecrstream.cancellation; a token stopped the operation)
     │   └── PushCanceledError             push_image stopped (.committed_digests .pending_digests)
+    │       └── CopyCanceledError         copy_image stopped (+ .checkpoints .source_digest)
     ├── ValueError
     │   └── InvalidArgumentError          an argument broke a rule (.field, .rule); raised before
     │                                     any request is sent; also an EcrStreamError
@@ -104,6 +105,7 @@ __all__ = [
     "ManifestInvalidError",
     "ProtocolViolationError",
     "PushCanceledError",
+    "CopyCanceledError",
     "ReferencedImagesNotFoundError",
     "RegistryAuthError",
     "RegistryConnectionError",
@@ -416,6 +418,38 @@ class PushCanceledError(OperationCanceledError):
         super().__init__(message, cancellation_token)
         self.committed_digests = tuple(committed_digests)
         self.pending_digests = tuple(pending_digests)
+
+
+class CopyCanceledError(PushCanceledError):
+    """copy_image stopped because its token was canceled; pass it as ``resume=`` to go on.
+
+    As PushCanceledError, plus ``checkpoints``: the uploads that were in flight, by blob
+    digest (``UploadCheckpoint`` each), and ``source_digest``: the manifest digest the copy
+    pinned, which a resume copies (so a tag moved meanwhile does not mix two images).
+    """
+
+    checkpoints: dict[str, Any]
+    source_digest: str | None
+
+    def __init__(
+        self,
+        message: str | None = None,
+        cancellation_token: CancellationToken = CancellationToken.NONE,
+        *,
+        committed_digests: Sequence[str] = (),
+        pending_digests: Sequence[str] = (),
+        checkpoints: dict[str, Any] | None = None,
+        source_digest: str | None = None,
+    ) -> None:
+        """Create the error with what was committed, left, and in flight."""
+        super().__init__(
+            message,
+            cancellation_token,
+            committed_digests=committed_digests,
+            pending_digests=pending_digests,
+        )
+        self.checkpoints = dict(checkpoints or {})
+        self.source_digest = source_digest
 
 
 class RegistryError(EcrStreamError):

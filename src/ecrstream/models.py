@@ -24,6 +24,8 @@ __all__ = [
     "BatchCheckLayerAvailabilityResponse",
     "BatchGetImageRequest",
     "BatchGetImageResponse",
+    "GetDownloadUrlForLayerRequest",
+    "GetDownloadUrlForLayerResponse",
     "CompleteLayerUploadRequest",
     "CompleteLayerUploadResponse",
     "Image",
@@ -347,6 +349,28 @@ class BatchGetImageResponse:
 
     images: tuple[Image, ...]
     failures: tuple[dict[str, Any], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class GetDownloadUrlForLayerRequest:
+    """Ask for a URL that serves one layer's bytes (ranged GETs work on it)."""
+
+    repository_name: str
+    layer_digest: str
+    registry_id: str | None = None
+
+    def __post_init__(self) -> None:
+        validate_repository_name(self.repository_name)
+        validate_registry_id(self.registry_id)
+        validate_digest(self.layer_digest, "layer_digest")
+
+
+@dataclass(frozen=True, slots=True)
+class GetDownloadUrlForLayerResponse:
+    """The layer's download URL (presigned: its query carries a signature; never log it)."""
+
+    download_url: str = field(repr=False)
+    layer_digest: str | None
 
 
 @dataclass(frozen=True, slots=True)

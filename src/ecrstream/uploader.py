@@ -197,6 +197,7 @@ class LayerUploader:
         on_progress: ProgressCallback | None,
         expected_digest: str | None,
         resume: UploadCheckpoint | None,
+        check_existing: bool = True,
     ) -> LayerUploadResult:
         settings = UploadSettings(
             self.client,
@@ -209,7 +210,7 @@ class LayerUploader:
         upload = LayerUpload(settings, source, token, on_progress, expected_digest, resume)
         try:
             async with cancellation_scope(token):
-                if expected_digest is not None and resume is None:
+                if check_existing and expected_digest is not None and resume is None:
                     existing = await self._skip_existing(expected_digest, source.size, token)
                     if existing is not None:
                         return existing
@@ -321,3 +322,41 @@ class LayerUploader:
             return await self._run(source, cancellation_token, on_progress, expected_digest, None)
         finally:
             await source.aclose()
+
+    async def upload_source(
+        self,
+        source: LayerSource,
+        *,
+        expected_digest: str | None = None,
+        resume: UploadCheckpoint | None = None,
+        cancellation_token: CancellationToken = _NONE,
+        on_progress: ProgressCallback | None = None,
+        check_existing: bool = True,
+    ) -> LayerUploadResult:
+        """Upload any ``LayerSource`` (open, owned and closed by the caller) as one layer.
+
+        For sources other than files and streams (a registry blob, say). ``resume=`` needs a
+        source that can rewind, and a checkpoint whose source fields match
+        ``source.checkpoint_fields()``. ``check_existing=False`` skips the availability
+        check of ``expected_digest`` (a caller that checked a batch of them already).
+        Errors as ``upload_file``.
+        """
+        if cancellation_token.is_cancellation_requested:
+            raise OperationCanceledError(
+                cancellation_token=cancellation_token,
+                checkpoint=resume if isinstance(resume, UploadCheckpoint) else None,
+            )
+        if not isinstance(source, LayerSource):
+            raise TypeError(f"source: must be a LayerSource (got {type(source).__name__})")
+        if expected_digest is not None:
+            validate_digest(expected_digest, "expected_digest")
+        checkpoint = None if resume is None else self._check_resume(resume, source)
+        if source.size == 0:
+            raise EmptyUploadError(
+                "the source is empty: ECR does not take empty layers; nothing was uploaded",
+                code="EmptyUploadException",
+                operation="InitiateLayerUpload",
+            )
+        return await self._run(
+            source, cancellation_token, on_progress, expected_digest, checkpoint, check_existing
+        )

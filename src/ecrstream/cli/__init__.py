@@ -42,6 +42,7 @@ from ecrstream.cli.errors import (
     report,
 )
 from ecrstream.cli.options import (
+    CopyOptions,
     DemoOptions,
     LocalEcrOptions,
     Options,
@@ -106,6 +107,10 @@ def _dispatch(options: Options, context: Context) -> int:
         from ecrstream.cli import push
 
         return push.run(options, context)
+    if isinstance(options, CopyOptions):
+        from ecrstream.cli import copy
+
+        return copy.run(options, context)
     if isinstance(options, LocalEcrOptions):
         from ecrstream.cli import local_ecr
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 __all__ = [
     "AwsOptions",
@@ -111,4 +111,27 @@ class LocalEcrOptions:
     command = "local-ecr"
 
 
-Options = UploadOptions | PushOptions | DemoOptions | LocalEcrOptions
+@dataclass(frozen=True, slots=True)
+class CopyOptions:
+    """``ecrstream copy``: an image from a registry (or ECR) into ECR."""
+
+    argv: tuple[str, ...]
+    source: str
+    repository: str
+    aws: AwsOptions
+    output: OutputOptions
+    tags: tuple[str, ...] = ()
+    platforms: tuple[str, ...] = ()
+    src_plain_http: bool = False
+    src_creds: str | None = field(default=None, repr=False)
+    src_ca_bundle: str | None = None
+    max_concurrent_layers: int = 4
+    part_size: int | None = None
+    timeout: float | None = None
+    resume: str | None = None
+    checkpoint_file: str | None = None
+
+    command = "copy"
+
+
+Options = UploadOptions | PushOptions | DemoOptions | LocalEcrOptions | CopyOptions

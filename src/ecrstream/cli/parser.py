@@ -13,6 +13,7 @@ from typing import NoReturn
 from ecrstream.cli.errors import EXIT_USAGE
 from ecrstream.cli.options import (
     AwsOptions,
+    CopyOptions,
     DemoOptions,
     LocalEcrOptions,
     Options,
@@ -253,6 +254,74 @@ def _add_push(commands: argparse._SubParsersAction[_Parser]) -> None:
     _add_output_options(push)
 
 
+def _add_copy(commands: argparse._SubParsersAction[_Parser]) -> None:
+    copy = _subcommand(
+        commands,
+        "copy",
+        "copy an image from another registry (or ECR) into ECR",
+        "Copy an image or a whole index from an OCI distribution registry into ECR, streaming"
+        " every blob from the source into the upload. Stopped, it writes a checkpoint and"
+        " prints the command that resumes it.",
+    )
+    copy.add_argument(
+        "source", metavar="SOURCE", help="image reference (host/repo:tag or host/repo@sha256:...)"
+    )
+    copy.add_argument("--repository", required=True, metavar="NAME", help="ECR repository")
+    copy.add_argument(
+        "--tag", action="append", default=[], metavar="TAG", help="image tag (repeatable)"
+    )
+    copy.add_argument(
+        "--platform",
+        action="append",
+        default=[],
+        metavar="OS/ARCH",
+        help="copy only this platform of an index (repeatable; default: all)",
+    )
+    _add_aws_options(copy)
+    source = copy.add_argument_group("source")
+    source.add_argument(
+        "--src-plain-http", action="store_true", help="speak plain HTTP to the source registry"
+    )
+    source.add_argument(
+        "--src-creds",
+        metavar="USER:PASS",
+        help="source credentials (default: docker's config and credential helpers)",
+    )
+    source.add_argument(
+        "--src-ca-bundle", metavar="FILE", help="CA bundle for the source registry's TLS"
+    )
+    options = copy.add_argument_group("copy")
+    options.add_argument(
+        "--max-concurrent-layers",
+        type=_positive_int_argument,
+        default=4,
+        metavar="N",
+        help="blobs uploaded at once (default 4)",
+    )
+    options.add_argument(
+        "--part-size",
+        type=_part_size_argument,
+        metavar="SIZE",
+        help="bytes per part, 5MiB to 20MiB (default: the partSize ECR returns, 10 MiB)",
+    )
+    options.add_argument(
+        "--timeout",
+        type=_timeout_argument,
+        metavar="SECONDS",
+        help="stop after this long (exit 1), with a checkpoint to resume from",
+    )
+    options.add_argument(
+        "--resume", metavar="FILE", help="go on from the checkpoint a stopped copy wrote"
+    )
+    options.add_argument(
+        "--checkpoint-file",
+        metavar="FILE",
+        help="where to write the checkpoint if stopped (default: the --resume file, else"
+        " ecrstream-copy.checkpoint.json in the current folder)",
+    )
+    _add_output_options(copy)
+
+
 def _add_demo(commands: argparse._SubParsersAction[_Parser]) -> None:
     demo = _subcommand(
         commands,
@@ -309,6 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     _add_upload_layer(commands)
     _add_push(commands)
+    _add_copy(commands)
     _add_demo(commands)
     _add_local_ecr(commands)
     return parser
@@ -363,6 +433,24 @@ def parse(parser: argparse.ArgumentParser, argv: Sequence[str]) -> Options | Non
             part_size=namespace.part_size,
             image_ref=namespace.image_ref,
             timeout=namespace.timeout,
+        )
+    if namespace.command == "copy":
+        return CopyOptions(
+            argv=words,
+            source=namespace.source,
+            repository=namespace.repository,
+            aws=_aws(namespace),
+            output=_output(namespace),
+            tags=tuple(namespace.tag),
+            platforms=tuple(namespace.platform),
+            src_plain_http=namespace.src_plain_http,
+            src_creds=namespace.src_creds,
+            src_ca_bundle=namespace.src_ca_bundle,
+            max_concurrent_layers=namespace.max_concurrent_layers,
+            part_size=namespace.part_size,
+            timeout=namespace.timeout,
+            resume=namespace.resume,
+            checkpoint_file=namespace.checkpoint_file,
         )
     if namespace.command == "demo":
         return DemoOptions(argv=words, output=_output(namespace), size=namespace.size)

@@ -266,28 +266,39 @@ class _Push:
 
     async def put(self, request: PutImageRequest) -> None:
         """PutImage, retrying while ECR does not see the blobs/manifests just pushed."""
-        expected = request.image_digest
+        await put_image_checked(self.client, request, self.token, self.put_image_retry)
 
-        async def attempt(_: int) -> PutImageResponse | None:
-            try:
-                return await self.client.put_image(request, self.token)
-            except ImageAlreadyExistsError:
-                return None  # the same manifest with the same tag: already done
 
-        def log_retry(number: int, exc: Exception) -> None:
-            logger.info("PutImage attempt %d: %s; retrying", number, getattr(exc, "code", exc))
+async def put_image_checked(
+    client: EcrClient, request: PutImageRequest, token: CancellationToken, retry: RetryPolicy
+) -> None:
+    """PutImage, retrying while ECR does not see the blobs/manifests just pushed.
 
-        response = await call_with_retries(
-            attempt,
-            policy=self.put_image_retry,
-            token=self.token,
-            is_retryable=lambda exc: isinstance(
-                exc, LayersNotFoundError | ReferencedImagesNotFoundError
-            ),
-            on_retry=log_retry,
-        )
-        if response is None:
-            return
+    The same manifest already there with the same tag counts as done; a stored digest other
+    than ``request.image_digest`` raises DigestMismatchError.
+    """
+    expected = request.image_digest
+
+    async def attempt(_: int) -> PutImageResponse | None:
+        try:
+            return await client.put_image(request, token)
+        except ImageAlreadyExistsError:
+            return None  # the same manifest with the same tag: already done
+
+    def log_retry(number: int, exc: Exception) -> None:
+        logger.info("PutImage attempt %d: %s; retrying", number, getattr(exc, "code", exc))
+
+    response = await call_with_retries(
+        attempt,
+        policy=retry,
+        token=token,
+        is_retryable=lambda exc: isinstance(
+            exc, LayersNotFoundError | ReferencedImagesNotFoundError
+        ),
+        on_retry=log_retry,
+    )
+    if response is None:
+        return
         actual = response.image.image_digest
         if expected is not None and actual is not None and actual != expected:
             raise DigestMismatchError(

@@ -1,0 +1,182 @@
+"""``ecrstream copy``: an image from another registry (or ECR) into ECR, streaming, resumable.
+
+Progress as ``push`` (the same view). Stopped (Ctrl-C, SIGTERM, --timeout), it writes a
+checkpoint (the pinned digest, the blobs committed, the uploads in flight) and prints the
+command that resumes it with ``--resume``: committed blobs are skipped and the blobs in flight
+go on from the byte ECR holds.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Final
+
+from ecrstream.cli.checkpoints import program
+from ecrstream.cli.errors import EXIT_OK, Context, UsageError, redact
+from ecrstream.cli.options import CopyOptions
+from ecrstream.cli.push import PushView
+from ecrstream.cli.runner import Runner, Stopped, check_endpoint, run_command
+from ecrstream.cli.units import format_bytes, mb_per_s, plural
+from ecrstream.errors import CopyCanceledError
+from ecrstream.models import (
+    PutImageRequest,
+    UploadCheckpoint,
+    validate_registry_id,
+    validate_repository_name,
+)
+
+if TYPE_CHECKING:
+    from ecrstream.copy import CopyImageResult
+
+__all__ = ["load_copy_checkpoint", "run", "write_copy_checkpoint"]
+
+_DEFAULT_CHECKPOINT: Final = "ecrstream-copy.checkpoint.json"
+_VERSION_KEY: Final = "ecrstream_copy_checkpoint"
+
+
+def write_copy_checkpoint(error: CopyCanceledError, path: Path) -> None:
+    """Write what a stopped copy had done, for ``--resume`` (JSON; no credentials in it)."""
+    document = {
+        _VERSION_KEY: 1,
+        "source_digest": error.source_digest,
+        "committed_digests": list(error.committed_digests),
+        "checkpoints": {
+            digest: json.loads(checkpoint.to_json())
+            for digest, checkpoint in error.checkpoints.items()
+        },
+    }
+    path.write_text(json.dumps(document, indent=1, sort_keys=True) + "\n")
+
+
+def load_copy_checkpoint(text: str) -> CopyCanceledError:
+    """Read a checkpoint ``write_copy_checkpoint`` wrote; UsageError naming --resume if bad."""
+    path = Path(text)
+    try:
+        document = json.loads(path.read_text())
+    except OSError as exc:
+        raise UsageError(f"--resume: cannot read {text}: {exc.strerror or exc}") from None
+    except ValueError:
+        raise UsageError(f"--resume: {text} is not JSON") from None
+    if not isinstance(document, dict) or document.get(_VERSION_KEY) != 1:
+        raise UsageError(f"--resume: {text} is not an ecrstream copy checkpoint")
+    raw = document.get("checkpoints")
+    digest = document.get("source_digest")
+    if not isinstance(raw, dict) or not (digest is None or isinstance(digest, str)):
+        raise UsageError(f"--resume: {text} is not an ecrstream copy checkpoint")
+    checkpoints = {
+        str(blob): UploadCheckpoint.from_json(json.dumps(entry)) for blob, entry in raw.items()
+    }
+    return CopyCanceledError(checkpoints=checkpoints, source_digest=digest)
+
+
+def _stopped(options: CopyOptions, stopped: Stopped, path: Path) -> int:
+    error = stopped.error
+    prefix = "ecrstream copy:"
+    if isinstance(error, CopyCanceledError):
+        write_copy_checkpoint(error, path)
+        committed = len(error.committed_digests)
+        flying = len(error.checkpoints)
+        print(
+            f"{prefix} {stopped.reason}; {plural(committed, 'blob')} committed,"
+            f" {plural(flying, 'upload')} in flight; checkpoint written to {path}",
+            file=sys.stderr,
+        )
+    else:
+        print(f"{prefix} {stopped.reason} before anything was copied", file=sys.stderr)
+    argv = list(options.argv)
+    if "--resume" not in argv and isinstance(error, CopyCanceledError):
+        argv += ["--resume", str(path)]
+    print(f"{prefix} to go on, run:", file=sys.stderr)
+    print(f"  {redact(shlex.join([*program(), *argv]))}", file=sys.stderr, flush=True)
+    return stopped.exit_code
+
+
+@dataclass(frozen=True, slots=True)
+class _Copied:
+    result: CopyImageResult
+    seconds: float
+
+
+def _done(options: CopyOptions, copied: _Copied) -> int:
+    result, seconds = copied.result, copied.seconds
+    rate = mb_per_s(result.bytes_moved, seconds)
+    if options.output.json:
+        report = {
+            "manifest_digest": result.manifest_digest,
+            "source_digest": result.source_digest,
+            "media_type": result.media_type,
+            "tags": list(result.tags),
+            "blobs_uploaded": result.blobs_uploaded,
+            "blobs_skipped": result.blobs_skipped,
+            "bytes_moved": result.bytes_moved,
+            "manifest_digests": list(result.manifest_digests),
+            "seconds": round(seconds, 3),
+            "mb_per_s": rate,
+            "repository_name": options.repository,
+            "registry_id": options.aws.registry_id,
+        }
+        print(json.dumps(report), flush=True)
+    elif options.output.quiet:
+        print(result.manifest_digest, flush=True)
+    else:
+        names = ", ".join(f"{options.repository}:{tag}" for tag in result.tags)
+        print(
+            f"copied {result.manifest_digest} to {names or options.repository} in"
+            f" {seconds:.1f} s: {plural(result.blobs_uploaded, 'blob')} uploaded,"
+            f" {result.blobs_skipped} already there, {format_bytes(result.bytes_moved)}"
+            f" at {rate:.1f} MB/s",
+            flush=True,
+        )
+    return EXIT_OK
+
+
+def run(options: CopyOptions, context: Context) -> int:
+    """Run copy; the exit code (errors are raised, for the caller to explain)."""
+    from ecrstream.registry import parse_reference
+
+    parse_reference(options.source)  # InvalidArgumentError("source", ...) before anything
+    validate_repository_name(options.repository)
+    validate_registry_id(options.aws.registry_id)
+    for tag in options.tags:
+        PutImageRequest(options.repository, "{}", image_tag=tag)
+    check_endpoint(options.aws.endpoint_url)
+    resume = load_copy_checkpoint(options.resume) if options.resume else None
+    path = Path(options.checkpoint_file or options.resume or _DEFAULT_CHECKPOINT)
+    from ecrstream.copy import copy_image
+
+    async def body(runner: Runner) -> _Copied:
+        client = await runner.client()
+        view = PushView(runner.display(options.source, 0), options.part_size)
+        started = time.monotonic()
+        result = await copy_image(
+            client,
+            options.source,
+            options.repository,
+            tags=options.tags,
+            registry_id=options.aws.registry_id,
+            platforms=options.platforms or None,
+            max_concurrent_layers=options.max_concurrent_layers,
+            cancellation_token=runner.token,
+            on_progress=view,
+            source_credentials=options.src_creds,
+            plain_http=options.src_plain_http,
+            verify=options.src_ca_bundle,
+            resume=resume,
+            part_size=options.part_size,
+        )
+        view.display.close()
+        return _Copied(result, time.monotonic() - started)
+
+    outcome = run_command(
+        context, body, output=options.output, aws=options.aws, timeout=options.timeout
+    )
+    if isinstance(outcome, Stopped):
+        return _stopped(options, outcome, path)
+    if options.resume and path.exists():
+        path.unlink()  # done: the checkpoint is spent
+    return _done(options, outcome)

@@ -1,0 +1,527 @@
+"""copy_image: pin the source image, check what ECR has, stream the rest, then put manifests."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final, Literal
+
+from ecrstream.cancellation import CancellationToken, OperationCanceledError
+from ecrstream.client import EcrClient, RetryPolicy
+from ecrstream.copy.source import EcrSource, ImageSource, RegistrySource, RemoteBlobSource
+from ecrstream.errors import (
+    CopyCanceledError,
+    DigestMismatchError,
+    InvalidArgumentError,
+    ManifestInvalidError,
+)
+from ecrstream.image.push import (
+    DEFAULT_PUT_IMAGE_RETRY,
+    PushProgress,
+    PushProgressCallback,
+    _check_arguments,
+    _check_client,
+    put_image_checked,
+)
+from ecrstream.image.tasks import run_limited
+from ecrstream.models import (
+    BatchCheckLayerAvailabilityRequest,
+    PutImageRequest,
+    UploadCheckpoint,
+    UploadProgress,
+    validate_registry_id,
+    validate_repository_name,
+)
+from ecrstream.registry.blob import BlobReader
+from ecrstream.registry.client import DEFAULT_REGISTRY_RETRY, RegistryClient
+from ecrstream.registry.credentials import CredentialsArgument
+from ecrstream.registry.manifest import IndexChild, Manifest, index_children, manifest_blobs
+from ecrstream.registry.reference import parse_reference
+from ecrstream.uploader import LayerUploader
+
+__all__ = ["CopyImageResult", "copy_image"]
+
+_NONE: Final = CancellationToken.NONE
+_BATCH_CHECK_LIMIT: Final = 100
+_ECR_HOST: Final = re.compile(r"(\d{12})\.dkr\.ecr(?:-fips)?\.[a-z0-9-]+\.amazonaws\.com(?:\.cn)?")
+_PLATFORM: Final = re.compile(r"[a-z0-9_.-]+/[a-z0-9_.-]+(?:/[a-z0-9_.-]+)?")
+
+
+@dataclass(frozen=True, slots=True)
+class CopyImageResult:
+    """What copy_image did.
+
+    ``manifest_digest`` is the top manifest pushed: the source's own digest when the image
+    (or its whole index) was copied; with ``platforms=`` selecting one child, that child's;
+    selecting several, a new index listing only them. ``source_digest`` is the digest the
+    source reference was pinned to. ``blobs_uploaded``/``blobs_skipped`` count distinct
+    blobs (configs included); ``bytes_moved`` the blob bytes this call streamed into ECR
+    (after a resume, not those its checkpoints had committed).
+    ``manifest_digests`` lists the platform manifests put by digest.
+    """
+
+    manifest_digest: str
+    blobs_uploaded: int
+    blobs_skipped: int
+    bytes_moved: int
+    source_digest: str = ""
+    media_type: str = ""
+    tags: tuple[str, ...] = ()
+    manifest_digests: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class _Blob:
+    digest: str
+    size: int
+    media_type: str
+    kind: Literal["layer", "config"]
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    source_digest: str
+    top: Manifest
+    children: tuple[Manifest, ...]
+    blobs: dict[str, _Blob]
+
+
+def _check_platforms(platforms: object) -> tuple[str, ...] | None:
+    if platforms is None:
+        return None
+    if isinstance(platforms, str | bytes) or not isinstance(platforms, Iterable):
+        raise InvalidArgumentError(
+            "platforms", f"must be a sequence of 'os/arch[/variant]' strings (got {platforms!r})"
+        )
+    chosen = tuple(platforms)
+    if not chosen:
+        raise InvalidArgumentError("platforms", "must name at least one platform, or be None")
+    for item in chosen:
+        if not isinstance(item, str) or not _PLATFORM.fullmatch(item):
+            raise InvalidArgumentError(
+                "platforms", f"every platform must be 'os/arch[/variant]' (got {item!r})"
+            )
+    return chosen
+
+
+def _matches(wanted: str, entry: IndexChild) -> bool:
+    """``os/arch/variant`` matches exactly; ``os/arch`` matches any variant of it (as docker)."""
+    platform = entry.platform
+    assert platform is not None
+    if wanted.count("/") == 2:
+        return str(platform) == wanted
+    return f"{platform.os}/{platform.architecture}" == wanted
+
+
+def _blobs_of(manifest: Manifest, blobs: dict[str, _Blob]) -> None:
+    for number, descriptor in enumerate(manifest_blobs(manifest)):
+        kind: Literal["layer", "config"] = "config" if number == 0 else "layer"
+        known = blobs.get(descriptor.digest)
+        if known is not None and known.size != descriptor.size:
+            raise ManifestInvalidError(
+                f"blob {descriptor.digest} is listed with sizes {known.size} and"
+                f" {descriptor.size} in the manifests of {manifest.digest}"
+            )
+        if descriptor.size == 0:
+            raise ManifestInvalidError(
+                f"blob {descriptor.digest} of {manifest.digest} is empty: ECR takes no empty blobs"
+            )
+        if known is None:
+            blobs[descriptor.digest] = _Blob(
+                descriptor.digest, descriptor.size, descriptor.media_type, kind
+            )
+
+
+def _filtered_index(top: Manifest, keep: set[str]) -> Manifest:
+    import hashlib
+
+    document: dict[str, Any] = json.loads(top.data)
+    document["manifests"] = [m for m in document["manifests"] if m.get("digest") in keep]
+    data = json.dumps(document, separators=(",", ":")).encode()
+    return Manifest("sha256:" + hashlib.sha256(data).hexdigest(), top.media_type, data)
+
+
+async def _plan(
+    source: ImageSource, reference: str, platforms: tuple[str, ...] | None, token: CancellationToken
+) -> _Plan:
+    """Pin the reference, fetch the children by digest, gather the blobs."""
+    top = await source.manifest(reference, token)
+    blobs: dict[str, _Blob] = {}
+    if not top.is_index:
+        if platforms is not None:
+            raise InvalidArgumentError(
+                "platforms", f"{source.description}@{top.digest} is one image, not an index"
+            )
+        _blobs_of(top, blobs)
+        return _Plan(top.digest, top, (), blobs)
+    entries = index_children(top)
+    if platforms is not None:
+        selected: list[IndexChild] = []
+        missing: list[str] = []
+        for wanted in platforms:
+            matches = [e for e in entries if e.platform is not None and _matches(wanted, e)]
+            if not matches:
+                missing.append(wanted)
+            selected.extend(e for e in matches if e not in selected)
+        if missing:
+            listed = sorted({str(e.platform) for e in entries if e.platform is not None})
+            raise InvalidArgumentError(
+                "platforms",
+                f"{source.description}@{top.digest} has no platform {missing} (it has {listed})",
+            )
+        entries = tuple(e for e in entries if e in selected)  # in the index's order
+    children = []
+    for entry in entries:
+        child = await source.manifest(entry.digest, token)
+        if child.is_index:
+            raise ManifestInvalidError(
+                f"{source.description}@{top.digest} lists an index ({child.digest}): ECR takes"
+                " no index of indexes"
+            )
+        _blobs_of(child, blobs)
+        children.append(child)
+    pushed_top = top
+    if platforms is not None:
+        # One platform: its manifest is the image; several: an index of just those.
+        pushed_top = (
+            children[0]
+            if len(children) == 1
+            else _filtered_index(top, {c.digest for c in children})
+        )
+    children_put = tuple(c for c in children if c.digest != pushed_top.digest)
+    return _Plan(top.digest, pushed_top, children_put, blobs)
+
+
+class _Copy:
+    """One copy_image call: availability check, streamed uploads, PutImage; counters."""
+
+    def __init__(
+        self,
+        client: EcrClient,
+        uploader: LayerUploader,
+        source: ImageSource,
+        plan: _Plan,
+        token: CancellationToken,
+        on_progress: PushProgressCallback | None,
+        max_concurrent_layers: int,
+        resume: Mapping[str, UploadCheckpoint],
+    ) -> None:
+        self.client = client
+        self.uploader = uploader
+        self.source = source
+        self.plan = plan
+        self.token = token
+        self.on_progress = on_progress
+        self.max_concurrent_layers = max_concurrent_layers
+        self.resume = resume
+        self.missing: list[_Blob] = []
+        self.existed: set[str] = set()
+        self.committed: list[str] = []
+        self.checkpoints: dict[str, UploadCheckpoint] = {}
+        self.sent: dict[str, int] = {}
+        self.total_bytes_sent = 0
+        self.total_bytes = 0
+        self.bytes_moved = 0
+        self.layers_done = 0
+        self.layers_total = sum(1 for b in plan.blobs.values() if b.kind == "layer")
+
+    async def check_availability(self) -> None:
+        digests = list(self.plan.blobs)
+        available: set[str] = set()
+        for start in range(0, len(digests), _BATCH_CHECK_LIMIT):
+            response = await self.client.batch_check_layer_availability(
+                BatchCheckLayerAvailabilityRequest(
+                    repository_name=self.uploader.repository_name,
+                    layer_digests=tuple(digests[start : start + _BATCH_CHECK_LIMIT]),
+                    registry_id=self.uploader.registry_id,
+                ),
+                self.token,
+            )
+            available |= response.available_digests()
+        self.existed = {d for d in digests if d in available}
+        self.layers_done = sum(1 for d in self.existed if self.plan.blobs[d].kind == "layer")
+        # Largest first: the copy ends when the largest blob does, not a small one after it.
+        self.missing = sorted(
+            (b for b in self.plan.blobs.values() if b.digest not in available),
+            key=lambda b: (-b.size, b.digest),
+        )
+        self.total_bytes = sum(b.size for b in self.missing)
+
+    async def report(self, blob: _Blob, event: Literal["started", "progress", "done"]) -> None:
+        if self.on_progress is None:
+            return
+        import inspect
+
+        outcome = self.on_progress(
+            PushProgress(
+                digest=blob.digest,
+                media_type=blob.media_type,
+                kind=blob.kind,
+                event=event,
+                blob_bytes_sent=self.sent.get(blob.digest, 0),
+                blob_total_bytes=blob.size,
+                total_bytes_sent=self.total_bytes_sent,
+                total_bytes=self.total_bytes,
+                layers_done=self.layers_done,
+                layers_total=self.layers_total,
+            )
+        )
+        if inspect.isawaitable(outcome):
+            await outcome
+
+    def count_sent(self, blob: _Blob, bytes_sent: int) -> None:
+        self.total_bytes_sent += bytes_sent - self.sent.get(blob.digest, 0)
+        self.sent[blob.digest] = bytes_sent
+
+    async def upload(self, blob: _Blob) -> None:
+        if self.token.is_cancellation_requested:
+            return  # nothing new once stopped; run() raises the cancel with what it has
+        checkpoint = self.resume.get(blob.digest)
+        start = checkpoint.bytes_committed if checkpoint is not None else 0
+        self.count_sent(blob, start)
+        await self.report(blob, "started")
+
+        async def part_done(progress: UploadProgress) -> None:
+            self.count_sent(blob, progress.bytes_sent)
+            await self.report(blob, "progress")
+
+        async def opener(offset: int) -> BlobReader:
+            return await self.source.open_blob(blob.digest, blob.size, offset, self.token)
+
+        remote = RemoteBlobSource(blob.digest, blob.size, opener)
+        try:
+            result = await self.uploader.upload_source(
+                remote,
+                expected_digest=blob.digest,
+                resume=checkpoint,
+                cancellation_token=self.token,
+                on_progress=part_done,
+                check_existing=False,  # the batched check found it missing
+            )
+        except OperationCanceledError as exc:
+            if not self.token.is_cancellation_requested:
+                raise
+            # Returned, not raised: the other uploads see the token themselves and stop
+            # with their own checkpoints (a raise would cancel them from outside first).
+            if isinstance(exc.checkpoint, UploadCheckpoint):
+                self.checkpoints[blob.digest] = exc.checkpoint
+            return
+        except DigestMismatchError as exc:
+            exc.add_note(
+                f"{self.source.description}: {blob.kind} {blob.digest} does not hash to its"
+                " digest; its upload was not completed and no image was put"
+            )
+            raise
+        finally:
+            await remote.aclose()
+        if result.already_existed:
+            self.existed.add(blob.digest)
+        else:
+            self.committed.append(blob.digest)
+            self.bytes_moved += blob.size - (0 if result.restarted else start)
+        self.count_sent(blob, blob.size)
+        if blob.kind == "layer":
+            self.layers_done += 1
+        await self.report(blob, "done")
+
+    def canceled(self) -> CopyCanceledError:
+        committed = set(self.committed)
+        return CopyCanceledError(
+            f"copy canceled; {len(committed)} blob(s) committed,"
+            f" {len(self.checkpoints)} in flight with a checkpoint; pass this error as"
+            " resume= to go on",
+            self.token,
+            committed_digests=self.committed,
+            pending_digests=[b.digest for b in self.missing if b.digest not in committed],
+            checkpoints=self.checkpoints,
+            source_digest=self.plan.source_digest,
+        )
+
+    async def run(
+        self, puts: list[PutImageRequest], put_retry: RetryPolicy, tags: tuple[str, ...]
+    ) -> CopyImageResult:
+        try:
+            await self.check_availability()
+            await run_limited(self.missing, self.upload, self.max_concurrent_layers)
+            if self.token.is_cancellation_requested:
+                raise self.canceled()
+            for request in puts:
+                await put_image_checked(self.client, request, self.token, put_retry)
+        except OperationCanceledError as exc:
+            if isinstance(exc, CopyCanceledError) or not self.token.is_cancellation_requested:
+                raise
+            raise self.canceled() from exc
+        return CopyImageResult(
+            manifest_digest=self.plan.top.digest,
+            blobs_uploaded=len(self.committed),
+            blobs_skipped=len(self.existed),
+            bytes_moved=self.bytes_moved,
+            source_digest=self.plan.source_digest,
+            media_type=self.plan.top.media_type,
+            tags=tags,
+            manifest_digests=tuple(c.digest for c in self.plan.children),
+        )
+
+
+def _put_requests(
+    plan: _Plan, repository_name: str, registry_id: str | None, tags: tuple[str, ...]
+) -> list[PutImageRequest]:
+    """Child manifests by digest first, then the top one once per tag (untagged if none)."""
+    requests = [
+        PutImageRequest(
+            repository_name=repository_name,
+            image_manifest=child.data.decode(),
+            image_manifest_media_type=child.media_type,
+            image_digest=child.digest,
+            registry_id=registry_id,
+        )
+        for child in plan.children
+    ]
+    top = plan.top
+    for tag in tags or (None,):
+        requests.append(
+            PutImageRequest(
+                repository_name=repository_name,
+                image_manifest=top.data.decode(),
+                image_manifest_media_type=top.media_type,
+                image_tag=tag,
+                image_digest=top.digest,
+                registry_id=registry_id,
+            )
+        )
+    return requests
+
+
+def _check_resume(resume: object) -> tuple[dict[str, UploadCheckpoint], str | None]:
+    if resume is None:
+        return {}, None
+    if isinstance(resume, CopyCanceledError):
+        return dict(resume.checkpoints), resume.source_digest
+    if isinstance(resume, Mapping) and all(
+        isinstance(k, str) and isinstance(v, UploadCheckpoint) for k, v in resume.items()
+    ):
+        return dict(resume), None
+    raise InvalidArgumentError(
+        "resume",
+        "must be a CopyCanceledError or a mapping of blob digest to UploadCheckpoint"
+        f" (got {type(resume).__name__})",
+    )
+
+
+async def copy_image(
+    client: EcrClient,
+    source: str,
+    repository_name: str,
+    *,
+    tags: Iterable[str] = (),
+    registry_id: str | None = None,
+    platforms: Iterable[str] | None = None,
+    max_concurrent_layers: int = 4,
+    cancellation_token: CancellationToken = _NONE,
+    on_progress: PushProgressCallback | None = None,
+    source_credentials: CredentialsArgument | None = None,
+    plain_http: bool = False,
+    verify: bool | str | os.PathLike[str] | None = None,
+    source_client: EcrClient | None = None,
+    source_registry_id: str | None = None,
+    resume: CopyCanceledError | Mapping[str, UploadCheckpoint] | None = None,
+    part_size: int | None = None,
+    put_image_retry: RetryPolicy | None = None,
+    source_retry: RetryPolicy | None = None,
+) -> CopyImageResult:
+    """Copy an image (or index) from a registry or from ECR into an ECR repository.
+
+    ``source`` is a reference as ``docker pull`` takes it (``host/repo:tag``,
+    ``repo@sha256:...``, Docker Hub short forms). It is read from the registry with
+    ``source_credentials`` (None: docker's config and credential helpers, then anonymous),
+    over HTTPS (``verify``: True, False or a CA bundle path) or ``plain_http``. A reference
+    whose host is an ECR registry (``ACCOUNT.dkr.ecr.REGION.amazonaws.com``), or any
+    reference when ``source_client`` is given, is read through the ECR API instead
+    (BatchGetImage, GetDownloadUrlForLayer) with ``source_client`` (default: ``client``) and
+    ``source_registry_id`` (default: the host's account).
+
+    The reference is pinned to a digest first. An index is copied whole, byte for byte
+    (its digest kept), or only the children ``platforms`` names (``"linux/arm64"``,
+    ``"linux/arm/v7"``). Blobs ECR lacks (one batched check) stream from the source into
+    the upload, largest first, at most ``max_concurrent_layers`` at once, digest and size
+    checked as they stream (a mismatch is never completed). Then child manifests by digest,
+    the top manifest, then each tag. ``source_retry`` bounds consecutive failed source
+    requests (default ``registry.DEFAULT_REGISTRY_RETRY``); a GET resumes from the byte it
+    reached.
+
+    Raises:
+        InvalidArgumentError/TypeError: bad arguments (named), before any request.
+        CopyCanceledError: the token stopped the copy; pass it as ``resume=`` to skip what
+            is committed and continue the blobs in flight from their checkpoints.
+        DigestMismatchError/BlobSizeError: a source blob that is not what its descriptor
+            says (its upload is not completed, nothing is put).
+        RegistryError (and subclasses), ManifestInvalidError: the source's failures.
+        EcrServiceError/EcrConnectionError: what made an ECR request give up.
+    """
+    _check_client(client)
+    repository_name = validate_repository_name(repository_name)
+    tag_tuple = _check_arguments(tags, max_concurrent_layers, on_progress, None, repository_name)
+    registry_id = validate_registry_id(registry_id)
+    chosen = _check_platforms(platforms)
+    checkpoints, pinned = _check_resume(resume)
+    if source_client is not None:
+        _check_client(source_client)
+    if source_retry is not None and not isinstance(source_retry, RetryPolicy):
+        raise InvalidArgumentError("source_retry", "must be a RetryPolicy or None")
+    reference = parse_reference(source)
+    source_registry_id = validate_registry_id(source_registry_id, "source_registry_id")
+    uploader = LayerUploader(client, repository_name, registry_id=registry_id, part_size=part_size)
+    ecr_host = _ECR_HOST.fullmatch(reference.registry)
+    image_source: ImageSource
+    if source_client is not None or ecr_host is not None:
+        image_source = EcrSource(
+            source_client or client,
+            reference.repository,
+            source_registry_id or (ecr_host.group(1) if ecr_host else None),
+            verify=True if verify is None else verify,
+            retry=source_retry or DEFAULT_REGISTRY_RETRY,
+        )
+    else:
+        image_source = RegistrySource(
+            RegistryClient(
+                reference.registry,
+                credentials=source_credentials,
+                plain_http=plain_http,
+                verify=True if verify is None else verify,
+                retry=source_retry or DEFAULT_REGISTRY_RETRY,
+            ),
+            reference,
+        )
+    try:
+        if cancellation_token.is_cancellation_requested:
+            raise CopyCanceledError(
+                cancellation_token=cancellation_token,
+                checkpoints=checkpoints,
+                source_digest=pinned,
+            )
+        target = pinned or reference.digest or reference.manifest_reference
+        try:
+            plan = await _plan(image_source, target, chosen, cancellation_token)
+        except OperationCanceledError:
+            raise CopyCanceledError(
+                cancellation_token=cancellation_token,
+                checkpoints=checkpoints,
+                source_digest=pinned,
+            ) from None
+        puts = _put_requests(plan, repository_name, registry_id, tag_tuple)
+        copy = _Copy(
+            client,
+            uploader,
+            image_source,
+            plan,
+            cancellation_token,
+            on_progress,
+            max_concurrent_layers,
+            checkpoints,
+        )
+        return await copy.run(puts, put_image_retry or DEFAULT_PUT_IMAGE_RETRY, tag_tuple)
+    finally:
+        await image_source.aclose()

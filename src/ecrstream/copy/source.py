@@ -1,0 +1,306 @@
+"""Where copy_image reads from: a registry or ECR, and one blob of it as a ``LayerSource``.
+
+``RemoteBlobSource`` is a blob of known size and digest read with ranged GETs: reads in
+order continue the open response (the bytes go from the HTTP body straight into the
+pipeline's buffers, no temporary file); a read at another offset (the committed prefix a
+resume hashes, a re-alignment backwards) opens a new ranged GET there, so it can rewind.
+Source faults are retried inside ``BlobReader`` from the byte reached.
+
+``ImageSource`` is what copy_image needs of a source: manifests by tag or digest, and blob
+readers. ``RegistrySource`` reads any OCI distribution registry (``RegistryClient``);
+``EcrSource`` reads ECR through its API (BatchGetImage, GetDownloadUrlForLayer) and reuses
+``BlobReader`` on the download URL, fetching a fresh URL when one expires.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Protocol
+
+from ecrstream.cancellation import CancellationToken
+from ecrstream.client import EcrClient, RetryPolicy
+from ecrstream.errors import (
+    DigestMismatchError,
+    RegistryAuthError,
+    RegistryError,
+    RegistryNotFoundError,
+)
+from ecrstream.models import BatchGetImageRequest, GetDownloadUrlForLayerRequest
+from ecrstream.registry.auth import redacted_url
+from ecrstream.registry.blob import BlobReader
+from ecrstream.registry.client import DEFAULT_REGISTRY_RETRY, RegistryClient
+from ecrstream.registry.credentials import credential_provider
+from ecrstream.registry.manifest import ACCEPTED_MEDIA_TYPES, Manifest, media_type_of
+from ecrstream.registry.reference import ImageReference
+from ecrstream.registry.transport import TransientFault, Transport
+from ecrstream.source import CheckpointFields
+
+if TYPE_CHECKING:
+    import aiohttp
+
+__all__ = ["EcrSource", "ImageSource", "RegistrySource", "RemoteBlobSource"]
+
+#: Opens the blob's bytes from an offset (the first GET sent).
+BlobOpener = Callable[[int], Awaitable[BlobReader]]
+
+
+class RemoteBlobSource:
+    """One remote blob as a ``LayerSource``: size known, rewinds by reopening at an offset.
+
+    ``opener(offset)`` gives a ``BlobReader`` positioned there; the source owns the readers it
+    opens and closes them in ``aclose``. The digest is checked by the uploader's hasher;
+    the size by the reader (a body longer or shorter than ``size`` raises BlobSizeError).
+    """
+
+    can_rewind = True
+
+    def __init__(self, digest: str, size: int, opener: BlobOpener) -> None:
+        self.digest = digest
+        self._size = size
+        self._open = opener
+        self._reader: BlobReader | None = None
+        #: How many GETs were opened (each a ``BlobReader``; its own retries not counted).
+        self.opens = 0
+
+    @property
+    def size(self) -> int:
+        """The blob's size, from its descriptor."""
+        return self._size
+
+    async def read(self, offset: int, into: memoryview) -> int:
+        """Fill ``into`` with the blob's bytes from ``offset``; fewer only at its end."""
+        want = max(0, min(len(into), self._size - offset))
+        if want == 0:
+            return 0
+        reader = self._reader
+        if reader is None or reader.position != offset:
+            await self._drop()
+            self.opens += 1
+            reader = self._reader = await self._open(offset)
+        filled = 0
+        while filled < want:
+            count = await reader.readinto(into[filled:want])
+            if count == 0:
+                break
+            filled += count
+        return filled
+
+    def release(self, offset: int) -> None:
+        """Nothing held: a remote blob can be fetched again from any offset."""
+
+    def checkpoint_fields(self) -> CheckpointFields:
+        """The blob's size (its digest is the upload's ``expected_digest``)."""
+        return CheckpointFields(source_size=self._size, source_length=self._size)
+
+    def check_unchanged(self) -> None:
+        """A blob is content-addressed: its digest, checked as it streams, is its identity."""
+
+    async def _drop(self) -> None:
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            await reader.aclose()
+
+    async def aclose(self) -> None:
+        """Close the open response, if any (idempotent; does not block)."""
+        await self._drop()
+
+
+class ImageSource(Protocol):
+    """What copy_image reads: pinned manifests and blob readers of one repository."""
+
+    description: str
+
+    async def manifest(self, reference: str, token: CancellationToken) -> Manifest:
+        """The manifest ``reference`` (a tag or ``sha256:`` digest) names, digest checked."""
+
+    async def open_blob(
+        self, digest: str, size: int, offset: int, token: CancellationToken
+    ) -> BlobReader:
+        """A reader of the blob from ``offset`` (first GET sent)."""
+
+    async def aclose(self) -> None:
+        """Free connections."""
+
+
+class RegistrySource:
+    """A repository of an OCI distribution registry, read by ``RegistryClient``."""
+
+    def __init__(self, client: RegistryClient, reference: ImageReference) -> None:
+        self._client = client
+        self._reference = reference
+        self.description = f"{reference.registry}/{reference.repository}"
+
+    async def manifest(self, reference: str, token: CancellationToken) -> Manifest:
+        """The manifest by tag or digest, from the registry."""
+        ref = self._reference
+        pinned = (
+            ImageReference(ref.registry, ref.repository, digest=reference)
+            if reference.startswith("sha256:")
+            else ImageReference(ref.registry, ref.repository, tag=reference)
+        )
+        return await self._client.get_manifest(pinned, cancellation_token=token)
+
+    async def open_blob(
+        self, digest: str, size: int, offset: int, token: CancellationToken
+    ) -> BlobReader:
+        """``RegistryClient.open_blob`` in this repository."""
+        return await self._client.open_blob(
+            self._reference.repository, digest, size, offset, cancellation_token=token
+        )
+
+    async def aclose(self) -> None:
+        """Close the registry client."""
+        await self._client.aclose()
+
+
+class _DownloadUrlTransport(Transport):
+    """GETs of layers' download URLs (from GetDownloadUrlForLayer), for BlobReaders.
+
+    The blob is the last part of the path a BlobReader asks for. Its URL is asked for at the
+    first GET and again after the storage refuses it (403: a presigned URL that expired),
+    as a retried fault. No registry auth is sent.
+    """
+
+    __slots__ = ("_ecr", "_registry_id", "_repository_name", "_tokens", "_urls")
+
+    def __init__(
+        self,
+        ecr: EcrClient,
+        repository_name: str,
+        registry_id: str | None,
+        *,
+        verify: bool | str | os.PathLike[str],
+        read_timeout: float,
+    ) -> None:
+        super().__init__(
+            "ecr-download",
+            credential_provider(None, docker_config=False),
+            plain_http=False,
+            verify=verify,
+            connect_timeout=30.0,
+            read_timeout=read_timeout,
+            user_agent="ecrstream",
+        )
+        self._ecr = ecr
+        self._repository_name = repository_name
+        self._registry_id = registry_id
+        self._urls: dict[str, str] = {}
+        self._tokens: dict[str, CancellationToken] = {}
+
+    def token_for(self, digest: str, token: CancellationToken) -> None:
+        """The token GetDownloadUrlForLayer calls for ``digest`` run under."""
+        self._tokens[digest] = token
+
+    async def send(
+        self, method: str, path: str, *, scope: str, headers: dict[str, str]
+    ) -> aiohttp.ClientResponse:
+        """One GET of the blob's download URL (``scope`` is the registry's: unused)."""
+        import aiohttp
+
+        digest = path.rsplit("/", 1)[-1]
+        url = self._urls.get(digest)
+        if url is None:
+            answer = await self._ecr.get_download_url_for_layer(
+                GetDownloadUrlForLayerRequest(
+                    repository_name=self._repository_name,
+                    layer_digest=digest,
+                    registry_id=self._registry_id,
+                ),
+                self._tokens.get(digest, CancellationToken.NONE),
+            )
+            url = self._urls[digest] = answer.download_url
+        where = redacted_url(url)
+        try:
+            response = await self.session().request(method, url, headers=headers, ssl=self._ssl)
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise self.fault(exc, url) from exc
+        status = response.status
+        if status < 400 or status == 416:
+            return response
+        response.release()
+        message = f"{where} answered HTTP {status} to a layer download"
+        if status == 403:
+            self._urls.pop(digest, None)  # expired or refused: the next attempt asks anew
+            raise TransientFault(RegistryAuthError(message, status=status, url=where))
+        if status == 404:
+            raise RegistryNotFoundError(message, status=status, url=where)
+        if status == 429 or status >= 500:
+            raise TransientFault(RegistryError(message, status=status, url=where))
+        raise RegistryError(message, status=status, url=where)
+
+
+class EcrSource:
+    """A repository in ECR, read through the ECR API with its own client and registry id."""
+
+    def __init__(
+        self,
+        client: EcrClient,
+        repository_name: str,
+        registry_id: str | None,
+        *,
+        verify: bool | str | os.PathLike[str] = True,
+        retry: RetryPolicy = DEFAULT_REGISTRY_RETRY,
+        read_timeout: float = 60.0,
+    ) -> None:
+        self._client = client
+        self.repository_name = repository_name
+        self.registry_id = registry_id
+        self._retry = retry
+        self._transport = _DownloadUrlTransport(
+            client, repository_name, registry_id, verify=verify, read_timeout=read_timeout
+        )
+        self.description = f"ECR {registry_id or '(default registry)'}/{repository_name}"
+
+    async def manifest(self, reference: str, token: CancellationToken) -> Manifest:
+        """BatchGetImage of one tag or digest; its bytes hashed and checked."""
+        response = await self._client.batch_get_image(
+            BatchGetImageRequest(
+                repository_name=self.repository_name,
+                image_ids=(reference,),
+                accepted_media_types=ACCEPTED_MEDIA_TYPES,
+                registry_id=self.registry_id,
+            ),
+            token,
+        )
+        for image in response.images:
+            if image.image_manifest is None:
+                continue
+            data = image.image_manifest.encode()
+            digest = "sha256:" + hashlib.sha256(data).hexdigest()
+            for expected in (image.image_digest, reference):
+                if expected is not None and expected.startswith("sha256:") and expected != digest:
+                    raise DigestMismatchError(
+                        f"{self.description}: the manifest BatchGetImage returned for"
+                        f" {reference} hashes to {digest}, not {expected}",
+                        expected=expected,
+                        actual=digest,
+                    )
+            return Manifest(digest, media_type_of(data, image.image_manifest_media_type), data)
+        reasons = "; ".join(
+            f"{failure.get('failureCode')}: {failure.get('failureReason')}"
+            for failure in response.failures
+        )
+        raise RegistryNotFoundError(
+            f"{self.description}: no image {reference}" + (f" ({reasons})" if reasons else "")
+        )
+
+    async def open_blob(
+        self, digest: str, size: int, offset: int, token: CancellationToken
+    ) -> BlobReader:
+        """A ``BlobReader`` on the layer's download URL, from ``offset``."""
+        self._transport.token_for(digest, token)
+        reader = BlobReader(
+            self._transport, self._retry, self.repository_name, digest, size, offset, token
+        )
+        try:
+            await reader.open()
+        except BaseException:
+            await reader.aclose()
+            raise
+        return reader
+
+    async def aclose(self) -> None:
+        """Close the download session (the ECR client is the caller's)."""
+        await self._transport.close()
