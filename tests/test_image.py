@@ -614,6 +614,8 @@ async def test_uploads_start_largest_first_and_each_blob_is_checked_once_in_one_
     checks = ecr.requests(CHECK)
     assert set(checks[0].layer_digests) == set(size_of)
     assert checks[0].sequence < min(initiated)
+    # ... and it is the only one: no blob pays a check of its own inside the uploader
+    assert len(checks) == 1
 
 
 async def test_progress_reports_parts_of_a_large_layer_and_skipped_layers_as_done(

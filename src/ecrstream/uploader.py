@@ -232,6 +232,7 @@ class LayerUploader:
         offset: int = 0,
         length: int | None = None,
         skip_existing: bool = False,
+        check_existing: bool = True,
     ) -> LayerUploadResult:
         """Upload a file as one layer; returns its digest, size and what was done.
 
@@ -239,6 +240,8 @@ class LayerUploader:
         archive, say), read in place. ``skip_existing=True`` hashes the file first (reading
         it once more) and, if the repository has a layer with that digest, uploads nothing
         (``already_existed``); it is what ``expected_digest`` does when the digest is known.
+        ``check_existing=False`` skips that availability check of ``expected_digest`` (for a
+        caller that checked a whole batch of digests at once, as ``push_image`` does).
 
         Raises ValueError (``InvalidArgumentError``) for bad arguments (before any request),
         EmptyUploadError for an empty file (before InitiateLayerUpload), DigestMismatchError
@@ -282,7 +285,12 @@ class LayerUploader:
                 async with cancellation_scope(cancellation_token):
                     expected_digest = await _digest_of(source)
             return await self._run(
-                source, cancellation_token, on_progress, expected_digest, checkpoint
+                source,
+                cancellation_token,
+                on_progress,
+                expected_digest,
+                checkpoint,
+                check_existing,
             )
 
     async def upload_stream(

@@ -240,6 +240,7 @@ class _Push:
                 expected_digest=blob.digest,
                 cancellation_token=self.token,
                 on_progress=part_done,
+                check_existing=False,  # the push checked every blob in one batch
             )
         except DigestMismatchError as exc:
             raise await self.explain_mismatch(blob, exc) from exc
