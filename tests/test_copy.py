@@ -33,7 +33,7 @@ from registry_fixtures import (
 
 import ecrstream
 from ecrstream.cancellation import CancellationTokenSource
-from ecrstream.client import EcrClient, RetryPolicy
+from ecrstream.client import EcrClient
 from ecrstream.copy import CopyCanceledError, CopyImageResult, RemoteBlobSource, copy_image
 from ecrstream.errors import (
     BlobSizeError,
@@ -46,6 +46,7 @@ from ecrstream.image import PushProgress
 from ecrstream.local import LocalEcr
 from ecrstream.models import BatchGetImageRequest
 from ecrstream.registry import RegistryClient, manifest_blobs, parse_reference
+from ecrstream.retry import RetryPolicy
 from ecrstream.source import LayerSource
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(120)]

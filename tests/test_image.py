@@ -24,7 +24,7 @@ import pytest
 from aiobotocore.session import AioSession
 
 from ecrstream.cancellation import CancellationToken, CancellationTokenSource
-from ecrstream.client import EcrClient, RetryPolicy
+from ecrstream.client import EcrClient
 from ecrstream.errors import (
     CorruptBlobError,
     DigestMismatchError,
@@ -47,6 +47,7 @@ from ecrstream.image import (
 )
 from ecrstream.local import FaultKind, LocalEcr, Operation
 from ecrstream.models import BatchGetImageRequest, PutImageRequest, PutImageResponse
+from ecrstream.retry import RetryPolicy
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
 

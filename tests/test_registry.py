@@ -36,7 +36,6 @@ from registry_fixtures import (
 )
 
 from ecrstream.cancellation import CancellationTokenSource, OperationCanceledError
-from ecrstream.client import RetryPolicy
 from ecrstream.errors import (
     BlobSizeError,
     DigestMismatchError,
@@ -66,6 +65,7 @@ from ecrstream.registry import (
     parse_reference,
 )
 from ecrstream.registry.auth import Challenge, parse_www_authenticate
+from ecrstream.retry import RetryPolicy
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
 

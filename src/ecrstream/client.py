@@ -80,17 +80,12 @@ from ecrstream.models import (
     UploadLayerPartRequest,
     UploadLayerPartResponse,
 )
-from ecrstream.retry import RetryPolicy as RetryPolicy  # re-exported while image.py moves
-from ecrstream.retry import call_with_retries
+from ecrstream.retry import RetryPolicy, call_with_retries
 
 if TYPE_CHECKING:
     from types_aiobotocore_ecr import ECRClient
 
 __all__ = ["EcrClient"]
-
-# RetryPolicy, PreparedPart, prepare_part and BandwidthLimiter live in ecrstream.retry, .body
-# and .bandwidth; they stay importable from here (the names are used above) while the rest
-# of the package moves to the new homes.
 
 logger = logging.getLogger("ecrstream")
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -78,11 +77,6 @@ def check_endpoint(url: str | None) -> str | None:
     return urlunsplit(parts._replace(netloc=parts.netloc.lower()))
 
 
-def _creates_with_verify() -> bool:
-    """Whether this library's EcrClient.create takes ``verify=`` (boto3's)."""
-    return "verify" in inspect.signature(EcrClient.create).parameters
-
-
 def _session(aws: AwsOptions, context: Context) -> Any:
     """An AioSession for --profile; checks the profile and the region before any request.
 
@@ -92,12 +86,8 @@ def _session(aws: AwsOptions, context: Context) -> Any:
     from botocore.exceptions import ProfileNotFound
 
     profile = aws.profile
-    verify = aws.verify
     try:
-        if verify is not None and not _creates_with_verify():
-            session = _verifying_session(profile, verify)
-        else:
-            session = AioSession(profile=profile)
+        session = AioSession(profile=profile)
         if profile is not None and profile not in session.available_profiles:
             raise UsageError(
                 f"--profile: no profile named {profile!r} in the AWS config files"
@@ -118,18 +108,6 @@ def _session(aws: AwsOptions, context: Context) -> Any:
         )
     context.region = region
     return session
-
-
-def _verifying_session(profile: str | None, verify: bool | str) -> Any:
-    """An AioSession whose clients take ``verify`` (for an EcrClient.create without it)."""
-    from aiobotocore.session import AioSession
-
-    class VerifyingSession(AioSession):
-        def create_client(self, *args: Any, **kwargs: Any) -> Any:
-            kwargs["verify"] = verify
-            return super().create_client(*args, **kwargs)
-
-    return VerifyingSession(profile=profile)
 
 
 def _check_ca_bundle(aws: AwsOptions) -> None:
@@ -178,7 +156,7 @@ class Runner:
                 "session": session,
                 "config": AioConfig(connect_timeout=_CONNECT_TIMEOUT),
             }
-            if aws.verify is not None and _creates_with_verify():
+            if aws.verify is not None:
                 create["verify"] = aws.verify
             logger.debug(
                 "client: region %s, endpoint %s, profile %s, verify %s",

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import hashlib
-import inspect
 import json
 import logging
 import os
@@ -15,7 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ecrstream.cancellation import CancellationToken
 from ecrstream.cli.checkpoints import (
     checkpoint_path,
     find_resumable,
@@ -28,7 +24,7 @@ from ecrstream.cli.errors import EXIT_OK, Context, UsageError
 from ecrstream.cli.options import UploadOptions
 from ecrstream.cli.progress import LayerProgress, PartCounter
 from ecrstream.cli.runner import Runner, Stopped, check_endpoint, run_command
-from ecrstream.cli.units import MIB, format_bytes, mb_per_s, plural
+from ecrstream.cli.units import format_bytes, mb_per_s, plural
 from ecrstream.models import (
     LayerUploadResult,
     UploadCheckpoint,
@@ -41,8 +37,6 @@ from ecrstream.uploader import LayerUploader
 __all__ = ["check_file", "run"]
 
 logger = logging.getLogger("ecrstream.cli")
-
-_HASH_CHUNK = 8 * MIB
 
 
 def check_file(path_text: str) -> Path:
@@ -66,21 +60,6 @@ def check_file(path_text: str) -> Path:
     if info.st_size == 0:
         raise UsageError(f"FILE: {path_text} is empty; ECR does not take empty layers")
     return path
-
-
-def _sha256_of(path: Path, token: CancellationToken) -> str:
-    """The file's ``sha256:`` digest (blocking: run it in a worker thread)."""
-    digest = hashlib.sha256()
-    with path.open("rb") as file:
-        while chunk := file.read(_HASH_CHUNK):
-            token.throw_if_cancellation_requested()
-            digest.update(chunk)
-    return "sha256:" + digest.hexdigest()
-
-
-def _library_skips_existing() -> bool:
-    """Whether this library's upload_file takes ``skip_existing=`` itself."""
-    return "skip_existing" in inspect.signature(LayerUploader.upload_file).parameters
 
 
 def _say(options: UploadOptions, text: str) -> None:
@@ -118,13 +97,7 @@ class _Upload:
         extra: dict[str, Any] = {}
         expected = options.expected_digest
         if options.skip_existing and expected is None and self.resume is None:
-            if _library_skips_existing():
-                extra["skip_existing"] = True
-            else:
-                # Hashing first costs a read of the file; it saves sending all of it.
-                logger.debug("hashing %s (--skip-existing)", self.file)
-                expected = await asyncio.to_thread(_sha256_of, self.file, runner.token)
-                logger.debug("%s is %s", self.file.name, expected)
+            extra["skip_existing"] = True
         resume = self.resume
         already = resume.bytes_committed if resume else 0
         part_size = (resume.part_size if resume else None) or options.part_size
@@ -196,10 +169,7 @@ class _Upload:
         """Print the result (a line, the digest, or JSON)."""
         options = self.options
         result = done.result
-        resumed_from = getattr(result, "resumed_from", None)
-        if resumed_from is None:  # a library without LayerUploadResult.resumed_from
-            resume = self.resume
-            resumed_from = resume.bytes_committed if resume and not result.restarted else 0
+        resumed_from = result.resumed_from
         rate = mb_per_s(done.sent, done.seconds)
         if options.output.json:
             report = {

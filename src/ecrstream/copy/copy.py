@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any, Final, Literal
 
 from ecrstream.cancellation import CancellationToken, OperationCanceledError
-from ecrstream.client import EcrClient, RetryPolicy
+from ecrstream.client import EcrClient
 from ecrstream.copy.source import EcrSource, ImageSource, RegistrySource, RemoteBlobSource
 from ecrstream.errors import (
     CopyCanceledError,
@@ -40,6 +40,7 @@ from ecrstream.registry.client import DEFAULT_REGISTRY_RETRY, RegistryClient
 from ecrstream.registry.credentials import CredentialsArgument
 from ecrstream.registry.manifest import IndexChild, Manifest, index_children, manifest_blobs
 from ecrstream.registry.reference import parse_reference
+from ecrstream.retry import RetryPolicy
 from ecrstream.uploader import LayerUploader
 
 __all__ = ["CopyImageResult", "copy_image"]

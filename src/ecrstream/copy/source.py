@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Protocol
 
 from ecrstream.cancellation import CancellationToken
-from ecrstream.client import EcrClient, RetryPolicy
+from ecrstream.client import EcrClient
 from ecrstream.errors import (
     DigestMismatchError,
     RegistryAuthError,
@@ -35,6 +35,7 @@ from ecrstream.registry.credentials import credential_provider
 from ecrstream.registry.manifest import ACCEPTED_MEDIA_TYPES, Manifest, media_type_of
 from ecrstream.registry.reference import ImageReference
 from ecrstream.registry.transport import TransientFault, Transport
+from ecrstream.retry import RetryPolicy
 from ecrstream.source import CheckpointFields
 
 if TYPE_CHECKING:

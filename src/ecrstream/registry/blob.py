@@ -18,10 +18,10 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Final
 
 from ecrstream.cancellation import CancellationToken, cancellation_scope
-from ecrstream.client import RetryPolicy
 from ecrstream.errors import BlobSizeError, InvalidArgumentError, RegistryError
 from ecrstream.registry.auth import redacted_url
 from ecrstream.registry.transport import Attempts, TransientFault, Transport
+from ecrstream.retry import RetryPolicy
 
 if TYPE_CHECKING:
     import aiohttp

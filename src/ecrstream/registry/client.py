@@ -15,7 +15,6 @@ from types import TracebackType
 from typing import Final
 
 from ecrstream.cancellation import CancellationToken, cancellation_scope
-from ecrstream.client import RetryPolicy
 from ecrstream.errors import (
     DigestMismatchError,
     InvalidArgumentError,
@@ -32,6 +31,7 @@ from ecrstream.registry.reference import (
     check_repository,
 )
 from ecrstream.registry.transport import Attempts, TransientFault, Transport
+from ecrstream.retry import RetryPolicy
 
 __all__ = ["DEFAULT_REGISTRY_RETRY", "MAX_MANIFEST_SIZE", "RegistryClient"]
 

@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, Any, Final
 import anyio
 
 from ecrstream.cancellation import CancellationToken, run_cancellable
-from ecrstream.client import RetryPolicy
 from ecrstream.errors import (
     InvalidArgumentError,
     RegistryAuthError,
@@ -32,6 +31,7 @@ from ecrstream.errors import (
 )
 from ecrstream.registry.auth import Authenticator, redacted_url
 from ecrstream.registry.credentials import CredentialProvider
+from ecrstream.retry import RetryPolicy
 
 if TYPE_CHECKING:
     import ssl
