@@ -254,3 +254,38 @@ def test_a_lazy_name_loads_its_module_on_first_use() -> None:
     assert answer == ["False", "True", "ecrstream.client", "True"]
     with pytest.raises(AttributeError, match="no attribute 'NoSuchName'"):
         ecrstream.NoSuchName  # noqa: B018
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--help"],
+        ["--version"],
+        ["upload-layer", "--help"],
+        ["push", "--help"],
+        ["copy", "--help"],
+        ["local-ecr", "--help"],
+        ["upload-layer", "layer.tar", "--repository", "r", "--part-size", "1"],  # a usage error
+    ],
+)
+def test_the_command_line_answers_help_version_and_usage_errors_without_aws_libraries(
+    argv: list[str],
+) -> None:
+    heavy = ("aiobotocore", "botocore", "aiohttp", "moto")
+    code = (
+        "import contextlib, io, sys\n"
+        "from ecrstream.cli import main\n"
+        "out = io.StringIO()\n"
+        "with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):\n"
+        "    try:\n"
+        f"        code = main({argv!r})\n"
+        "    except SystemExit as exc:\n"
+        "        code = exc.code\n"
+        f"print(code, sorted(m for m in {heavy!r} if m in sys.modules))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.split(maxsplit=1)
+    usage_error = "--part-size" in argv
+    assert done[0] == ("2" if usage_error else "0"), done
+    assert done[1].strip() == "[]"
