@@ -1,8 +1,10 @@
 """The public surface: API.md's names are exported and documented; ``__all__`` is exact.
 
 - Every name API.md fixes is in ``ecrstream.__all__`` and has a docstring. API.md is read from
-  ``shared/design/API.md`` beside an ancestor of this checkout (or ``$ECRSTREAM_API_MD``); if it
-  cannot be read, collection fails: there is no hard-coded list to fall back on.
+  ``$ECRSTREAM_API_MD``, else from ``shared/design/API.md`` beside an ancestor of this checkout
+  (where the project's CI puts it), else from ``tests/API.md``, the copy the checkout carries
+  so that a clone anywhere runs the same checks. Where the shared one is found, the copy must
+  equal it (a test below), so the copy cannot drift from the contract.
 - Per public module, both directions: everything it defines without a leading underscore is
   in its ``__all__``, and everything in its ``__all__`` exists and is documented where it is
   defined (a docstring; for a constant, a ``#:`` comment above it).
@@ -29,6 +31,9 @@ import pytest
 import ecrstream
 
 
+API_MD_COPY = Path(__file__).resolve().parent / "API.md"
+
+
 def _find_api_md() -> Path:
     override = os.environ.get("ECRSTREAM_API_MD")
     if override:
@@ -38,9 +43,12 @@ def _find_api_md() -> Path:
         candidate = folder / "shared" / "design" / "API.md"
         if candidate.is_file():
             return candidate
-    raise FileNotFoundError(
-        f"API.md not found in shared/design/ beside any ancestor of {here.parent};"
-        " set ECRSTREAM_API_MD to its path (this test does not guess the fixed names)"
+    return API_MD_COPY
+
+
+def test_the_checkouts_copy_of_api_md_is_the_contract() -> None:
+    assert API_MD_COPY.read_text() == API_MD_TEXT, (
+        f"tests/API.md differs from {_find_api_md()}: copy the contract over it"
     )
 
 
