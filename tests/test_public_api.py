@@ -30,7 +30,6 @@ import pytest
 
 import ecrstream
 
-
 API_MD_COPY = Path(__file__).resolve().parent / "API.md"
 
 
