@@ -24,11 +24,11 @@ from ecrstream.image.push import (
     PushProgressCallback,
     _check_arguments,
     _check_client,
+    available_digests,
     put_image_checked,
 )
 from ecrstream.image.tasks import run_limited
 from ecrstream.models import (
-    BatchCheckLayerAvailabilityRequest,
     PutImageRequest,
     UploadCheckpoint,
     UploadProgress,
@@ -46,7 +46,6 @@ from ecrstream.uploader import LayerUploader
 __all__ = ["CopyImageResult", "copy_image"]
 
 _NONE: Final = CancellationToken.NONE
-_BATCH_CHECK_LIMIT: Final = 100
 _ECR_HOST: Final = re.compile(r"(\d{12})\.dkr\.ecr(?:-fips)?\.[a-z0-9-]+\.amazonaws\.com(?:\.cn)?")
 _PLATFORM: Final = re.compile(r"[a-z0-9_.-]+/[a-z0-9_.-]+(?:/[a-z0-9_.-]+)?")
 
@@ -231,17 +230,7 @@ class _Copy:
 
     async def check_availability(self) -> None:
         digests = list(self.plan.blobs)
-        available: set[str] = set()
-        for start in range(0, len(digests), _BATCH_CHECK_LIMIT):
-            response = await self.client.batch_check_layer_availability(
-                BatchCheckLayerAvailabilityRequest(
-                    repository_name=self.uploader.repository_name,
-                    layer_digests=tuple(digests[start : start + _BATCH_CHECK_LIMIT]),
-                    registry_id=self.uploader.registry_id,
-                ),
-                self.token,
-            )
-            available |= response.available_digests()
+        available = await available_digests(self.client, self.uploader, digests, self.token)
         self.existed = {d for d in digests if d in available}
         self.layers_done = sum(1 for d in self.existed if self.plan.blobs[d].kind == "layer")
         # Largest first: the copy ends when the largest blob does, not a small one after it.

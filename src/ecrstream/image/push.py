@@ -178,17 +178,7 @@ class _Push:
 
     async def check_availability(self) -> None:
         digests = list(self.plan.blobs)
-        available: set[str] = set()
-        for start in range(0, len(digests), _BATCH_CHECK_LIMIT):
-            response = await self.client.batch_check_layer_availability(
-                BatchCheckLayerAvailabilityRequest(
-                    repository_name=self.uploader.repository_name,
-                    layer_digests=tuple(digests[start : start + _BATCH_CHECK_LIMIT]),
-                    registry_id=self.uploader.registry_id,
-                ),
-                self.token,
-            )
-            available |= response.available_digests()
+        available = await available_digests(self.client, self.uploader, digests, self.token)
         self.existed = {digest for digest in digests if digest in available}
         self.layers_done = sum(1 for d in self.existed if self.plan.blobs[d].kind == "layer")
         # Largest first: the long uploads start early, small ones fill in around them, so
@@ -268,6 +258,25 @@ class _Push:
     async def put(self, request: PutImageRequest) -> None:
         """PutImage, retrying while ECR does not see the blobs/manifests just pushed."""
         await put_image_checked(self.client, request, self.token, self.put_image_retry)
+
+
+async def available_digests(
+    client: EcrClient, uploader: LayerUploader, digests: list[str], token: CancellationToken
+) -> set[str]:
+    """Those of ``digests`` the uploader's repository has: BatchCheckLayerAvailability, in
+    batches of the 100 digests ECR takes per call."""
+    available: set[str] = set()
+    for start in range(0, len(digests), _BATCH_CHECK_LIMIT):
+        response = await client.batch_check_layer_availability(
+            BatchCheckLayerAvailabilityRequest(
+                repository_name=uploader.repository_name,
+                layer_digests=tuple(digests[start : start + _BATCH_CHECK_LIMIT]),
+                registry_id=uploader.registry_id,
+            ),
+            token,
+        )
+        available |= response.available_digests()
+    return available
 
 
 async def put_image_checked(
