@@ -20,7 +20,7 @@ from ecrstream.errors import (
 )
 from ecrstream.image.push import (
     DEFAULT_PUT_IMAGE_RETRY,
-    PushProgress,
+    BlobProgress,
     PushProgressCallback,
     _check_arguments,
     _check_client,
@@ -195,7 +195,7 @@ async def _plan(
     return _Plan(top.digest, pushed_top, children_put, blobs)
 
 
-class _Copy:
+class _Copy(BlobProgress):
     """One copy_image call: availability check, streamed uploads, PutImage; counters."""
 
     def __init__(
@@ -239,32 +239,6 @@ class _Copy:
             key=lambda b: (-b.size, b.digest),
         )
         self.total_bytes = sum(b.size for b in self.missing)
-
-    async def report(self, blob: _Blob, event: Literal["started", "progress", "done"]) -> None:
-        if self.on_progress is None:
-            return
-        import inspect
-
-        outcome = self.on_progress(
-            PushProgress(
-                digest=blob.digest,
-                media_type=blob.media_type,
-                kind=blob.kind,
-                event=event,
-                blob_bytes_sent=self.sent.get(blob.digest, 0),
-                blob_total_bytes=blob.size,
-                total_bytes_sent=self.total_bytes_sent,
-                total_bytes=self.total_bytes,
-                layers_done=self.layers_done,
-                layers_total=self.layers_total,
-            )
-        )
-        if inspect.isawaitable(outcome):
-            await outcome
-
-    def count_sent(self, blob: _Blob, bytes_sent: int) -> None:
-        self.total_bytes_sent += bytes_sent - self.sent.get(blob.digest, 0)
-        self.sent[blob.digest] = bytes_sent
 
     async def upload(self, blob: _Blob) -> None:
         if self.token.is_cancellation_requested:

@@ -14,7 +14,7 @@ import os
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final, Literal
+from typing import Final, Literal, Protocol
 
 import anyio
 
@@ -111,7 +111,62 @@ class PushImageResult:
     platform_manifest_digests: tuple[str, ...] = ()
 
 
-class _Push:
+class ProgressBlob(Protocol):
+    """What a progress report says of a blob (push's and copy's blobs both are one)."""
+
+    @property
+    def digest(self) -> str: ...
+    @property
+    def size(self) -> int: ...
+    @property
+    def media_type(self) -> str: ...
+    @property
+    def kind(self) -> Literal["layer", "config"]: ...
+
+
+class BlobProgress:
+    """The running totals of a push or a copy, and the PushProgress reports built from them.
+
+    Running totals: a report costs the same whatever the number of blobs.
+    """
+
+    on_progress: PushProgressCallback | None
+    sent: dict[str, int]
+    total_bytes_sent: int
+    total_bytes: int
+    layers_done: int
+    layers_total: int
+
+    async def report(
+        self, blob: ProgressBlob, event: Literal["started", "progress", "done"]
+    ) -> None:
+        """Tell ``on_progress`` (plain or async) where ``blob`` and the whole transfer stand."""
+        if self.on_progress is None:
+            return
+        outcome = self.on_progress(
+            PushProgress(
+                digest=blob.digest,
+                media_type=blob.media_type,
+                kind=blob.kind,
+                event=event,
+                blob_bytes_sent=self.sent.get(blob.digest, 0),
+                blob_total_bytes=blob.size,
+                total_bytes_sent=self.total_bytes_sent,
+                total_bytes=self.total_bytes,
+                layers_done=self.layers_done,
+                layers_total=self.layers_total,
+            )
+        )
+        if inspect.isawaitable(outcome):
+            await outcome
+
+    def count_sent(self, blob: ProgressBlob, bytes_sent: int) -> None:
+        """``blob`` now has ``bytes_sent`` bytes in ECR (this call's or committed before)."""
+        self.total_bytes_sent += bytes_sent - self.sent.get(blob.digest, 0)
+        self.sent[blob.digest] = bytes_sent
+
+
+class _Push(BlobProgress):
     """One push_image call: availability check, uploads, PutImage; progress and counters."""
 
     def __init__(
@@ -188,30 +243,6 @@ class _Push:
             key=lambda blob: (-blob.size, blob.digest),
         )
         self.total_bytes = sum(blob.size for blob in self.missing)
-
-    async def report(self, blob: Blob, event: Literal["started", "progress", "done"]) -> None:
-        if self.on_progress is None:
-            return
-        outcome = self.on_progress(
-            PushProgress(
-                digest=blob.digest,
-                media_type=blob.media_type,
-                kind=blob.kind,
-                event=event,
-                blob_bytes_sent=self.sent.get(blob.digest, 0),
-                blob_total_bytes=blob.size,
-                total_bytes_sent=self.total_bytes_sent,
-                total_bytes=self.total_bytes,
-                layers_done=self.layers_done,
-                layers_total=self.layers_total,
-            )
-        )
-        if inspect.isawaitable(outcome):
-            await outcome
-
-    def count_sent(self, blob: Blob, bytes_sent: int) -> None:
-        self.total_bytes_sent += bytes_sent - self.sent.get(blob.digest, 0)
-        self.sent[blob.digest] = bytes_sent
 
     async def upload(self, blob: Blob) -> None:
         self.count_sent(blob, 0)
