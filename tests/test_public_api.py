@@ -249,6 +249,19 @@ def test_import_loads_no_aws_or_http_library(statement: str) -> None:
     assert loaded == "[]"
 
 
+def test_import_ecrstream_loads_none_of_its_modules_nor_asyncio() -> None:
+    """Issue 14's 0.15 s start-up: every public name is lazy, so the import is the package's
+    ``__init__`` alone (asyncio by itself is ~50 ms here)."""
+    code = (
+        "import sys; import ecrstream;"
+        " print(sorted(m for m in sys.modules if m.startswith('ecrstream.') or m == 'asyncio'))"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert loaded == "[]"
+
+
 def test_a_lazy_name_loads_its_module_on_first_use() -> None:
     code = (
         "import sys, ecrstream; before = 'aiobotocore' in sys.modules;"

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import math
+import sys
 import textwrap
 from collections.abc import Sequence
-from importlib import metadata
 from typing import NoReturn
 
 from ecrstream.cli.errors import EXIT_USAGE
@@ -22,7 +22,6 @@ from ecrstream.cli.options import (
     UploadOptions,
 )
 from ecrstream.cli.units import MIB, parse_size
-from ecrstream.models import MAX_PART_SIZE, MIN_PART_SIZE
 
 __all__ = ["CHECKPOINT_SUFFIX", "EXIT_CODES", "build_parser", "parse"]
 
@@ -55,6 +54,8 @@ def _part_size_argument(text: str) -> int:
         value = parse_size(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+    from ecrstream.models import MAX_PART_SIZE, MIN_PART_SIZE  # not needed for --help
+
     if not MIN_PART_SIZE <= value <= MAX_PART_SIZE:
         raise argparse.ArgumentTypeError(
             f"{text} is {value} bytes; ECR parts must be 5MiB to 20MiB"
@@ -359,10 +360,35 @@ def _add_local_ecr(commands: argparse._SubParsersAction[_Parser]) -> None:
 
 
 def _version() -> str:
+    from importlib import metadata  # ~40 ms: only when --version asks
+
     try:
         return metadata.version("ecrstream")
     except metadata.PackageNotFoundError:  # run from a source tree that was never installed
         return "unknown (not installed)"
+
+
+class _VersionAction(argparse.Action):
+    """``--version``: the installed version, looked up only when asked."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: object) -> None:
+        super().__init__(
+            option_strings,
+            dest,
+            nargs=0,
+            default=argparse.SUPPRESS,
+            help="show the version and exit",
+        )
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: object,
+        option_string: str | None = None,
+    ) -> NoReturn:
+        parser._print_message(f"ecrstream {_version()}\n", sys.stdout)
+        parser.exit()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -374,7 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         allow_abbrev=False,
     )
-    parser.add_argument("--version", action="version", version=f"ecrstream {_version()}")
+    parser.add_argument("--version", action=_VersionAction)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     _add_upload_layer(commands)
     _add_push(commands)
