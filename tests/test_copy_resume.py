@@ -233,3 +233,52 @@ async def test_an_upload_lost_on_resume_starts_over_and_is_hashed_locally(
     assert [g.range for g in fault_proxy.blob_gets(layer)] == [f"bytes={PART}-", None]
     if not corrupt:  # the layer's new upload, and the config's first
         assert len([r for r in ecr.requests("InitiateLayerUpload") if r.sequence > mark]) == 2
+
+
+async def test_ecr_to_ecr_resumes_from_the_committed_byte(
+    anon_registry: RegistryServer, ecr: LocalEcr, ecr_client: EcrClient, repository: str
+) -> None:
+    """The download URL of GetDownloadUrlForLayer is read from the committed byte too."""
+    image = Seeder(anon_registry).push_image(repo_name(), "v1", (SIZE,))
+    await copy_image(
+        ecr_client,
+        f"{anon_registry.host}/{image.repository}:v1",
+        repository,
+        tags=["v1"],
+        plain_http=True,
+    )
+    target = repo_name("copy")
+    ecr.create_repository(target)
+    layer = image.layers[0]
+    source = CancellationTokenSource()
+    reference = f"{ecr.registry_address}/{repository}:v1"
+
+    def cancel_after_first_part(event: PushProgress) -> None:
+        if event.digest == layer and event.event == "progress":
+            source.cancel()
+
+    with pytest.raises(CopyCanceledError) as caught:
+        await copy_image(
+            ecr_client,
+            reference,
+            target,
+            tags=["v1"],
+            source_client=ecr_client,
+            max_concurrent_layers=1,
+            cancellation_token=source.token,
+            on_progress=cancel_after_first_part,
+        )
+    checkpoint = caught.value.checkpoints[layer]
+    assert checkpoint.bytes_committed == PART
+    mark = last_sequence(ecr)
+    result = await copy_image(
+        ecr_client, reference, target, tags=["v1"], source_client=ecr_client, resume=caught.value
+    )
+    assert result.manifest_digest == image.digest
+    assert parts_by_upload(ecr, mark)[checkpoint.upload_id] == [
+        (PART, 2 * PART - 1),
+        (2 * PART, SIZE - 1),
+    ]
+    assert_no_byte_sent_twice(ecr)
+    async with await ecr_reader(ecr, ecr_client) as reader:
+        await assert_image_in_ecr(reader, target, ":v1", image)
