@@ -611,7 +611,8 @@ class Fault:
     (``at_byte`` bytes, then nothing until the client gives up), ``ignore_range`` (forward
     without Range: a 200 with the whole blob), ``overrun`` (the body with extra bytes),
     ``short`` (``at_byte`` bytes, chunked, ended cleanly), ``replace`` (serve ``body`` with
-    ``headers`` instead of the registry's answer).
+    ``headers`` instead of the registry's answer), ``corrupt`` (the registry's answer, ranged
+    or not, with the blob's byte at offset ``at_byte`` flipped if the answer holds it).
     """
 
     kind: str
@@ -624,14 +625,16 @@ class Fault:
     headers: dict[str, str] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
+@dataclass
 class ProxiedRequest:
-    """What the proxy saw: method, path, the Range header and the fault injected (if any)."""
+    """What the proxy saw: method, path, the Range header and the fault injected (if any);
+    ``served``: the body bytes it answered with (set once the answer is written)."""
 
     method: str
     path: str
     range: str | None
     fault: str | None
+    served: int = 0
 
 
 _HOP_HEADERS = frozenset(
@@ -674,9 +677,14 @@ class FaultProxy:
 
         self._loop_thread.run(release())
 
-    def blob_gets(self) -> list[ProxiedRequest]:
+    def blob_gets(self, digest: str = "/blobs/") -> list[ProxiedRequest]:
+        """The blob GETs seen (of ``digest`` if given), in arrival order."""
         with self._lock:
-            return [r for r in self.requests if r.method == "GET" and "/blobs/" in r.path]
+            return [
+                r
+                for r in self.requests
+                if r.method == "GET" and "/blobs/" in r.path and digest in r.path
+            ]
 
     def _take(self, path: str) -> Fault | None:
         with self._lock:
@@ -692,15 +700,14 @@ class FaultProxy:
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         fault = self._take(request.path)
+        record = ProxiedRequest(
+            request.method,
+            request.path,
+            request.headers.get("Range"),
+            fault.kind if fault else None,
+        )
         with self._lock:
-            self.requests.append(
-                ProxiedRequest(
-                    request.method,
-                    request.path,
-                    request.headers.get("Range"),
-                    fault.kind if fault else None,
-                )
-            )
+            self.requests.append(record)
         if fault is not None and fault.kind == "status":
             return web.Response(status=fault.status, text="injected fault")
         if fault is not None and fault.kind == "throttle":
@@ -725,12 +732,22 @@ class FaultProxy:
             answer_headers = {
                 k: v for k, v in upstream.headers.items() if k.lower() not in _HOP_HEADERS
             }
-        if fault is None or fault.kind == "ignore_range":
+        if fault is not None and fault.kind == "corrupt":
+            first = _range_start(answer_headers.get("Content-Range")) if status == 206 else 0
+            if 0 <= fault.at_byte - first < len(body):
+                flipped = bytearray(body)
+                flipped[fault.at_byte - first] ^= 0xFF
+                body = bytes(flipped)
+        if fault is None or fault.kind in ("ignore_range", "corrupt"):
+            record.served = len(body)
             return web.Response(status=status, headers=answer_headers, body=body)
         if fault.kind == "replace":
+            record.served = len(fault.body)
             return web.Response(status=200, headers=fault.headers, body=fault.body)
         if fault.kind == "overrun":
+            record.served = len(body) + 6
             return web.Response(status=status, headers=answer_headers, body=body + b"extra!")
+        record.served = min(len(body), fault.at_byte)
         response = web.StreamResponse(status=status, headers=answer_headers)
         if fault.kind != "short":
             response.content_length = len(body)
@@ -753,6 +770,13 @@ class FaultProxy:
             await release.wait()  # until the test resets the proxy or the client goes away
             transport.close()
         return response
+
+
+def _range_start(content_range: str | None) -> int:
+    """The first byte a ``Content-Range: bytes FIRST-LAST/TOTAL`` header names (0 if none)."""
+    if not content_range or not content_range.startswith("bytes "):
+        return 0
+    return int(content_range[len("bytes ") :].split("-", 1)[0])
 
 
 # -- pytest fixtures -----------------------------------------------------------------------------

@@ -11,7 +11,13 @@ import pytest
 from helpers import digest_of, open_fds_of, random_bytes
 
 from ecrstream.errors import SourceChangedError
-from ecrstream.source import FileSource, LayerHasher, StreamSource, check_path
+from ecrstream.source import (
+    FileSource,
+    LayerHasher,
+    StreamSource,
+    check_path,
+    verified_by_destination,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -41,6 +47,33 @@ def test_hasher_refuses_a_gap() -> None:
     with pytest.raises(RuntimeError, match="gap"):
         hasher.update(4, memoryview(b"e"))
     assert (hasher.hashed, hasher.digest()) == (3, digest_of(b"abc"))
+
+
+def test_hasher_past_an_unseen_prefix_has_no_digest_until_fed_from_byte_0() -> None:
+    data = random_bytes(10_000)
+    hasher = LayerHasher(unseen=4000)
+    assert (hasher.hashed, hasher.complete) == (4000, False)
+    with pytest.raises(RuntimeError, match="gap"):
+        hasher.update(5000, memoryview(data)[5000:])
+    hasher.update(4000, memoryview(data)[4000:8000])
+    hasher.update(2000, memoryview(data)[2000:9000])  # a re-alignment backwards, not to 0
+    assert (hasher.hashed, hasher.complete) == (9000, False)
+    with pytest.raises(RuntimeError, match=r"never saw bytes 0\.\.4000"):
+        hasher.digest()
+    hasher.update(0, memoryview(data)[:6000])  # the layer from its first byte again
+    assert (hasher.hashed, hasher.complete) == (6000, True)
+    hasher.update(6000, memoryview(data)[6000:])
+    assert hasher.digest() == digest_of(data)
+
+
+async def test_files_and_streams_are_not_verified_by_the_destination(tmp_path: Path) -> None:
+    path = tmp_path / "layer"
+    path.write_bytes(b"x")
+    assert not verified_by_destination(FileSource(path))
+    stream = StreamSource(chunks_of(b"x", [1]))
+    assert not verified_by_destination(stream)
+    await stream.aclose()
+    assert not verified_by_destination(object())  # the attribute is optional
 
 
 # -- check_path and FileSource -------------------------------------------------------------------

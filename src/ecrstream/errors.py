@@ -323,7 +323,8 @@ class CredentialsError(EcrStreamError):
 class DigestMismatchError(EcrStreamError):
     """A computed digest differs from the one expected or returned.
 
-    ``expected`` and ``actual`` are ``sha256:<hex>`` strings.
+    ``expected`` and ``actual`` are ``sha256:<hex>`` strings; ``actual`` is ``""`` when ECR's
+    digest check found the mismatch (a resumed copy whose committed prefix was not read again).
     """
 
     def __init__(self, message: str, *, expected: str, actual: str) -> None:

@@ -10,7 +10,8 @@ part_size, whatever the layer's size.
 The pipeline is told where the parts go (``PartDestination``: repository, registry, upload
 id) and never asks back. ``restart(offset)`` drops what was read ahead and reads from
 ``offset``: forward, the bytes skipped are hashed and not sent (``_hash_until``, the one
-place that hashes without sending; a resume uses it for the committed prefix), backward, the
+place that hashes without sending; a resume uses it for the committed prefix, unless its
+hasher starts past that prefix: then nothing is read before ``offset``), backward, the
 source reads them again. ``stop()`` takes every buffer back; it is idempotent and holds under
 any cancellation, so a ``finally`` may always call it.
 """
@@ -149,6 +150,10 @@ class Pipeline:
     async def _hash_until(self, offset: int) -> None:
         # Hash the bytes the hasher lacks before ``offset`` and send none: the committed
         # prefix of a resume, or what ECR holds beyond what was read (a forward re-alignment).
+        if not self._hasher.complete:
+            # A hasher past an unseen prefix hashes nothing (ECR checks the digest): no read.
+            self._hasher.hashed = max(self._hasher.hashed, offset)
+            return
         while self._hasher.hashed < offset:
             start = self._hasher.hashed
             wanted = self._raw[: min(self._part_size, offset - start)]

@@ -14,6 +14,13 @@ what kind of source it has:
 - ``check_unchanged()``: raise SourceChangedError if the bytes may have changed since open;
 - ``aclose()``: free what it holds; safe under either kind of cancellation.
 
+One optional attribute (a source without it is taken as False): ``verified_by_destination``,
+True when the source's bytes are named by the upload's ``expected_digest`` and are costly to
+read again (a remote blob). A resume of such an upload does not re-read the committed prefix:
+it reads from the checkpoint on, and the digest is checked by ECR at CompleteLayerUpload
+(``LayerHasher(unseen=...)``). Files and streams leave it False: a file's prefix is re-read and
+hashed locally, as its digest is computed, not known.
+
 ``FileSource`` is a regular file, or a section of one; ``StreamSource`` any async iterable of
 bytes-like chunks. Files are read in worker threads (one per read: seek and readinto).
 ``LayerHasher`` is the layer's incremental sha256: it is fed the bytes as
@@ -44,33 +51,55 @@ __all__ = [
     "StreamSource",
     "check_path",
     "check_same_source",
+    "verified_by_destination",
 ]
 
 
 class LayerHasher:
     """The layer digest, fed in byte order; bytes it has already seen are skipped.
 
-    Not thread-safe: one worker thread at a time (the uploader's pipeline guarantees it).
+    ``unseen`` > 0 starts it past a prefix it will not see (a resume whose committed prefix
+    ECR verifies): it then only tracks offsets, hashes nothing, and has no ``digest`` until
+    it is fed the layer from byte 0 again (an upload that starts over), which makes it a
+    full hasher. Not thread-safe: one worker thread at a time (the pipeline guarantees it).
     """
 
-    __slots__ = ("_sha", "hashed")
+    __slots__ = ("_sha", "hashed", "unseen")
 
-    def __init__(self) -> None:
+    def __init__(self, unseen: int = 0) -> None:
         self._sha = hashlib.sha256()
-        self.hashed = 0
+        self.hashed = unseen
+        #: Bytes [0, unseen) were never hashed (0: the digest covers every byte fed).
+        self.unseen = unseen
+
+    @property
+    def complete(self) -> bool:
+        """True if every byte from 0 to ``hashed`` went through the sha256."""
+        return self.unseen == 0
 
     def update(self, offset: int, data: memoryview) -> None:
         """Feed ``data``, the layer's bytes from ``offset``; raises if it would leave a gap."""
+        if self.unseen and offset == 0:
+            # The layer from its first byte again: everything passes through the hash now.
+            self.unseen = self.hashed = 0
         if offset > self.hashed:
             raise RuntimeError(f"hash gap: have {self.hashed} bytes, got bytes from {offset}")
         skip = self.hashed - offset
         if skip < len(data):
-            self._sha.update(data[skip:])
+            if not self.unseen:  # without the prefix the sha256 is of no use: save the CPU
+                self._sha.update(data[skip:])
             self.hashed = offset + len(data)
 
     def digest(self) -> str:
-        """``sha256:<hex>`` of everything fed so far."""
+        """``sha256:<hex>`` of everything fed so far (RuntimeError if not ``complete``)."""
+        if self.unseen:
+            raise RuntimeError(f"the hasher never saw bytes 0..{self.unseen}: no digest")
         return "sha256:" + self._sha.hexdigest()
+
+
+def verified_by_destination(source: object) -> bool:
+    """The source's optional ``verified_by_destination`` flag (absent: False)."""
+    return getattr(source, "verified_by_destination", False) is True
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,6 +258,8 @@ class FileSource:
     """
 
     can_rewind = True
+    #: A resume re-reads and hashes the committed prefix: the digest is computed here.
+    verified_by_destination = False
 
     def __init__(
         self, path: str | os.PathLike[str], *, start: int = 0, length: int | None = None
@@ -336,6 +367,7 @@ class StreamSource:
     """
 
     can_rewind = False
+    verified_by_destination = False
 
     def __init__(self, chunks: AsyncIterable[bytes | bytearray | memoryview]) -> None:
         self._iterator: AsyncIterator[bytes | bytearray | memoryview] = aiter(chunks)

@@ -14,6 +14,12 @@ out. It speaks to its source only through ``source.LayerSource``.
   re-alignments per upload.
 - ``UploadNotFoundError`` (at a part, or at CompleteLayerUpload when ECR lacks the layer)
   goes through one restart path, ``start_over``: one fresh upload, if the source can rewind.
+- A resume of a source ``verified_by_destination`` with an ``expected_digest`` does not
+  re-read the committed prefix: its hasher starts past it (``LayerHasher(unseen=...)``), the
+  local digest comparison is skipped, and CompleteLayerUpload names ``expected_digest`` for
+  ECR to check; its InvalidLayerException (the bytes ECR holds hash otherwise) is raised as
+  the ``DigestMismatchError`` a local mismatch raises. An upload that starts over from
+  byte 0 hashes every byte again and is checked locally as usual.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ from ecrstream.errors import (
     DigestMismatchError,
     EmptyUploadError,
     InvalidArgumentError,
+    InvalidLayerError,
     InvalidLayerPartError,
     LayerAlreadyExistsError,
     ProtocolViolationError,
@@ -55,7 +62,7 @@ from ecrstream.models import (
 )
 from ecrstream.pipeline import PartDestination, Pipeline
 from ecrstream.retry import RetryPolicy, call_with_retries
-from ecrstream.source import LayerHasher, LayerSource
+from ecrstream.source import LayerHasher, LayerSource, verified_by_destination
 
 __all__ = ["LayerUpload", "ProgressCallback", "UploadSettings", "check_part_size"]
 
@@ -159,6 +166,10 @@ class LayerUpload:
             self.part_size = resume.part_size or self.part_size
             self.committed = self.resumed_from = resume.bytes_committed
             self.sent_end = max(source.size or 0, resume.bytes_committed)
+            if expected_digest is not None and verified_by_destination(source):
+                # The prefix ECR holds is not read again (a remote blob: costly); ECR's digest
+                # check at CompleteLayerUpload covers it, as the local one cannot.
+                self.hasher = LayerHasher(unseen=resume.bytes_committed)
 
     def checkpoint(self) -> UploadCheckpoint | None:
         """Where the upload stands, for ``resume=`` (None before InitiateLayerUpload)."""
@@ -369,6 +380,8 @@ class LayerUpload:
             raise lost
         old = self.upload_id
         await self.initiate()
+        if not self.hasher.complete:
+            self.hasher = LayerHasher()  # from byte 0: this upload is checked locally again
         self.restarted += 1
         self.parts_sent = 0
         self.realignments = 0
@@ -381,15 +394,24 @@ class LayerUpload:
         )
 
     async def complete(self) -> tuple[str, bool]:
-        """CompleteLayerUpload with the computed digest; returns (digest, already_existed)."""
-        digest = self.hasher.digest()
-        if self.expected_digest is not None and digest != self.expected_digest:
-            raise DigestMismatchError(
-                f"the layer's sha256 is {digest}, not the expected {self.expected_digest};"
-                " the upload was not completed",
-                expected=self.expected_digest,
-                actual=digest,
-            )
+        """CompleteLayerUpload with the computed digest; returns (digest, already_existed).
+
+        A hasher that never saw the committed prefix (a resume ECR verifies) has no digest:
+        ``expected_digest`` is sent, and ECR's InvalidLayerException is the mismatch.
+        """
+        verified_here = self.hasher.complete
+        if verified_here:
+            digest = self.hasher.digest()
+            if self.expected_digest is not None and digest != self.expected_digest:
+                raise DigestMismatchError(
+                    f"the layer's sha256 is {digest}, not the expected {self.expected_digest};"
+                    " the upload was not completed",
+                    expected=self.expected_digest,
+                    actual=digest,
+                )
+        else:
+            assert self.expected_digest is not None
+            digest = self.expected_digest
         assert self.upload_id is not None
         request = CompleteLayerUploadRequest(
             repository_name=self.settings.repository_name,
@@ -403,6 +425,16 @@ class LayerUpload:
                 response = await self.client.complete_layer_upload(request, self.token, retry=_ONCE)
             except LayerAlreadyExistsError:
                 return True
+            except InvalidLayerError as exc:
+                if verified_here:
+                    raise  # the bytes sent hash to the digest: ECR holds others (not ours)
+                raise DigestMismatchError(
+                    f"the layer's bytes do not hash to the expected {digest}: ECR's digest"
+                    f" check refused upload {self.upload_id} of {self.committed} bytes"
+                    f" ({exc.code}: {exc.message}); the upload was not completed",
+                    expected=digest,
+                    actual="",  # unknown: this resume never read the prefix ECR holds
+                ) from exc
             if response.layer_digest != digest:
                 raise DigestMismatchError(
                     f"CompleteLayerUpload returned digest {response.layer_digest}, but the"

@@ -416,12 +416,21 @@ async def copy_image(
     requests (default ``registry.DEFAULT_REGISTRY_RETRY``); a GET resumes from the byte it
     reached.
 
+    A resumed blob is not downloaded again: its upload goes on with one ranged GET from the
+    byte ECR holds (``Range: bytes=<committed>-``; a source that ignores Range sends the whole
+    blob and the prefix is dropped unsent). The committed prefix is not hashed again here
+    either (hashlib cannot save a sha256 midway): the blob's digest, known from its
+    descriptor, is sent to CompleteLayerUpload and ECR's own digest check verifies the whole
+    blob, so a blob whose bytes changed is still never completed. An upload that ECR lost and
+    that starts over from byte 0 is hashed, and checked, here as usual.
+
     Raises:
         InvalidArgumentError/TypeError: bad arguments (named), before any request.
         CopyCanceledError: the token stopped the copy; pass it as ``resume=`` to skip what
             is committed and continue the blobs in flight from their checkpoints.
         DigestMismatchError/BlobSizeError: a source blob that is not what its descriptor
-            says (its upload is not completed, nothing is put).
+            says (its upload is not completed, nothing is put); after a resume, ECR's digest
+            check finds it (``actual`` is then ``""``).
         RegistryError (and subclasses), ManifestInvalidError: the source's failures.
         EcrServiceError/EcrConnectionError: what made an ECR request give up.
     """

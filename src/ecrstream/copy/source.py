@@ -2,8 +2,11 @@
 
 ``RemoteBlobSource`` is a blob of known size and digest read with ranged GETs: reads in
 order continue the open response (the bytes go from the HTTP body straight into the
-pipeline's buffers, no temporary file); a read at another offset (the committed prefix a
-resume hashes, a re-alignment backwards) opens a new ranged GET there, so it can rewind.
+pipeline's buffers, no temporary file); a read at another offset (a re-alignment backwards)
+opens a new ranged GET there, so it can rewind. It is ``verified_by_destination``: a resumed
+upload's first GET asks for ``Range: bytes=<committed>-`` and the prefix ECR holds is never
+downloaded again (ECR checks the digest at CompleteLayerUpload); a source that ignores Range
+sends the whole blob and the prefix is read and dropped (``BlobReader``), not sent.
 Source faults are retried inside ``BlobReader`` from the byte reached.
 
 ``ImageSource`` is what copy_image needs of a source: manifests by tag or digest, and blob
@@ -51,11 +54,14 @@ class RemoteBlobSource:
     """One remote blob as a ``LayerSource``: size known, rewinds by reopening at an offset.
 
     ``opener(offset)`` gives a ``BlobReader`` positioned there; the source owns the readers it
-    opens and closes them in ``aclose``. The digest is checked by the uploader's hasher;
-    the size by the reader (a body longer or shorter than ``size`` raises BlobSizeError).
+    opens and closes them in ``aclose``. The digest is checked by the uploader's hasher,
+    or, for a resume that starts past the committed prefix, by ECR; the size by the reader
+    (a body longer or shorter than ``size`` raises BlobSizeError).
     """
 
     can_rewind = True
+    #: Content-addressed and costly to read again: a resume starts at the committed byte.
+    verified_by_destination = True
 
     def __init__(self, digest: str, size: int, opener: BlobOpener) -> None:
         self.digest = digest

@@ -1,0 +1,92 @@
+"""``ecrstream copy`` stopped by Ctrl-C mid-blob, then run again: the blob goes on from the
+byte ECR holds with one ranged GET, and nothing is downloaded or sent twice."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import signal
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+from cli_run import assert_clean, cli, make_env, on
+from registry_fixtures import FaultProxy, RegistryServer, Seeder
+
+from ecrstream.local import FaultKind, LocalEcr, Operation
+
+pytestmark = pytest.mark.timeout(120)
+
+MIB = 1024 * 1024
+PART = 10 * MIB  # the local ECR's partSize, as ECR's
+SIZE = 25 * MIB
+
+
+def test_ctrl_c_then_again_continues_the_blob_with_a_ranged_get(
+    tmp_path: Path,
+    fault_proxy: FaultProxy,
+    anon_registry: RegistryServer,
+    ecr: LocalEcr,
+    repository: str,
+) -> None:
+    image = Seeder(anon_registry).push_image(f"cli/big-{uuid.uuid4().hex[:8]}", "v1", (SIZE,))
+    layer = image.layers[0]
+    env = make_env(tmp_path)
+    checkpoint = tmp_path / "copy.json"
+    # One blob at a time, largest first: parts 1 and 2 are the layer's; stop during part 2.
+    ecr.faults.add(Operation.UPLOAD_LAYER_PART, FaultKind.DELAY, call=2, delay_seconds=60)
+    args = [
+        "copy",
+        f"{fault_proxy.host}/{image.repository}:v1",
+        "--repository",
+        repository,
+        "--tag",
+        "v1",
+        "--src-plain-http",
+        "--max-concurrent-layers",
+        "1",
+        "--checkpoint-file",
+        str(checkpoint),
+        *on(ecr),
+    ]
+    with subprocess.Popen(
+        [sys.executable, "-m", "ecrstream", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+    ) as child:
+        ecr.wait_for_delay(Operation.UPLOAD_LAYER_PART, call=2, timeout=60)
+        child.send_signal(signal.SIGINT)
+        _, stderr = child.communicate(timeout=60)
+    assert child.returncode == 130, stderr
+    saved = json.loads(checkpoint.read_text())
+    assert saved["source_digest"] == image.digest
+    assert saved["checkpoints"][layer]["bytes_committed"] == PART
+    first_run = sum(g.served for g in fault_proxy.blob_gets(layer))
+    lines = stderr.splitlines()
+    again = shlex.split(lines[lines.index("ecrstream copy: to go on, run:") + 1])
+    assert again[-2:] == ["--resume", str(checkpoint)]
+    ecr.wait_idle(timeout=60)  # the delayed part has ended with the child's connection
+    ecr.faults.clear()
+    fault_proxy.reset()
+
+    resumed = cli(*again[3:], "--json", env=env)  # after "python -m ecrstream"
+
+    assert_clean(resumed)
+    assert resumed.returncode == 0, resumed.stderr
+    report = json.loads(resumed.stdout)
+    assert report["manifest_digest"] == image.digest
+    assert not checkpoint.exists()  # spent
+    gets = fault_proxy.blob_gets(layer)
+    assert [(g.range, g.served) for g in gets] == [(f"bytes={PART}-", SIZE - PART)]
+    assert first_run + gets[0].served < 2 * SIZE  # not downloaded twice
+    upload_id = saved["checkpoints"][layer]["upload_id"]
+    parts = [
+        (r.part_first_byte, r.part_last_byte) for r in ecr.accepted_parts(upload_id)
+    ]  # over both runs: each byte sent once, in order
+    assert parts == [(0, PART - 1), (PART, 2 * PART - 1), (2 * PART, SIZE - 1)]
+    assert ecr.requests("PutImage")[-1].status == 200

@@ -1,0 +1,284 @@
+"""A resumed copy continues the blob in flight with a ranged GET at the byte ECR holds.
+
+The source is the CNCF distribution registry behind the fault proxy (which records every
+blob GET: its Range header and the body bytes it answered with), the destination the local
+ECR endpoint. Each test stops a copy of a 25 MiB layer (10 MiB parts) once its first part is
+committed, then resumes it, and reads the image back from the local ECR byte for byte.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator
+
+import pytest
+from registry_fixtures import Fault, FaultProxy, RegistryServer, SeededImage, Seeder
+from test_copy import (
+    assert_image_in_ecr,
+    assert_no_byte_sent_twice,
+    ecr_reader,
+    last_sequence,
+    parts_by_upload,
+    repo_name,
+)
+
+from ecrstream.cancellation import CancellationTokenSource
+from ecrstream.client import EcrClient
+from ecrstream.copy import CopyCanceledError, copy_image
+from ecrstream.errors import DigestMismatchError
+from ecrstream.image import PushProgress
+from ecrstream.local import LocalEcr
+from ecrstream.models import BatchCheckLayerAvailabilityRequest
+
+pytestmark = [pytest.mark.anyio, pytest.mark.timeout(120)]
+
+MIB = 1024 * 1024
+PART = 10 * MIB  # the part size the local ECR's InitiateLayerUpload returns, as ECR's
+SIZE = 25 * MIB  # three parts: 10 + 10 + 5 MiB
+
+
+@pytest.fixture
+async def ecr_client(ecr: LocalEcr, anyio_backend: str) -> AsyncIterator[EcrClient]:
+    async with EcrClient.create(**ecr.client_kwargs()) as connected:
+        yield connected
+
+
+async def stop_after_first_part(
+    client: EcrClient, proxy: FaultProxy, image: SeededImage, repository: str
+) -> CopyCanceledError:
+    """Copy ``image`` through the proxy and cancel once its layer's first part is committed."""
+    layer = image.layers[0]
+    source = CancellationTokenSource()
+
+    def cancel_after_first_part(event: PushProgress) -> None:
+        if event.digest == layer and event.event == "progress":
+            source.cancel()
+
+    with pytest.raises(CopyCanceledError) as caught:
+        await copy_image(
+            client,
+            f"{proxy.host}/{image.repository}:v1",
+            repository,
+            tags=["v1"],
+            plain_http=True,
+            max_concurrent_layers=1,  # the layer alone: the config waits for the resume
+            cancellation_token=source.token,
+            on_progress=cancel_after_first_part,
+        )
+    stopped = caught.value
+    assert stopped.checkpoints[layer].bytes_committed == PART
+    return stopped
+
+
+async def resume(
+    client: EcrClient,
+    proxy: FaultProxy,
+    image: SeededImage,
+    repository: str,
+    stopped: CopyCanceledError,
+) -> None:
+    result = await copy_image(
+        client,
+        f"{proxy.host}/{image.repository}:v1",
+        repository,
+        tags=["v1"],
+        plain_http=True,
+        resume=stopped,
+    )
+    assert result.manifest_digest == image.digest
+
+
+async def layer_in_ecr(client: EcrClient, repository: str, digest: str) -> bool:
+    response = await client.batch_check_layer_availability(
+        BatchCheckLayerAvailabilityRequest(repository_name=repository, layer_digests=(digest,))
+    )
+    return digest in response.available_digests()
+
+
+async def test_a_resumed_blob_is_fetched_from_the_committed_byte_not_again_from_0(
+    fault_proxy: FaultProxy,
+    anon_registry: RegistryServer,
+    ecr: LocalEcr,
+    ecr_client: EcrClient,
+    repository: str,
+) -> None:
+    image = Seeder(anon_registry).push_image(repo_name(), "v1", (SIZE,))
+    layer = image.layers[0]
+    stopped = await stop_after_first_part(ecr_client, fault_proxy, image, repository)
+    first_run = sum(r.served for r in fault_proxy.blob_gets(layer))
+    assert first_run <= SIZE
+    checkpoint = stopped.checkpoints[layer]
+    fault_proxy.reset()  # the resume's records only
+    mark = last_sequence(ecr)
+
+    await resume(ecr_client, fault_proxy, image, repository, stopped)
+
+    gets = fault_proxy.blob_gets(layer)
+    assert [g.range for g in gets] == [f"bytes={PART}-"]  # one GET, at the byte ECR holds
+    assert gets[0].served == SIZE - PART  # the committed 10 MiB were not downloaded again
+    assert first_run + gets[0].served < 2 * SIZE
+    # The blob's own upload went on from the committed byte: nothing re-sent to ECR.
+    resumed_parts = parts_by_upload(ecr, mark)[checkpoint.upload_id]
+    assert resumed_parts == [(PART, 2 * PART - 1), (2 * PART, SIZE - 1)]
+    assert_no_byte_sent_twice(ecr)
+    completes = [r for r in ecr.requests("CompleteLayerUpload") if r.sequence > mark]
+    assert [
+        (r.layer_digests, r.accepted) for r in completes if r.upload_id == checkpoint.upload_id
+    ] == [
+        ((layer,), True)  # with the descriptor's digest, which ECR checked
+    ]
+    async with await ecr_reader(ecr, ecr_client) as reader:
+        await assert_image_in_ecr(reader, repository, ":v1", image)
+
+
+async def test_a_source_that_ignores_range_is_read_from_0_and_the_prefix_not_sent(
+    fault_proxy: FaultProxy,
+    anon_registry: RegistryServer,
+    ecr: LocalEcr,
+    ecr_client: EcrClient,
+    repository: str,
+) -> None:
+    image = Seeder(anon_registry).push_image(repo_name(), "v1", (SIZE,))
+    layer = image.layers[0]
+    stopped = await stop_after_first_part(ecr_client, fault_proxy, image, repository)
+    checkpoint = stopped.checkpoints[layer]
+    fault_proxy.reset()
+    fault_proxy.add(Fault("ignore_range", where=layer, times=10))  # every GET of the layer
+    mark = last_sequence(ecr)
+
+    await resume(ecr_client, fault_proxy, image, repository, stopped)
+
+    gets = fault_proxy.blob_gets(layer)
+    # Asked from the committed byte; answered 200 with the whole blob; its prefix dropped.
+    assert [(g.range, g.fault, g.served) for g in gets] == [
+        (f"bytes={PART}-", "ignore_range", SIZE)
+    ]
+    assert parts_by_upload(ecr, mark)[checkpoint.upload_id][0] == (PART, 2 * PART - 1)
+    assert_no_byte_sent_twice(ecr)
+    async with await ecr_reader(ecr, ecr_client) as reader:
+        await assert_image_in_ecr(reader, repository, ":v1", image)
+
+
+async def test_a_suffix_changed_at_the_source_is_refused_by_ecrs_digest_check(
+    fault_proxy: FaultProxy,
+    anon_registry: RegistryServer,
+    ecr: LocalEcr,
+    ecr_client: EcrClient,
+    repository: str,
+) -> None:
+    image = Seeder(anon_registry).push_image(repo_name(), "v1", (SIZE,))
+    layer = image.layers[0]
+    stopped = await stop_after_first_part(ecr_client, fault_proxy, image, repository)
+    checkpoint = stopped.checkpoints[layer]
+    fault_proxy.reset()
+    # The source now serves other bytes past the committed prefix (same size).
+    fault_proxy.add(Fault("corrupt", where=layer, at_byte=PART + 3 * MIB, times=10))
+    mark = last_sequence(ecr)
+
+    with pytest.raises(DigestMismatchError) as caught:
+        await resume(ecr_client, fault_proxy, image, repository, stopped)
+
+    error = caught.value
+    assert error.expected == layer
+    assert error.actual == ""  # the prefix was never read here: ECR's check found it
+    assert "InvalidLayerException" in str(error)
+    assert any(layer in note and "not completed" in note for note in error.__notes__)
+    assert [g.range for g in fault_proxy.blob_gets(layer)] == [f"bytes={PART}-"]
+    # ECR was asked to complete with the descriptor's digest and refused: no layer.
+    completes = [
+        (r.layer_digests, r.accepted)
+        for r in ecr.requests("CompleteLayerUpload")
+        if r.sequence > mark and r.upload_id == checkpoint.upload_id
+    ]
+    assert completes == [((layer,), False)]
+    assert ecr.upload(checkpoint.upload_id) is not None  # still open, never completed
+    assert not await layer_in_ecr(ecr_client, repository, layer)
+    assert ecr.requests("PutImage") == []
+
+
+@pytest.mark.parametrize("corrupt", [False, True], ids=["intact", "corrupt-prefix"])
+async def test_an_upload_lost_on_resume_starts_over_and_is_hashed_locally(
+    fault_proxy: FaultProxy,
+    anon_registry: RegistryServer,
+    ecr: LocalEcr,
+    ecr_client: EcrClient,
+    repository: str,
+    corrupt: bool,
+) -> None:
+    image = Seeder(anon_registry).push_image(repo_name(), "v1", (SIZE,))
+    layer = image.layers[0]
+    stopped = await stop_after_first_part(ecr_client, fault_proxy, image, repository)
+    checkpoint = stopped.checkpoints[layer]
+    assert ecr.forget_upload(checkpoint.upload_id)  # as when ECR expires an upload
+    fault_proxy.reset()
+    if corrupt:  # a byte of the prefix: only a read from byte 0 sees it
+        fault_proxy.add(Fault("corrupt", where=layer, at_byte=1_000, times=10))
+    mark = last_sequence(ecr)
+
+    if not corrupt:
+        await resume(ecr_client, fault_proxy, image, repository, stopped)
+        async with await ecr_reader(ecr, ecr_client) as reader:
+            await assert_image_in_ecr(reader, repository, ":v1", image)
+    else:
+        with pytest.raises(DigestMismatchError) as caught:
+            await resume(ecr_client, fault_proxy, image, repository, stopped)
+        bad = bytearray(image.blobs[layer])
+        bad[1_000] ^= 0xFF
+        # Checked here, before any CompleteLayerUpload: the whole blob went through the hash.
+        assert caught.value.expected == layer
+        assert caught.value.actual == "sha256:" + hashlib.sha256(bad).hexdigest()
+        assert not any(layer in r.layer_digests for r in ecr.requests("CompleteLayerUpload"))
+        assert not await layer_in_ecr(ecr_client, repository, layer)
+    # First the ranged GET of the resume, then, after UploadNotFound, the blob from byte 0.
+    assert [g.range for g in fault_proxy.blob_gets(layer)] == [f"bytes={PART}-", None]
+    if not corrupt:  # the layer's new upload, and the config's first
+        assert len([r for r in ecr.requests("InitiateLayerUpload") if r.sequence > mark]) == 2
+
+
+async def test_ecr_to_ecr_resumes_from_the_committed_byte(
+    anon_registry: RegistryServer, ecr: LocalEcr, ecr_client: EcrClient, repository: str
+) -> None:
+    """The download URL of GetDownloadUrlForLayer is read from the committed byte too."""
+    image = Seeder(anon_registry).push_image(repo_name(), "v1", (SIZE,))
+    await copy_image(
+        ecr_client,
+        f"{anon_registry.host}/{image.repository}:v1",
+        repository,
+        tags=["v1"],
+        plain_http=True,
+    )
+    target = repo_name("copy")
+    ecr.create_repository(target)
+    layer = image.layers[0]
+    source = CancellationTokenSource()
+    reference = f"{ecr.registry_address}/{repository}:v1"
+
+    def cancel_after_first_part(event: PushProgress) -> None:
+        if event.digest == layer and event.event == "progress":
+            source.cancel()
+
+    with pytest.raises(CopyCanceledError) as caught:
+        await copy_image(
+            ecr_client,
+            reference,
+            target,
+            tags=["v1"],
+            source_client=ecr_client,
+            max_concurrent_layers=1,
+            cancellation_token=source.token,
+            on_progress=cancel_after_first_part,
+        )
+    checkpoint = caught.value.checkpoints[layer]
+    assert checkpoint.bytes_committed == PART
+    mark = last_sequence(ecr)
+    result = await copy_image(
+        ecr_client, reference, target, tags=["v1"], source_client=ecr_client, resume=caught.value
+    )
+    assert result.manifest_digest == image.digest
+    assert parts_by_upload(ecr, mark)[checkpoint.upload_id] == [
+        (PART, 2 * PART - 1),
+        (2 * PART, SIZE - 1),
+    ]
+    assert_no_byte_sent_twice(ecr)
+    async with await ecr_reader(ecr, ecr_client) as reader:
+        await assert_image_in_ecr(reader, target, ":v1", image)
