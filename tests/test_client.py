@@ -17,6 +17,7 @@ the proxy's records say what was sent. What each group proves (issue 3, "Done wh
 from __future__ import annotations
 
 import base64
+import gc
 import hashlib
 import json
 import ssl
@@ -368,6 +369,20 @@ async def test_create_closes_the_client_it_made(ecr: LocalEcr, repository: str) 
         raw = made.aiobotocore_client
     with pytest.raises(HTTPClientError):  # its HTTP session is gone
         await raw.initiate_layer_upload(repositoryName=repository)
+
+
+async def test_create_leaves_the_garbage_collector_as_it_found_it(ecr: LocalEcr) -> None:
+    # create() pauses the collector while botocore builds the client, and only that long.
+    assert gc.isenabled()
+    async with EcrClient.create(**ecr.client_kwargs()):
+        assert gc.isenabled()
+    gc.disable()
+    try:
+        async with EcrClient.create(**ecr.client_kwargs()):
+            assert not gc.isenabled()
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
 
 
 async def test_create_lets_exceptions_of_the_body_through_untranslated(
