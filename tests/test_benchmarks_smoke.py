@@ -300,6 +300,7 @@ def test_sink_waits_the_added_latency_before_each_answer(tls_files: tuple[str, s
         stats = _stats(sink.url, sink.context)
         assert stats["latency_ms"] == 150
         assert stats["tls"] is True
+        assert stats["tls_read_ahead"] is True  # the threaded TLS sink's OpenSSL tuning held
         assert stats["requests"] >= 4
 
 

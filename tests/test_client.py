@@ -17,6 +17,7 @@ the proxy's records say what was sent. What each group proves (issue 3, "Done wh
 from __future__ import annotations
 
 import base64
+import gc
 import hashlib
 import json
 import ssl
@@ -38,6 +39,7 @@ from botocore.serialize import create_serializer
 from helpers import digest_of, push_layer, random_bytes
 from lying_ecr import LyingEcr
 
+from ecrstream.body import PartBody
 from ecrstream.cancellation import (
     CancellationToken,
     CancellationTokenSource,
@@ -367,6 +369,20 @@ async def test_create_closes_the_client_it_made(ecr: LocalEcr, repository: str) 
         raw = made.aiobotocore_client
     with pytest.raises(HTTPClientError):  # its HTTP session is gone
         await raw.initiate_layer_upload(repositoryName=repository)
+
+
+async def test_create_leaves_the_garbage_collector_as_it_found_it(ecr: LocalEcr) -> None:
+    # create() pauses the collector while botocore builds the client, and only that long.
+    assert gc.isenabled()
+    async with EcrClient.create(**ecr.client_kwargs()):
+        assert gc.isenabled()
+    gc.disable()
+    try:
+        async with EcrClient.create(**ecr.client_kwargs()):
+            assert not gc.isenabled()
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
 
 
 async def test_create_lets_exceptions_of_the_body_through_untranslated(
@@ -782,6 +798,15 @@ async def body_bytes(body: Any) -> bytes:
     if isinstance(body, bytes | bytearray | memoryview):
         return bytes(body)
     return b"".join([bytes(piece) async for piece in body])
+
+
+async def test_a_part_body_goes_out_as_a_short_first_slice_then_mebibyte_slices() -> None:
+    # aiohttp joins the request head with the first slice (a copy): that slice stays short.
+    body = random_bytes(3 * MIB + 7, seed=4)
+    pieces = [bytes(piece) async for piece in PartBody(memoryview(body))]
+    assert b"".join(pieces) == body
+    assert [len(piece) for piece in pieces] == [16 * 1024, MIB, MIB, MIB - 16 * 1024 + 7]
+    assert len(PartBody(body)) == len(body)
 
 
 async def test_the_prepared_body_and_its_hash_are_what_goes_on_the_wire(

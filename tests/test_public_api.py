@@ -276,6 +276,19 @@ def test_a_lazy_name_loads_its_module_on_first_use() -> None:
         ecrstream.NoSuchName  # noqa: B018
 
 
+@pytest.mark.parametrize("disabled_before", [False, True])
+def test_a_lazy_import_leaves_the_garbage_collector_as_it_found_it(disabled_before: bool) -> None:
+    # The lazy import pauses the collector while aiobotocore is imported, and only that long.
+    code = (
+        f"import gc, ecrstream; {'gc.disable(); ' if disabled_before else ''}"
+        "ecrstream.EcrClient; print(gc.isenabled())"
+    )
+    answer = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert answer == [str(not disabled_before)]
+
+
 @pytest.mark.parametrize(
     "argv",
     [

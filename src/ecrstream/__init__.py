@@ -13,6 +13,7 @@ botocore and aiohttp.
 
 from __future__ import annotations
 
+import gc
 import importlib
 from typing import TYPE_CHECKING, Any
 
@@ -236,7 +237,16 @@ def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'ecrstream' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
+    # The first lazy name imports aiobotocore, botocore and aiohttp: some 100,000 objects
+    # that live as long as the process. The collector would walk them again and again while
+    # they are made (about 0.1 CPU-s of the import) and free none: it waits until they exist.
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        value = getattr(importlib.import_module(module), name)
+    finally:
+        if collecting:
+            gc.enable()
     globals()[name] = value
     return value
 
