@@ -237,7 +237,7 @@ def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'ecrstream' has no attribute {name!r}")
-    # The first lazy name imports aiobotocore, botocore and aiohttp: some 100,000 objects
+    # The names that talk to ECR import aiobotocore, botocore and aiohttp: some 100,000 objects
     # that live as long as the process. The collector would walk them again and again while
     # they are made (about 0.1 CPU-s of the import) and free none: it waits until they exist.
     collecting = gc.isenabled()
