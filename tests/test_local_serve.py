@@ -21,7 +21,7 @@ from pathlib import Path
 import anyio.to_thread
 import pytest
 
-from ecrstream import CancellationTokenSource, OperationCanceledError
+from ecrstream import CancellationTokenSource, InvalidArgumentError, OperationCanceledError
 from ecrstream.local.serve import LAST_LINE, LocalEcrStartError, spawn
 
 pytestmark = pytest.mark.timeout(90)
@@ -161,3 +161,17 @@ def test_a_taken_port_and_a_bad_port_are_usage_errors(home: Path) -> None:
             assert done.returncode == 2, (value, done.stderr)
             assert done.stdout == ""
             assert message in done.stderr
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("arguments", "field"),
+    [({"port": 70000}, "port"), ({"port": -1}, "port"), ({"stop_timeout": 0}, "stop_timeout")],
+)
+async def test_spawn_refuses_bad_arguments_before_starting_anything(
+    arguments: dict[str, int], field: str
+) -> None:
+    with pytest.raises(InvalidArgumentError) as raised:
+        async with spawn(**arguments):  # type: ignore[arg-type]
+            pytest.fail("nothing may start")
+    assert raised.value.field == field

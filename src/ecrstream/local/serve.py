@@ -28,7 +28,7 @@ from typing import IO, TYPE_CHECKING, Any, Final, TextIO
 import anyio
 
 from ecrstream.cancellation import CancellationToken, OperationCanceledError
-from ecrstream.errors import EcrStreamError
+from ecrstream.errors import EcrStreamError, InvalidArgumentError
 
 if TYPE_CHECKING:
     from ecrstream.local.endpoint import ClientKwargs, LocalEcr
@@ -257,7 +257,7 @@ class LocalEcrProcess:
 
     __slots__ = ("endpoint_url", "lines", "pid", "region_name", "returncode")
 
-    def __init__(self, endpoint_url: str, region_name: str, pid: int, lines: Sequence[str]):
+    def __init__(self, endpoint_url: str, region_name: str, pid: int, lines: Sequence[str]) -> None:
         self.endpoint_url = endpoint_url
         self.region_name = region_name
         self.pid = pid
@@ -302,15 +302,22 @@ async def spawn(
     the child if it is still there: the child never outlives the block. The child has its
     own session (a Ctrl-C at the terminal reaches only this process, which stops it) and
     stops by itself if this process dies (its standard input is a pipe from here). Raises
-    LocalEcrStartError if it exits or prints no URL within ``start_timeout`` seconds, and
+    InvalidArgumentError for a port outside [0, 65535] or a timeout that is not positive
+    (before anything starts), LocalEcrStartError if the child exits or prints no URL within
+    ``start_timeout`` seconds (a repository it cannot create, a taken port: its reason), and
     OperationCanceledError if ``cancellation_token`` is canceled while it starts.
     """
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise InvalidArgumentError("port", f"must be a whole number in [0, 65535], got {port!r}")
+    for name, value in (("start_timeout", start_timeout), ("stop_timeout", stop_timeout)):
+        if not value > 0:
+            raise InvalidArgumentError(name, f"must be a positive number of seconds, got {value}")
+    # NAME=VALUE: a value starting with "-" stays a value, not an option.
     command = [sys.executable, "-m", "ecrstream.local", "--stop-at-stdin-eof"]
-    command += ["--port", str(port), "--region", region_name]
-    for name in dict.fromkeys(repositories):
-        command += ["--repository", name]
+    command += [f"--port={port}", f"--region={region_name}"]
+    command += [f"--repository={name}" for name in dict.fromkeys(repositories)]
     if data_dir is not None:
-        command += ["--data-dir", os.fspath(data_dir)]
+        command.append(f"--data-dir={os.fspath(data_dir)}")
     # A file, not a pipe: nobody reads the child's stderr while it serves, and a full pipe
     # would stall it. Read back only to explain a failed start.
     with tempfile.TemporaryFile() as stderr_file:
