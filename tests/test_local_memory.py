@@ -1,6 +1,6 @@
 """The local endpoint's memory does not grow with layer size: a 1 GiB layer, in and out.
 
-The endpoint runs alone in a child process (``ecrstream.local.serve.spawn``: ``python -m
+The endpoint runs alone in a child process (``ecrstream.local.child.spawn``: ``python -m
 ecrstream.local``) so its resident set is its own; this process uploads with ecrstream and
 reads the layer back through ``/v2/``. Linux only: it reads ``/proc/<pid>/status`` and resets
 the peak with ``clear_refs``.
@@ -20,7 +20,7 @@ import aiohttp
 import pytest
 
 from ecrstream import EcrClient, LayerUploader
-from ecrstream.local.serve import LocalEcrProcess, spawn
+from ecrstream.local.child import LocalEcrProcess, spawn
 
 MIB = 1024 * 1024
 LAYER_MIB = 1024

@@ -1,6 +1,6 @@
 """``python -m ecrstream.local``: the endpoint as a server of its own, run as a child process.
 
-The child (started by ``ecrstream.local.serve.spawn``, as the demo starts it) prints its URL
+The child (started by ``ecrstream.local.child.spawn``, as the demo starts it) prints its URL
 first and the lines that point other programs at it; the test follows those lines (the
 ``export`` ones) to upload a layer with the ecrstream command, then the block stops the child
 with SIGTERM. ``spawn`` itself: a start that fails says why, a canceled start leaves nothing.
@@ -22,7 +22,8 @@ import anyio.to_thread
 import pytest
 
 from ecrstream import CancellationTokenSource, InvalidArgumentError, OperationCanceledError
-from ecrstream.local.serve import LAST_LINE, LocalEcrStartError, spawn
+from ecrstream.local.child import LocalEcrStartError, spawn
+from ecrstream.local.serve import LAST_LINE
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -1,6 +1,6 @@
 """``ecrstream demo``: everything on a local ECR endpoint (no AWS account, no network).
 
-Starts the endpoint in a child process (``ecrstream.local.serve.spawn``: what ``ecrstream
+Starts the endpoint in a child process (``ecrstream.local.child.spawn``: what ``ecrstream
 local-ecr`` serves), uploads a layer of random bytes, confirms it with
 BatchCheckLayerAvailability, cancels a second upload half way with a token from its
 ``on_progress`` and resumes it from the checkpoint file, then writes a small OCI image of
@@ -175,7 +175,7 @@ class _Demo:
                 "demo needs the local ECR endpoint: pip install 'ecrstream[local]'"
                 " (or run 'python3 run.py demo' in a checkout)"
             )
-        from ecrstream.local.serve import spawn
+        from ecrstream.local.child import spawn
 
         async with spawn([_REPOSITORY], cancellation_token=runner.token) as ecr:
             self.say(

@@ -5,53 +5,31 @@ line of standard output is the endpoint URL and nothing else, for scripts; then 
 lines that point the AWS CLI, boto3 and ecrstream at it and say how to pull from it. No
 password is printed: ``aws ecr get-login-password`` gets one, as from ECR.
 
-``spawn()`` runs it in a child process (``python -m ecrstream.local``) for as long as an
-``async with`` block lasts: the demo does, so that moto's memory is not the demo's, and so do
-the tests that need the endpoint in a process of its own.
+``ecrstream.local.child.spawn()`` runs it in a child process for as long as an ``async with``
+block lasts. This module stays cheap to import: the ``ecrstream`` parser loads it each run.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import os
 import signal
 import sys
-import tempfile
 import threading
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from types import FrameType
-from typing import IO, TYPE_CHECKING, Any, Final, TextIO
-
-import anyio
-
-from ecrstream.cancellation import CancellationToken, OperationCanceledError
-from ecrstream.errors import EcrStreamError, InvalidArgumentError
+from typing import TYPE_CHECKING, Final, TextIO
 
 if TYPE_CHECKING:
-    from ecrstream.local.endpoint import ClientKwargs, LocalEcr
+    from ecrstream.local.endpoint import LocalEcr
 
-__all__ = [
-    "LAST_LINE",
-    "LocalEcrProcess",
-    "LocalEcrStartError",
-    "add_arguments",
-    "build_parser",
-    "main",
-    "run",
-    "serve",
-    "spawn",
-]
+__all__ = ["LAST_LINE", "add_arguments", "build_parser", "main", "run", "serve"]
 
 _EXAMPLE_REPOSITORY = "demo"
 #: The last line ``serve`` prints: once it is out, the endpoint serves and prints no more.
 LAST_LINE: Final = "Ctrl-C or SIGTERM stops it."
-# The same dummy keys as LocalEcr.client_kwargs (moto takes any); repeated here so that the
-# parent of a spawned endpoint need not import the endpoint (moto, aiohttp) to get them.
-_DUMMY_ACCESS_KEY_ID: Final = "testing"
-_DUMMY_SECRET_ACCESS_KEY: Final = "testing"
 
 
 def instructions(ecr: LocalEcr, repositories: Sequence[str]) -> list[str]:
@@ -238,183 +216,3 @@ def main(argv: Sequence[str] | None = None, prog: str = "ecrstream local-ecr") -
     """Run the server from a command line; returns the exit status (0 after a stop signal)."""
     parser = build_parser(prog)
     return run(parser.parse_args(argv), parser)
-
-
-class LocalEcrStartError(EcrStreamError):
-    """A spawned endpoint did not start: it exited, or did not print its URL in time.
-
-    The message ends with the last line of the child's standard error (its own reason).
-    """
-
-
-class LocalEcrProcess:
-    """A local ECR endpoint served by a child process, as ``spawn`` yields it.
-
-    ``lines`` are what the child printed, its URL first, up to :data:`LAST_LINE`;
-    ``returncode`` is None until the ``spawn`` block has stopped the child (0: it stopped
-    cleanly on SIGTERM).
-    """
-
-    __slots__ = ("endpoint_url", "lines", "pid", "region_name", "returncode")
-
-    def __init__(self, endpoint_url: str, region_name: str, pid: int, lines: Sequence[str]) -> None:
-        self.endpoint_url = endpoint_url
-        self.region_name = region_name
-        self.pid = pid
-        self.lines = tuple(lines)
-        self.returncode: int | None = None
-
-    @property
-    def registry_address(self) -> str:
-        """``127.0.0.1:PORT``: where registry clients (skopeo, docker) pull from."""
-        return self.endpoint_url.removeprefix("http://")
-
-    def client_kwargs(self) -> ClientKwargs:
-        """Keyword arguments for ``create_client("ecr", **kwargs)``: dummy keys, never real."""
-        return {
-            "region_name": self.region_name,
-            "endpoint_url": self.endpoint_url,
-            "aws_access_key_id": _DUMMY_ACCESS_KEY_ID,
-            "aws_secret_access_key": _DUMMY_SECRET_ACCESS_KEY,
-        }
-
-    def __repr__(self) -> str:
-        return f"LocalEcrProcess({self.endpoint_url!r}, pid={self.pid})"
-
-
-@contextlib.asynccontextmanager
-async def spawn(
-    repositories: Iterable[str] = (),
-    *,
-    port: int = 0,
-    data_dir: str | os.PathLike[str] | None = None,
-    region_name: str = "us-east-1",
-    env: Mapping[str, str] | None = None,
-    cancellation_token: CancellationToken = CancellationToken.NONE,
-    start_timeout: float = 60.0,
-    stop_timeout: float = 10.0,
-) -> AsyncIterator[LocalEcrProcess]:
-    """Serve a local ECR endpoint from a child process for the length of the block.
-
-    Starts ``python -m ecrstream.local`` (this interpreter; ``env`` or this environment) with
-    these repositories created and yields it once it serves. At the end of the block, on an
-    error or a cancellation, it sends SIGTERM, waits up to ``stop_timeout`` seconds and kills
-    the child if it is still there: the child never outlives the block. The child has its
-    own session (a Ctrl-C at the terminal reaches only this process, which stops it) and
-    stops by itself if this process dies (its standard input is a pipe from here). Raises
-    InvalidArgumentError for a port outside [0, 65535] or a timeout that is not positive
-    (before anything starts), LocalEcrStartError if the child exits or prints no URL within
-    ``start_timeout`` seconds (a repository it cannot create, a taken port: its reason), and
-    OperationCanceledError if ``cancellation_token`` is canceled while it starts.
-    """
-    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
-        raise InvalidArgumentError("port", f"must be a whole number in [0, 65535], got {port!r}")
-    for name, value in (("start_timeout", start_timeout), ("stop_timeout", stop_timeout)):
-        if not value > 0:
-            raise InvalidArgumentError(name, f"must be a positive number of seconds, got {value}")
-    # NAME=VALUE: a value starting with "-" stays a value, not an option.
-    command = [sys.executable, "-m", "ecrstream.local", "--stop-at-stdin-eof"]
-    command += [f"--port={port}", f"--region={region_name}"]
-    command += [f"--repository={name}" for name in dict.fromkeys(repositories)]
-    if data_dir is not None:
-        command.append(f"--data-dir={os.fspath(data_dir)}")
-    # A file, not a pipe: nobody reads the child's stderr while it serves, and a full pipe
-    # would stall it. Read back only to explain a failed start.
-    with tempfile.TemporaryFile() as stderr_file:
-        process = await asyncio.create_subprocess_exec(
-            *command,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=stderr_file,
-            env=None if env is None else dict(env),
-            start_new_session=True,
-        )
-        spawned: LocalEcrProcess | None = None
-        try:
-            lines = await _started(process, stderr_file, cancellation_token, limit=start_timeout)
-            spawned = LocalEcrProcess(lines[0], region_name, process.pid, lines)
-            yield spawned
-        finally:
-            returncode = await _stop(process, limit=stop_timeout)
-            if spawned is not None:
-                spawned.returncode = returncode
-
-
-async def _started(
-    process: asyncio.subprocess.Process,
-    stderr_file: IO[bytes],
-    token: CancellationToken,
-    *,
-    limit: float,
-) -> list[str]:
-    """The child's lines up to LAST_LINE, or the reason it will not get there."""
-    stdout = process.stdout
-    assert stdout is not None
-
-    async def read() -> list[str]:
-        lines: list[str] = []
-        while True:
-            raw = await stdout.readline()
-            if not raw:
-                status = await process.wait()
-                raise LocalEcrStartError(
-                    f"the local ECR endpoint (python -m ecrstream.local) exited with status"
-                    f" {status} before serving{_tail(stderr_file)}"
-                )
-            lines.append(raw.decode(errors="replace").rstrip("\r\n"))
-            if lines[-1] == LAST_LINE:
-                return lines
-
-    reading = asyncio.ensure_future(read())
-    waits: set[asyncio.Future[Any]] = {reading}
-    canceled = asyncio.ensure_future(token.wait()) if token.can_be_canceled else None
-    if canceled is not None:
-        waits.add(canceled)
-    try:
-        await asyncio.wait(waits, timeout=limit, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for future in waits:
-            future.cancel()
-    if reading.done() and not reading.cancelled():
-        return reading.result()  # raises LocalEcrStartError if the child exited
-    if token.is_cancellation_requested:
-        raise OperationCanceledError(cancellation_token=token)
-    raise LocalEcrStartError(
-        f"the local ECR endpoint (python -m ecrstream.local) printed no URL within"
-        f" {limit:g} s{_tail(stderr_file)}"
-    )
-
-
-def _tail(stderr_file: IO[bytes]) -> str:
-    """``: `` and the last line of the child's standard error (the reason), or nothing."""
-    stderr_file.seek(0)
-    text = stderr_file.read()[-4096:].decode(errors="replace").strip()
-    return ": " + text.splitlines()[-1] if text else ""
-
-
-async def _stop(process: asyncio.subprocess.Process, *, limit: float) -> int:
-    """SIGTERM, a bounded wait, then SIGKILL; the child's exit status. Never leaves it running."""
-    status: int | None = None
-    try:
-        # Shielded: an anyio scope canceling the block must not cut the wait short.
-        with anyio.CancelScope(shield=True):
-            if process.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    process.terminate()
-                try:
-                    await asyncio.wait_for(process.wait(), limit)
-                except TimeoutError:
-                    with contextlib.suppress(ProcessLookupError):
-                        process.kill()
-                    await process.wait()
-            assert process.stdin is not None
-            process.stdin.close()
-            status = await process.wait()
-    except BaseException:
-        # Canceled outright (a second task.cancel()): no time to wait, but no survivor either.
-        if process.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                process.kill()
-        raise
-    assert status is not None
-    return status
