@@ -1,18 +1,17 @@
 """The local endpoint's memory does not grow with layer size: a 1 GiB layer, in and out.
 
-The endpoint runs alone in a child process (``python -m ecrstream.local``) so its resident set
-is its own; this process uploads with ecrstream and reads the layer back through ``/v2/``.
-Linux only: it reads ``/proc/<pid>/status`` and resets the peak with ``clear_refs``.
+The endpoint runs alone in a child process (``ecrstream.local.child.spawn``: ``python -m
+ecrstream.local``) so its resident set is its own; this process uploads with ecrstream and
+reads the layer back through ``/v2/``. Linux only: it reads ``/proc/<pid>/status`` and resets
+the peak with ``clear_refs``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import random
-import subprocess
-import sys
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ import aiohttp
 import pytest
 
 from ecrstream import EcrClient, LayerUploader
+from ecrstream.local.child import LocalEcrProcess, spawn
 
 MIB = 1024 * 1024
 LAYER_MIB = 1024
@@ -53,40 +53,21 @@ def reset_peak(pid: int) -> None:
 
 
 @pytest.fixture
-def endpoint() -> Iterator[tuple[subprocess.Popen[str], str, str]]:
-    """A ``python -m ecrstream.local`` child with a repository: the process, URL, repository."""
+async def endpoint(anyio_backend: str) -> AsyncIterator[tuple[LocalEcrProcess, str]]:
+    """A ``python -m ecrstream.local`` child with a repository: the process, the repository."""
     repository = f"memory-{uuid.uuid4().hex[:12]}"
-    child = subprocess.Popen(
-        [sys.executable, "-m", "ecrstream.local", "--repository", repository],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    assert child.stdout is not None
-    try:
-        url = child.stdout.readline().strip()
-        for line in child.stdout:
-            if line.startswith("Ctrl-C"):
-                break
-        yield child, url, repository
-    finally:
-        child.terminate()
-        child.wait(timeout=60)
-        child.stdout.close()
+    async with spawn([repository]) as child:
+        yield child, repository
 
 
 @pytest.mark.anyio
 @pytest.mark.timeout(600)
 async def test_a_1_gib_layer_keeps_the_endpoints_memory_flat(
-    endpoint: tuple[subprocess.Popen[str], str, str],
+    endpoint: tuple[LocalEcrProcess, str],
 ) -> None:
-    child, url, repository = endpoint
-    options: dict[str, Any] = {
-        "endpoint_url": url,
-        "region_name": "us-east-1",
-        "aws_access_key_id": "testing",
-        "aws_secret_access_key": "testing",
-    }
+    child, repository = endpoint
+    url = child.endpoint_url
+    options: dict[str, Any] = dict(child.client_kwargs())
     async with EcrClient.create(**options) as client:
         uploader = LayerUploader(client, repository)
         # Warm up every code path (imports, pools) before idle is measured.

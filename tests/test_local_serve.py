@@ -1,8 +1,9 @@
 """``python -m ecrstream.local``: the endpoint as a server of its own, run as a child process.
 
-The child prints its URL first and the lines that point other programs at it; the test follows
-those lines (the ``export`` ones) to upload a layer with the ecrstream command, then stops the
-child with SIGTERM.
+The child (started by ``ecrstream.local.child.spawn``, as the demo starts it) prints its URL
+first and the lines that point other programs at it; the test follows those lines (the
+``export`` ones) to upload a layer with the ecrstream command, then the block stops the child
+with SIGTERM. ``spawn`` itself: a start that fails says why, a canceled start leaves nothing.
 """
 
 from __future__ import annotations
@@ -11,19 +12,20 @@ import hashlib
 import os
 import random
 import re
-import signal
 import socket
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
+import anyio.to_thread
 import pytest
 
-pytestmark = pytest.mark.timeout(90)
+from ecrstream import CancellationTokenSource, InvalidArgumentError, OperationCanceledError
+from ecrstream.local.child import LocalEcrStartError, spawn
+from ecrstream.local.serve import LAST_LINE
 
-LAST_LINE = "Ctrl-C or SIGTERM stops it."
+pytestmark = pytest.mark.timeout(90)
 
 
 def clean_env(home: Path) -> dict[str, str]:
@@ -38,37 +40,6 @@ def clean_env(home: Path) -> dict[str, str]:
     return env
 
 
-class Server:
-    """A running ``python -m ecrstream.local`` child and what it printed."""
-
-    def __init__(self, args: list[str], env: dict[str, str]) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "ecrstream.local", *args],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
-        )
-        assert self.process.stdout is not None
-        self.lines: list[str] = []
-        for line in self.process.stdout:  # pytest-timeout bounds a child that never prints
-            self.lines.append(line.rstrip("\n"))
-            if line.strip() == LAST_LINE:
-                break
-
-    def stop(self) -> int:
-        self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout=30)
-
-    def close(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
-        for stream in (self.process.stdout, self.process.stderr):
-            if stream is not None:
-                stream.close()
-
-
 @pytest.fixture
 def home(tmp_path: Path) -> Path:
     folder = tmp_path / "home"
@@ -76,65 +47,102 @@ def home(tmp_path: Path) -> Path:
     return folder
 
 
-@pytest.fixture
-def server(tmp_path: Path, home: Path) -> Iterator[Server]:
-    repository = f"serve-{uuid.uuid4().hex[:12]}"
-    args = ["--repository", repository, "--repository", repository + "-b"]
-    running = Server([*args, "--data-dir", str(tmp_path / "data")], clean_env(home))
-    try:
-        yield running
-    finally:
-        running.close()
-
-
-def test_server_prints_its_url_first_serves_an_upload_and_stops_on_sigterm(
-    server: Server, tmp_path: Path, home: Path
+@pytest.mark.anyio
+async def test_server_prints_its_url_first_serves_an_upload_and_stops_on_sigterm(
+    tmp_path: Path, home: Path
 ) -> None:
-    url = server.lines[0]
-    assert re.fullmatch(r"http://127\.0\.0\.1:\d+", url), server.lines
-    port = url.rsplit(":", 1)[1]
-    assert server.lines[-1] == LAST_LINE
-    printed = "\n".join(server.lines)
-    assert f"export AWS_ENDPOINT_URL_ECR={url}" in printed
-    assert f"--password-stdin 127.0.0.1:{port}" in printed
-    assert f"docker://127.0.0.1:{port}/" in printed
-    repositories = next(line for line in server.lines if line.startswith("Repositories: "))
-    repository = repositories.removeprefix("Repositories: ").split(", ")[0]
+    repository = f"serve-{uuid.uuid4().hex[:12]}"
+    repositories = [repository, repository + "-b"]
+    data = tmp_path / "data"
+    async with spawn(repositories, data_dir=data, env=clean_env(home)) as server:
+        lines = list(server.lines)
+        url = lines[0]
+        assert url == server.endpoint_url
+        assert re.fullmatch(r"http://127\.0\.0\.1:\d+", url), lines
+        port = url.rsplit(":", 1)[1]
+        assert lines[-1] == LAST_LINE
+        printed = "\n".join(lines)
+        assert f"export AWS_ENDPOINT_URL_ECR={url}" in printed
+        assert f"--password-stdin 127.0.0.1:{port}" in printed
+        assert f"docker://127.0.0.1:{port}/" in printed
+        assert f"Repositories: {repository}, {repository}-b" in lines
 
-    # Follow the printed lines: their exports, then the ecrstream command.
-    env = clean_env(home)
-    for line in server.lines:
-        if line.strip().startswith("export "):
-            for assignment in line.strip().removeprefix("export ").split():
-                name, _, value = assignment.partition("=")
-                env[name] = value
-    layer = random.Random(5).randbytes(3 * 1024 * 1024 + 7)
-    (tmp_path / "layer.bin").write_bytes(layer)
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "ecrstream",
-            "upload-layer",
-            str(tmp_path / "layer.bin"),
-            "--repository",
-            repository,
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 0, done.stderr
-    digest = hashlib.sha256(layer).hexdigest()
-    assert digest in done.stdout
-    stored = tmp_path / "data" / "blobs" / "sha256" / digest
-    assert stored.read_bytes() == layer
+        # Follow the printed lines: their exports, then the ecrstream command.
+        env = clean_env(home)
+        for line in lines:
+            if line.strip().startswith("export "):
+                for assignment in line.strip().removeprefix("export ").split():
+                    name, _, value = assignment.partition("=")
+                    env[name] = value
+        layer = random.Random(5).randbytes(3 * 1024 * 1024 + 7)
+        (tmp_path / "layer.bin").write_bytes(layer)
+        command = [sys.executable, "-m", "ecrstream", "upload-layer", str(tmp_path / "layer.bin")]
+        done = await anyio.to_thread.run_sync(
+            lambda: subprocess.run(
+                [*command, "--repository", repository],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+        )
+        assert done.returncode == 0, done.stderr
+        digest = hashlib.sha256(layer).hexdigest()
+        assert digest in done.stdout
+        stored = data / "blobs" / "sha256" / digest
+        assert stored.read_bytes() == layer
+        assert server.returncode is None
 
-    assert server.stop() == 0
+    assert server.returncode == 0  # it stopped on SIGTERM, cleanly
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", int(port)), timeout=5).close()
     assert stored.read_bytes() == layer  # a named data dir keeps the layers
+
+
+@pytest.mark.anyio
+async def test_spawn_says_why_the_endpoint_did_not_start(home: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+
+        with pytest.raises(LocalEcrStartError) as raised:
+            async with spawn(port=port, env=clean_env(home)):
+                pytest.fail("the endpoint cannot serve on a taken port")
+
+    message = str(raised.value)
+    assert "exited with status 2 before serving" in message
+    assert f"error: --port {port}: cannot listen on 127.0.0.1" in message  # the child's reason
+
+
+def endpoint_processes(marker: str) -> list[int]:
+    """The pids of running processes whose command line holds ``marker`` (Linux /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            command = (entry / "cmdline").read_bytes()
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue  # gone meanwhile
+        if marker.encode() in command and state != "Z":
+            found.append(int(entry.name))
+    return found
+
+
+@pytest.mark.anyio
+async def test_a_canceled_start_raises_and_leaves_no_endpoint_process(home: Path) -> None:
+    marker = f"canceled-{uuid.uuid4().hex[:12]}"  # in the child's command line
+    source = CancellationTokenSource()
+    source.cancel()
+
+    with pytest.raises(OperationCanceledError) as raised:
+        async with spawn([marker], env=clean_env(home), cancellation_token=source.token):
+            pytest.fail("a canceled token must stop the start")
+
+    assert raised.value.cancellation_token == source.token
+    assert endpoint_processes(marker) == []
 
 
 def test_a_taken_port_and_a_bad_port_are_usage_errors(home: Path) -> None:
@@ -154,3 +162,17 @@ def test_a_taken_port_and_a_bad_port_are_usage_errors(home: Path) -> None:
             assert done.returncode == 2, (value, done.stderr)
             assert done.stdout == ""
             assert message in done.stderr
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("arguments", "field"),
+    [({"port": 70000}, "port"), ({"port": -1}, "port"), ({"stop_timeout": 0}, "stop_timeout")],
+)
+async def test_spawn_refuses_bad_arguments_before_starting_anything(
+    arguments: dict[str, int], field: str
+) -> None:
+    with pytest.raises(InvalidArgumentError) as raised:
+        async with spawn(**arguments):  # type: ignore[arg-type]
+            pytest.fail("nothing may start")
+    assert raised.value.field == field

@@ -327,18 +327,18 @@ def _add_demo(commands: argparse._SubParsersAction[_Parser]) -> None:
     demo = _subcommand(
         commands,
         "demo",
-        "everything on an embedded local ECR endpoint (no AWS account, no network)",
-        "Start a local ECR endpoint (moto behind a strict proxy), upload a random layer,"
-        " confirm it with BatchCheckLayerAvailability, cancel a second upload half way"
-        " with a token and resume it from its checkpoint, then push a small image of"
-        " three layers built on the fly.",
+        "everything on a local ECR endpoint of its own (no AWS account, no network)",
+        "Start a local ECR endpoint (moto behind a strict proxy, in a child process),"
+        " upload a random layer, confirm it with BatchCheckLayerAvailability, cancel a"
+        " second upload half way with a token and resume it from its checkpoint, then push"
+        " a small image of three layers built on the fly.",
     )
     demo.add_argument(
         "--size",
         type=_demo_size_argument,
-        default=64 * MIB,
+        default=256 * MIB,
         metavar="SIZE",
-        help="size of the first layer (default 64MiB: the local endpoint, not the uploader,"
+        help="size of the first layer (default 256MiB; the local endpoint, not the uploader,"
         " sets the pace); the second, canceled and resumed, is a quarter of it (at least"
         " 16MiB)",
     )

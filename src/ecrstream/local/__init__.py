@@ -14,8 +14,9 @@ Modules, one concern each: ``endpoint`` (LocalEcr, the object to start and steer
 ``proxy`` (the aiohttp server: faults, records, one shielded apply per request), ``rules``
 (the ECR rules moto skips, and the operations applied here), ``store`` (the layers' bytes on
 disk), ``registry`` (``/v2/`` and download URLs), ``upstream`` (moto), ``faults`` (fault rules
-and records), ``protocol`` (ECR's wire format), ``serve`` (the standalone server). Names are
-imported on first use: ``serve``'s parser costs no moto import.
+and records), ``protocol`` (ECR's wire format), ``serve`` (the standalone server), ``child``
+(``spawn``: that server in a child process, for a block). Names are imported on first use:
+``serve``'s parser costs no moto import.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from ecrstream.local.serve import serve
 
 if TYPE_CHECKING:
+    from ecrstream.local.child import LocalEcrProcess, LocalEcrStartError, spawn
     from ecrstream.local.endpoint import ClientKwargs, LocalEcr
     from ecrstream.local.faults import (
         Fault,
@@ -46,13 +48,19 @@ __all__ = [
     "FaultKind",
     "FaultPlan",
     "LocalEcr",
+    "LocalEcrProcess",
+    "LocalEcrStartError",
     "Operation",
     "RecordedRequest",
     "UploadSnapshot",
     "serve",
+    "spawn",
 ]
 
 _HOMES = {
+    "LocalEcrProcess": "child",
+    "LocalEcrStartError": "child",
+    "spawn": "child",
     "ClientKwargs": "endpoint",
     "LocalEcr": "endpoint",
     "Fault": "faults",

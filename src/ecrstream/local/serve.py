@@ -4,11 +4,15 @@
 line of standard output is the endpoint URL and nothing else, for scripts; then come the
 lines that point the AWS CLI, boto3 and ecrstream at it and say how to pull from it. No
 password is printed: ``aws ecr get-login-password`` gets one, as from ECR.
+
+``ecrstream.local.child.spawn()`` runs it in a child process for as long as an ``async with``
+block lasts. This module stays cheap to import: the ``ecrstream`` parser loads it each run.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import sys
@@ -16,14 +20,16 @@ import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, Final, TextIO
 
 if TYPE_CHECKING:
     from ecrstream.local.endpoint import LocalEcr
 
-__all__ = ["add_arguments", "build_parser", "main", "run", "serve"]
+__all__ = ["LAST_LINE", "add_arguments", "build_parser", "main", "run", "serve"]
 
 _EXAMPLE_REPOSITORY = "demo"
+#: The last line ``serve`` prints: once it is out, the endpoint serves and prints no more.
+LAST_LINE: Final = "Ctrl-C or SIGTERM stops it."
 
 
 def instructions(ecr: LocalEcr, repositories: Sequence[str]) -> list[str]:
@@ -55,7 +61,7 @@ def instructions(ecr: LocalEcr, repositories: Sequence[str]) -> list[str]:
         f"--password-stdin {address}",
         f"  skopeo copy --src-tls-verify=false docker://{address}/{repository}:1.0 oci:./pulled",
         "",
-        "Ctrl-C or SIGTERM stops it.",
+        LAST_LINE,
     ]
     return lines
 
@@ -68,17 +74,22 @@ def serve(
     region_name: str = "us-east-1",
     stop: threading.Event | None = None,
     out: TextIO | None = None,
+    stop_at_stdin_eof: bool = False,
 ) -> None:
     """Serve a local ECR endpoint on 127.0.0.1 until SIGINT/SIGTERM or ``stop`` is set.
 
     Creates ``repositories`` first, then prints the endpoint URL as the first line of ``out``
     (standard output by default) and the instructions after it. Signals are caught only when
-    called from the main thread (elsewhere, set ``stop``). Raises OSError if the port is
-    taken, botocore's ClientError if a repository cannot be created, ValueError for a bad
-    port; nothing is printed then.
+    called from the main thread (elsewhere, set ``stop``). ``stop_at_stdin_eof``: also stop
+    when standard input reaches its end (a parent holding the other end of a pipe dies, even
+    by SIGKILL, and the endpoint goes with it). Raises OSError if the port is taken,
+    botocore's ClientError if a repository cannot be created, ValueError for a bad port;
+    nothing is printed then.
     """
     out = out if out is not None else sys.stdout
     stop = stop if stop is not None else threading.Event()
+    if stop_at_stdin_eof:
+        _stop_at_eof(sys.stdin, stop)
     names = list(dict.fromkeys(repositories))
     previous: dict[signal.Signals, object] = {}
 
@@ -102,6 +113,23 @@ def serve(
     finally:
         for caught, handler in previous.items():
             signal.signal(caught, handler)  # type: ignore[arg-type]
+
+
+def _stop_at_eof(stream: TextIO | None, stop: threading.Event) -> None:
+    """Set ``stop`` once ``stream`` reaches its end (a daemon thread reads and drops it)."""
+    if stream is None:  # no standard input at all (pythonw): it never closes
+        return
+    # The file descriptor, not the buffered file: a daemon thread blocked in the buffered
+    # reader's lock makes the interpreter abort at exit.
+    descriptor = stream.fileno()
+
+    def drain() -> None:
+        with contextlib.suppress(OSError):
+            while os.read(descriptor, 65536):
+                pass
+        stop.set()
+
+    threading.Thread(target=drain, name="ecrstream-local-stdin", daemon=True).start()
 
 
 def _port(text: str) -> int:
@@ -150,6 +178,12 @@ def build_parser(prog: str = "ecrstream local-ecr") -> argparse.ArgumentParser:
     """The command line of the server, on its own (``python -m ecrstream.local``)."""
     parser = argparse.ArgumentParser(prog=prog, description=DESCRIPTION)
     add_arguments(parser)
+    parser.add_argument(
+        "--stop-at-stdin-eof",
+        action="store_true",
+        help="also stop when standard input closes (for a program that starts this one with a"
+        " pipe as its input: when that program exits, even killed, this one stops too)",
+    )
     return parser
 
 
@@ -163,7 +197,13 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         except OSError as exc:
             parser.error(f"--data-dir {args.data_dir}: cannot use it: {exc.strerror or exc}")
     try:
-        serve(args.port, args.repository, args.data_dir, region_name=args.region)
+        serve(
+            args.port,
+            args.repository,
+            args.data_dir,
+            region_name=args.region,
+            stop_at_stdin_eof=getattr(args, "stop_at_stdin_eof", False),
+        )
     except ClientError as exc:
         message = exc.response.get("Error", {}).get("Message", str(exc))
         parser.error(f"--repository: cannot create it: {message}")
