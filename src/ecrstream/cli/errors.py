@@ -68,6 +68,8 @@ OPTION_OF_FIELD = {
     "tags": "--tag",
     "image_ref": "--image-ref",
     "max_concurrent_layers": "--max-concurrent-layers",
+    "source_registry_id": "--src-registry-id",
+    "platforms": "--platform",
 }
 
 _FIELD_PREFIX_RE = re.compile(r"([a-z_]+): ")

@@ -46,7 +46,9 @@ from ecrstream.uploader import LayerUploader
 __all__ = ["CopyImageResult", "copy_image"]
 
 _NONE: Final = CancellationToken.NONE
-_ECR_HOST: Final = re.compile(r"(\d{12})\.dkr\.ecr(?:-fips)?\.[a-z0-9-]+\.amazonaws\.com(?:\.cn)?")
+_ECR_HOST: Final = re.compile(
+    r"(\d{12})\.dkr\.ecr(?:-fips)?\.([a-z0-9-]+)\.amazonaws\.com(?:\.cn)?"
+)
 _PLATFORM: Final = re.compile(r"[a-z0-9_.-]+/[a-z0-9_.-]+(?:/[a-z0-9_.-]+)?")
 
 
@@ -87,6 +89,12 @@ class _Plan:
     top: Manifest
     children: tuple[Manifest, ...]
     blobs: dict[str, _Blob]
+
+
+def ecr_registry_of(host: str) -> tuple[str, str] | None:
+    """(account, region) of an ECR registry host (``ACCOUNT.dkr.ecr.REGION.amazonaws.com``)."""
+    match = _ECR_HOST.fullmatch(host)
+    return (match.group(1), match.group(2)) if match else None
 
 
 def _check_platforms(platforms: object) -> tuple[str, ...] | None:
