@@ -12,7 +12,16 @@ from typing import Any
 import botocore.session
 import pytest
 from cli_run import assert_clean, cli, error_line, make_env, on
-from registry_fixtures import Fault, FaultProxy, RegistryServer, SeededImage, Seeder
+from registry_fixtures import (
+    BASIC_PASSWORD,
+    BASIC_USER,
+    Fault,
+    FaultProxy,
+    RegistryServer,
+    SeededImage,
+    Seeder,
+    StorageServer,
+)
 from test_copy import assert_image_in_ecr, ecr_reader
 
 from ecrstream.client import EcrClient
@@ -175,7 +184,9 @@ def test_the_destination_region_is_not_the_source_s(
     )
     assert_clean(copied)
     assert copied.returncode == 1
-    assert "not found" in error_line(copied)
+    line = error_line(copied)
+    assert f"the source repository of {ecr.registry_id}.dkr.ecr." in line
+    assert "--src-region" in line
     assert ecr.requests("InitiateLayerUpload") == []
 
 
@@ -226,3 +237,166 @@ def test_the_ecr_source_options_need_an_ecr_source(
     assert "--src-region: SOURCE registry.example.com/team/app is not in ECR" in line
     assert "ACCOUNT.dkr.ecr.REGION.amazonaws.com" in line
     assert ecr.requests() == []
+
+
+# -- the source's failures, explained: one line, a hint, exit code 1 ------------------------------
+
+
+def source_env(tmp_path: Path) -> dict[str, str]:
+    """make_env, with an empty docker config (never the machine's own logins)."""
+    env = make_env(tmp_path)
+    docker = tmp_path / "docker-config"
+    docker.mkdir(exist_ok=True)
+    env["DOCKER_CONFIG"] = str(docker)
+    return env
+
+
+def failed_copy(tmp_path: Path, ecr: LocalEcr, repository: str, source: str, *args: str) -> str:
+    """Run a copy that must fail; its one error line (no traceback, no credentials)."""
+    result = cli(
+        "copy", source, "--repository", repository, *args, *on(ecr), env=source_env(tmp_path)
+    )
+    assert_clean(result)
+    assert BASIC_PASSWORD not in result.stdout + result.stderr
+    assert result.returncode == 1, result.stderr
+    assert result.stdout == ""
+    line = error_line(result)
+    assert line.startswith("ecrstream copy: error: ")
+    assert ecr.requests("PutImage") == []
+    return line
+
+
+def test_a_wrong_password_is_explained(
+    tmp_path: Path,
+    basic_registry: tuple[RegistryServer, StorageServer],
+    ecr: LocalEcr,
+    repository: str,
+) -> None:
+    server, _storage = basic_registry
+    image = Seeder(server).push_image(f"cli/basic-{uuid.uuid4().hex[:8]}", "v1", (20_000,))
+    line = failed_copy(
+        tmp_path,
+        ecr,
+        repository,
+        f"{server.host}/{image.repository}:v1",
+        *("--src-creds", f"{BASIC_USER}:wrong-{BASIC_PASSWORD}"),
+        *("--src-ca-bundle", str(server.ca)),
+    )
+    assert f"the source registry {server.host} refused access" in line
+    assert "401" in line
+    assert "check --src-creds USER:PASS" in line
+    assert "wrong-" not in line
+
+
+def test_an_untrusted_source_certificate_is_explained(
+    tmp_path: Path,
+    basic_registry: tuple[RegistryServer, StorageServer],
+    ecr: LocalEcr,
+    repository: str,
+) -> None:
+    server, _storage = basic_registry
+    line = failed_copy(
+        tmp_path,
+        ecr,
+        repository,
+        f"{server.host}/cli/any:v1",
+        *("--src-creds", f"{BASIC_USER}:{BASIC_PASSWORD}"),
+    )
+    assert "cannot read from the source registry" in line
+    assert "certificate" in line
+    assert "pass --src-ca-bundle FILE" in line
+    assert "verify=" not in line  # the library's argument, not an option
+
+
+def test_tls_to_a_plain_http_source_is_explained(
+    tmp_path: Path, anon_registry: RegistryServer, ecr: LocalEcr, repository: str
+) -> None:
+    line = failed_copy(tmp_path, ecr, repository, f"{anon_registry.host}/cli/any:v1")
+    assert "pass --src-plain-http" in line
+
+
+@pytest.mark.parametrize("missing", ["repository", "tag"])
+def test_a_missing_source_image_is_explained(
+    tmp_path: Path, anon_registry: RegistryServer, ecr: LocalEcr, repository: str, missing: str
+) -> None:
+    name = f"cli/seeded-{uuid.uuid4().hex[:8]}"
+    if missing == "tag":
+        Seeder(anon_registry).push_image(name, "v1", (10_000,))
+    else:
+        name = f"cli/never-{uuid.uuid4().hex[:8]}"
+    source = f"{anon_registry.host}/{name}:nope"
+    line = failed_copy(tmp_path, ecr, repository, source, "--src-plain-http")
+    assert f"{source}: not found at the source" in line
+    assert "404" in line
+    assert "check SOURCE's repository and its tag or digest" in line
+
+
+def test_a_rate_limited_source_is_explained(
+    tmp_path: Path,
+    anon_registry: RegistryServer,
+    fault_proxy: FaultProxy,
+    ecr: LocalEcr,
+    repository: str,
+) -> None:
+    image = Seeder(anon_registry).push_image(f"cli/rate-{uuid.uuid4().hex[:8]}", "v1", (10_000,))
+    fault_proxy.add(Fault("throttle", where="/manifests/", retry_after="0", times=100))
+    line = failed_copy(
+        tmp_path,
+        ecr,
+        repository,
+        f"{fault_proxy.host}/{image.repository}:v1",
+        "--src-plain-http",
+    )
+    assert "is rate limiting (HTTP 429)" in line
+    assert "run the command again, or pass --src-creds" in line
+    assert sum(r.fault == "throttle" for r in fault_proxy.requests) > 1  # retried first
+
+
+@pytest.mark.parametrize("kind", ["replace", "short"])
+def test_a_corrupt_source_blob_is_explained(
+    tmp_path: Path,
+    anon_registry: RegistryServer,
+    fault_proxy: FaultProxy,
+    ecr: LocalEcr,
+    repository: str,
+    kind: str,
+) -> None:
+    image = Seeder(anon_registry).push_image(f"cli/bad-{uuid.uuid4().hex[:8]}", "v1", (200_000,))
+    layer = image.layers[0]
+    body = bytes(len(image.blobs[layer]))
+    fault_proxy.add(Fault(kind, where=layer, body=body, at_byte=50_000, times=100))
+    line = failed_copy(
+        tmp_path,
+        ecr,
+        repository,
+        f"{fault_proxy.host}/{image.repository}:v1",
+        "--src-plain-http",
+    )
+    assert layer in line
+    if kind == "replace":
+        assert "the source sent a blob whose bytes do not match its digest" in line
+    else:
+        assert "the source sent a blob of another size than its manifest says" in line
+    assert "no image was put" in line
+    completed = [d for r in ecr.requests("CompleteLayerUpload") for d in r.layer_digests]
+    assert layer not in completed
+
+
+def test_a_platform_the_index_lacks_is_explained(
+    tmp_path: Path, anon_registry: RegistryServer, ecr: LocalEcr, repository: str
+) -> None:
+    index = Seeder(anon_registry).push_index(
+        f"cli/multi-{uuid.uuid4().hex[:8]}",
+        "multi",
+        (("linux", "amd64", None), ("linux", "arm64", "v8")),
+    )
+    line = failed_copy(
+        tmp_path,
+        ecr,
+        repository,
+        f"{anon_registry.host}/{index.repository}:multi",
+        *("--platform", "linux/amd64", "--platform", "linux/s390x", "--src-plain-http"),
+    )
+    assert "--platform: " in line
+    assert "has no platform linux/s390x (it has: linux/amd64, linux/arm64/v8)" in line
+    assert ecr.requests("InitiateLayerUpload") == []

@@ -38,6 +38,7 @@ from ecrstream.copy import CopyCanceledError, CopyImageResult, RemoteBlobSource,
 from ecrstream.errors import (
     BlobSizeError,
     DigestMismatchError,
+    ImageSelectionError,
     InvalidArgumentError,
     ManifestInvalidError,
     RegistryNotFoundError,
@@ -264,7 +265,7 @@ async def test_copy_one_platform_of_an_index(
     listed = [m["digest"] for m in json.loads(top.data)["manifests"]]
     assert listed == [index.children[0].digest, index.children[2].digest]
     assert two.manifest_digest == top.digest
-    with pytest.raises(InvalidArgumentError, match=r"no platform \['linux/s390x'\]") as caught:
+    with pytest.raises(ImageSelectionError, match=r"no platform \['linux/s390x'\]") as caught:
         await copy_image(
             client,
             f"{anon_registry.host}/{index.repository}:multi",
@@ -272,8 +273,8 @@ async def test_copy_one_platform_of_an_index(
             platforms=["linux/amd64", "linux/s390x"],
             plain_http=True,
         )
-    assert caught.value.field == "platforms"
-    assert "linux/arm64/v8" in str(caught.value)  # names what the index has
+    assert caught.value.image_ref == "linux/s390x"
+    assert "linux/arm64/v8" in caught.value.names  # names what the index has
 
 
 async def test_ecr_to_ecr(

@@ -15,6 +15,7 @@ from ecrstream.copy.source import EcrSource, ImageSource, RegistrySource, Remote
 from ecrstream.errors import (
     CopyCanceledError,
     DigestMismatchError,
+    ImageSelectionError,
     InvalidArgumentError,
     ManifestInvalidError,
 )
@@ -160,8 +161,11 @@ async def _plan(
     blobs: dict[str, _Blob] = {}
     if not top.is_index:
         if platforms is not None:
-            raise InvalidArgumentError(
-                "platforms", f"{source.description}@{top.digest} is one image, not an index"
+            raise ImageSelectionError(
+                f"platforms: {source.description}@{top.digest} is one image, not an index;"
+                f" it has no platform {list(platforms)} to choose",
+                source=f"{source.description}@{top.digest}",
+                image_ref=" ".join(platforms),
             )
         _blobs_of(top, blobs)
         return _Plan(top.digest, top, (), blobs)
@@ -176,9 +180,12 @@ async def _plan(
             selected.extend(e for e in matches if e not in selected)
         if missing:
             listed = sorted({str(e.platform) for e in entries if e.platform is not None})
-            raise InvalidArgumentError(
-                "platforms",
-                f"{source.description}@{top.digest} has no platform {missing} (it has {listed})",
+            raise ImageSelectionError(
+                f"platforms: {source.description}@{top.digest} has no platform {missing}"
+                f" (it has {listed})",
+                source=f"{source.description}@{top.digest}",
+                image_ref=" ".join(missing),
+                names=tuple(listed),
             )
         entries = tuple(e for e in entries if e in selected)  # in the index's order
     children = []
@@ -426,6 +433,9 @@ async def copy_image(
 
     Raises:
         InvalidArgumentError/TypeError: bad arguments (named), before any request.
+        ImageSelectionError: ``platforms`` names one the source's index does not have
+            (``image_ref``: those missing, ``names``: those it has), or the source is
+            one image, not an index.
         CopyCanceledError: the token stopped the copy; pass it as ``resume=`` to skip what
             is committed and continue the blobs in flight from their checkpoints.
         DigestMismatchError/BlobSizeError: a source blob that is not what its descriptor
