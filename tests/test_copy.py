@@ -44,7 +44,7 @@ from ecrstream.errors import (
     RegistryNotFoundError,
 )
 from ecrstream.image import PushProgress
-from ecrstream.local import LocalEcr
+from ecrstream.local import FaultKind, LocalEcr, Operation
 from ecrstream.models import BatchGetImageRequest
 from ecrstream.registry import RegistryClient, manifest_blobs, parse_reference
 from ecrstream.retry import RetryPolicy
@@ -424,6 +424,80 @@ async def test_source_faults_are_retried_without_resending_to_ecr(
         await assert_image_in_ecr(reader, repository, ":f", image)
 
 
+async def test_a_stalled_source_body_times_out_and_resumes_from_the_byte_reached(
+    fault_proxy: FaultProxy,
+    anon_registry: RegistryServer,
+    ecr: LocalEcr,
+    client: EcrClient,
+    repository: str,
+) -> None:
+    """The body stops mid-blob (the connection stays open): the read times out, and the GET
+    is sent again from the byte reached; ECR gets each byte once."""
+    image = Seeder(anon_registry).push_image(repo_name(), "stall", (1_200_000, 30_000))
+    largest = image.layers[0]
+    fault_proxy.add(Fault("stall", where=largest, at_byte=400_000))
+    result = await copy_image(
+        client,
+        f"{fault_proxy.host}/{image.repository}:stall",
+        repository,
+        tags=["stall"],
+        plain_http=True,
+        source_retry=FAST,
+        source_read_timeout=0.5,
+    )
+    assert result.blobs_uploaded == 3
+    assert fault_proxy.stalled.is_set()
+    gets = [r for r in fault_proxy.blob_gets() if largest in r.path]
+    assert [r.fault for r in gets] == ["stall", None]
+    assert gets[0].range is None
+    assert gets[1].range is not None
+    assert gets[1].range.startswith("bytes=400000-")
+    assert_no_byte_sent_twice(ecr)
+    async with await ecr_reader(ecr, client) as reader:
+        await assert_image_in_ecr(reader, repository, ":stall", image)
+
+
+async def test_an_expired_download_url_is_asked_for_again(
+    anon_registry: RegistryServer, ecr: LocalEcr, client: EcrClient, repository: str
+) -> None:
+    """ECR to ECR: a download URL whose time ran out (403) makes EcrSource ask for a fresh one."""
+    image = Seeder(anon_registry).push_image(repo_name(), "v1", (600_000, 80_000))
+    await copy_image(
+        client,
+        f"{anon_registry.host}/{image.repository}:v1",
+        repository,
+        tags=["v1"],
+        plain_http=True,
+    )
+    target = repo_name("copy")
+    ecr.create_repository(target)
+    ecr.reset()
+    ecr.faults.add(Operation.GET_DOWNLOAD_URL_FOR_LAYER, FaultKind.EXPIRED_URL, times=2)
+    result = await copy_image(
+        client,
+        f"{ecr.registry_address}/{repository}:v1",
+        target,
+        tags=["v1"],
+        source_client=client,
+        max_concurrent_layers=1,  # one blob at a time: the first gets both expired URLs
+        source_retry=FAST,
+    )
+    assert result.manifest_digest == image.digest
+    assert result.blobs_uploaded == 3
+    asked = ecr.requests(Operation.GET_DOWNLOAD_URL_FOR_LAYER)
+    assert [r.fault for r in asked] == [
+        FaultKind.EXPIRED_URL,
+        FaultKind.EXPIRED_URL,
+        None,
+        None,
+        None,
+    ]
+    assert all(r.status == 200 for r in asked)
+    assert_no_byte_sent_twice(ecr)
+    async with await ecr_reader(ecr, client) as reader:
+        await assert_image_in_ecr(reader, target, ":v1", image)
+
+
 @pytest.mark.parametrize("kind", ["replace", "short", "overrun"])
 async def test_a_corrupt_blob_is_never_completed(
     fault_proxy: FaultProxy,
@@ -529,6 +603,8 @@ async def test_a_missing_source_image_names_it(
         ({"max_concurrent_layers": 0}, "max_concurrent_layers"),
         ({"resume": {"sha256:x": 1}}, "resume"),
         ({"registry_id": "123"}, "registry_id"),
+        ({"source_read_timeout": 0}, "source_read_timeout"),
+        ({"source_read_timeout": float("nan")}, "source_read_timeout"),
     ],
 )
 async def test_bad_arguments_fail_before_any_request(

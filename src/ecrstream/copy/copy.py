@@ -410,6 +410,7 @@ async def copy_image(
     part_size: int | None = None,
     put_image_retry: RetryPolicy | None = None,
     source_retry: RetryPolicy | None = None,
+    source_read_timeout: float = 60.0,
 ) -> CopyImageResult:
     """Copy an image (or index) from a registry or from ECR into an ECR repository.
 
@@ -429,7 +430,8 @@ async def copy_image(
     checked as they stream (a mismatch is never completed). Then child manifests by digest,
     the top manifest, then each tag. ``source_retry`` bounds consecutive failed source
     requests (default ``registry.DEFAULT_REGISTRY_RETRY``); a GET resumes from the byte it
-    reached.
+    reached. A source body that sends nothing for ``source_read_timeout`` seconds counts as
+    one failed request (and resumes the same way).
 
     Raises:
         InvalidArgumentError/TypeError: bad arguments (named), before any request.
@@ -453,6 +455,14 @@ async def copy_image(
         _check_client(source_client)
     if source_retry is not None and not isinstance(source_retry, RetryPolicy):
         raise InvalidArgumentError("source_retry", "must be a RetryPolicy or None")
+    if (
+        isinstance(source_read_timeout, bool)
+        or not isinstance(source_read_timeout, int | float)
+        or not 0 < source_read_timeout < float("inf")
+    ):
+        raise InvalidArgumentError(
+            "source_read_timeout", f"must be a number of seconds > 0 (got {source_read_timeout!r})"
+        )
     reference = parse_reference(source)
     source_registry_id = validate_registry_id(source_registry_id, "source_registry_id")
     uploader = LayerUploader(client, repository_name, registry_id=registry_id, part_size=part_size)
@@ -465,6 +475,7 @@ async def copy_image(
             source_registry_id or (ecr_host.group(1) if ecr_host else None),
             verify=True if verify is None else verify,
             retry=source_retry or DEFAULT_REGISTRY_RETRY,
+            read_timeout=source_read_timeout,
         )
     else:
         image_source = RegistrySource(
@@ -474,6 +485,7 @@ async def copy_image(
                 plain_http=plain_http,
                 verify=True if verify is None else verify,
                 retry=source_retry or DEFAULT_REGISTRY_RETRY,
+                read_timeout=source_read_timeout,
             ),
             reference,
         )
