@@ -424,6 +424,51 @@ async def test_source_faults_are_retried_without_resending_to_ecr(
         await assert_image_in_ecr(reader, repository, ":f", image)
 
 
+def in_flight_at_starts(events: list[PushProgress]) -> list[int]:
+    """How many blobs were in flight (started, not done) as each blob started, itself counted."""
+    running: set[str] = set()
+    counts = []
+    for event in events:
+        if event.event == "started":
+            running.add(event.digest)
+            counts.append(len(running))
+        elif event.event == "done":
+            running.discard(event.digest)
+    return counts
+
+
+async def test_ecr_throttling_slows_the_copy_instead_of_failing_it(
+    anon_registry: RegistryServer, ecr: LocalEcr, client: EcrClient, repository: str
+) -> None:
+    """The first 4 UploadLayerPart calls (one per blob in flight) are throttled: each retry
+    takes one blob off the limit, so the next blob starts with fewer in flight."""
+    sizes = tuple(60_000 - 5_000 * n for n in range(8))
+    image = Seeder(anon_registry).push_image(repo_name("throttled"), "t", sizes)
+    ecr.faults.add(Operation.UPLOAD_LAYER_PART, FaultKind.THROTTLING, times=4)
+    events: list[PushProgress] = []
+    result = await copy_image(
+        client,
+        f"{anon_registry.host}/{image.repository}:t",
+        repository,
+        tags=["t"],
+        plain_http=True,
+        max_concurrent_layers=4,
+        on_progress=events.append,
+    )
+    assert result.blobs_uploaded == 9
+    throttled = [r for r in ecr.requests("UploadLayerPart") if r.fault is FaultKind.THROTTLING]
+    assert len(throttled) == 4
+    counts = in_flight_at_starts(events)
+    assert len(counts) == 9
+    assert counts[:4] == [1, 2, 3, 4]  # the limit before ECR said anything
+    # Unthrottled, each next blob starts as one ends: 4 in flight. Throttled, the first to
+    # start after them waits for a free place under the lowered limit.
+    assert counts[4] <= 3
+    assert 1 <= result.lowest_concurrency <= 3
+    async with await ecr_reader(ecr, client) as reader:
+        await assert_image_in_ecr(reader, repository, ":t", image)
+
+
 async def test_a_stalled_source_body_times_out_and_resumes_from_the_byte_reached(
     fault_proxy: FaultProxy,
     anon_registry: RegistryServer,

@@ -28,7 +28,7 @@ from ecrstream.image.push import (
     available_digests,
     put_image_checked,
 )
-from ecrstream.image.tasks import run_limited
+from ecrstream.image.tasks import ConcurrencyLimit, run_limited
 from ecrstream.models import (
     PutImageRequest,
     UploadCheckpoint,
@@ -63,7 +63,9 @@ class CopyImageResult:
     source reference was pinned to. ``blobs_uploaded``/``blobs_skipped`` count distinct
     blobs (configs included); ``bytes_moved`` the blob bytes this call streamed into ECR
     (after a resume, not those its checkpoints had committed).
-    ``manifest_digests`` lists the platform manifests put by digest.
+    ``manifest_digests`` lists the platform manifests put by digest. ``lowest_concurrency``
+    is the fewest blobs the copy let run at once: below ``max_concurrent_layers`` when ECR
+    throttled it (each retried ThrottlingException takes one off; successes give them back).
     """
 
     manifest_digest: str
@@ -74,6 +76,7 @@ class CopyImageResult:
     media_type: str = ""
     tags: tuple[str, ...] = ()
     manifest_digests: tuple[str, ...] = ()
+    lowest_concurrency: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,7 +233,7 @@ class _Copy(BlobProgress):
         self.plan = plan
         self.token = token
         self.on_progress = on_progress
-        self.max_concurrent_layers = max_concurrent_layers
+        self.limit = ConcurrencyLimit(max_concurrent_layers)
         self.resume = resume
         self.missing: list[_Blob] = []
         self.existed: set[str] = set()
@@ -324,7 +327,7 @@ class _Copy(BlobProgress):
     ) -> CopyImageResult:
         try:
             await self.check_availability()
-            await run_limited(self.missing, self.upload, self.max_concurrent_layers)
+            await run_limited(self.missing, self.upload, self.limit)
             if self.token.is_cancellation_requested:
                 raise self.canceled()
             for request in puts:
@@ -342,6 +345,7 @@ class _Copy(BlobProgress):
             media_type=self.plan.top.media_type,
             tags=tags,
             manifest_digests=tuple(c.digest for c in self.plan.children),
+            lowest_concurrency=self.limit.lowest,
         )
 
 
