@@ -198,7 +198,7 @@ def test_the_destination_region_is_not_the_source_s(
         (["--src-registry-id", "12345"], "--src-registry-id: "),
         (["--src-profile", "nope"], "--src-profile: no profile named 'nope'"),
         (
-            ["--src-ca-bundle", "/no/such/ca.pem", "--src-region", "eu-west-1"],
+            ["--src-ca-bundle", "/no/such/ca.pem"],
             "--src-ca-bundle: no such file: /no/such/ca.pem",
         ),
         (["--src-plain-http"], "--src-plain-http: an ECR SOURCE is read through the ECR API"),

@@ -146,7 +146,8 @@ _SRC_AWS_OPTIONS: Final = (
 
 
 def _check_source_aws(options: CopyOptions, reference: ImageReference) -> None:
-    """The --src-* AWS options: only for an ECR SOURCE, each well formed (before any request)."""
+    """The --src-* options: the AWS ones only for an ECR SOURCE, each well formed, before any
+    request (a missing --src-ca-bundle would otherwise be named as the library's verify=)."""
     from ecrstream.copy.copy import ecr_registry_of
 
     given = [name for name, field in _SRC_AWS_OPTIONS if getattr(options.src_aws, field)]
@@ -156,6 +157,8 @@ def _check_source_aws(options: CopyOptions, reference: ImageReference) -> None:
             " the ECR source options need SOURCE as"
             " ACCOUNT.dkr.ecr.REGION.amazonaws.com/REPOSITORY[:TAG]"
         )
+    if options.src_ca_bundle is not None and not Path(options.src_ca_bundle).is_file():
+        raise UsageError(f"--src-ca-bundle: no such file: {options.src_ca_bundle}")
     if options.src_aws.registry_id is not None:
         validate_registry_id(options.src_aws.registry_id, "source_registry_id")
     check_endpoint(options.src_aws.endpoint_url, "--src-endpoint-url")
