@@ -38,12 +38,13 @@ from ecrstream.copy import CopyCanceledError, CopyImageResult, RemoteBlobSource,
 from ecrstream.errors import (
     BlobSizeError,
     DigestMismatchError,
+    ImageSelectionError,
     InvalidArgumentError,
     ManifestInvalidError,
     RegistryNotFoundError,
 )
 from ecrstream.image import PushProgress
-from ecrstream.local import LocalEcr
+from ecrstream.local import FaultKind, LocalEcr, Operation
 from ecrstream.models import BatchGetImageRequest
 from ecrstream.registry import RegistryClient, manifest_blobs, parse_reference
 from ecrstream.retry import RetryPolicy
@@ -264,7 +265,7 @@ async def test_copy_one_platform_of_an_index(
     listed = [m["digest"] for m in json.loads(top.data)["manifests"]]
     assert listed == [index.children[0].digest, index.children[2].digest]
     assert two.manifest_digest == top.digest
-    with pytest.raises(InvalidArgumentError, match=r"no platform \['linux/s390x'\]") as caught:
+    with pytest.raises(ImageSelectionError, match=r"no platform \['linux/s390x'\]") as caught:
         await copy_image(
             client,
             f"{anon_registry.host}/{index.repository}:multi",
@@ -272,8 +273,8 @@ async def test_copy_one_platform_of_an_index(
             platforms=["linux/amd64", "linux/s390x"],
             plain_http=True,
         )
-    assert caught.value.field == "platforms"
-    assert "linux/arm64/v8" in str(caught.value)  # names what the index has
+    assert caught.value.image_ref == "linux/s390x"
+    assert "linux/arm64/v8" in caught.value.names  # names what the index has
 
 
 async def test_ecr_to_ecr(
@@ -423,6 +424,125 @@ async def test_source_faults_are_retried_without_resending_to_ecr(
         await assert_image_in_ecr(reader, repository, ":f", image)
 
 
+def in_flight_at_starts(events: list[PushProgress]) -> list[int]:
+    """How many blobs were in flight (started, not done) as each blob started, itself counted."""
+    running: set[str] = set()
+    counts = []
+    for event in events:
+        if event.event == "started":
+            running.add(event.digest)
+            counts.append(len(running))
+        elif event.event == "done":
+            running.discard(event.digest)
+    return counts
+
+
+async def test_ecr_throttling_slows_the_copy_instead_of_failing_it(
+    anon_registry: RegistryServer, ecr: LocalEcr, client: EcrClient, repository: str
+) -> None:
+    """The first 4 UploadLayerPart calls (one per blob in flight) are throttled: each retry
+    takes one blob off the limit, so the next blob starts with fewer in flight."""
+    sizes = tuple(60_000 - 5_000 * n for n in range(8))
+    image = Seeder(anon_registry).push_image(repo_name("throttled"), "t", sizes)
+    ecr.faults.add(Operation.UPLOAD_LAYER_PART, FaultKind.THROTTLING, times=4)
+    events: list[PushProgress] = []
+    result = await copy_image(
+        client,
+        f"{anon_registry.host}/{image.repository}:t",
+        repository,
+        tags=["t"],
+        plain_http=True,
+        max_concurrent_layers=4,
+        on_progress=events.append,
+    )
+    assert result.blobs_uploaded == 9
+    throttled = [r for r in ecr.requests("UploadLayerPart") if r.fault is FaultKind.THROTTLING]
+    assert len(throttled) == 4
+    counts = in_flight_at_starts(events)
+    assert len(counts) == 9
+    assert counts[:4] == [1, 2, 3, 4]  # the limit before ECR said anything
+    # Unthrottled, each next blob starts as one ends: 4 in flight. Throttled, the first to
+    # start after them waits for a free place under the lowered limit.
+    assert counts[4] <= 3
+    assert 1 <= result.lowest_concurrency <= 3
+    async with await ecr_reader(ecr, client) as reader:
+        await assert_image_in_ecr(reader, repository, ":t", image)
+
+
+async def test_a_stalled_source_body_times_out_and_resumes_from_the_byte_reached(
+    fault_proxy: FaultProxy,
+    anon_registry: RegistryServer,
+    ecr: LocalEcr,
+    client: EcrClient,
+    repository: str,
+) -> None:
+    """The body stops mid-blob (the connection stays open): the read times out, and the GET
+    is sent again from the byte reached; ECR gets each byte once."""
+    image = Seeder(anon_registry).push_image(repo_name(), "stall", (1_200_000, 30_000))
+    largest = image.layers[0]
+    fault_proxy.add(Fault("stall", where=largest, at_byte=400_000))
+    result = await copy_image(
+        client,
+        f"{fault_proxy.host}/{image.repository}:stall",
+        repository,
+        tags=["stall"],
+        plain_http=True,
+        source_retry=FAST,
+        source_read_timeout=0.5,
+    )
+    assert result.blobs_uploaded == 3
+    assert fault_proxy.stalled.is_set()
+    gets = [r for r in fault_proxy.blob_gets() if largest in r.path]
+    assert [r.fault for r in gets] == ["stall", None]
+    assert gets[0].range is None
+    assert gets[1].range is not None
+    assert gets[1].range.startswith("bytes=400000-")
+    assert_no_byte_sent_twice(ecr)
+    async with await ecr_reader(ecr, client) as reader:
+        await assert_image_in_ecr(reader, repository, ":stall", image)
+
+
+async def test_an_expired_download_url_is_asked_for_again(
+    anon_registry: RegistryServer, ecr: LocalEcr, client: EcrClient, repository: str
+) -> None:
+    """ECR to ECR: a download URL whose time ran out (403) makes EcrSource ask for a fresh one."""
+    image = Seeder(anon_registry).push_image(repo_name(), "v1", (600_000, 80_000))
+    await copy_image(
+        client,
+        f"{anon_registry.host}/{image.repository}:v1",
+        repository,
+        tags=["v1"],
+        plain_http=True,
+    )
+    target = repo_name("copy")
+    ecr.create_repository(target)
+    ecr.reset()
+    ecr.faults.add(Operation.GET_DOWNLOAD_URL_FOR_LAYER, FaultKind.EXPIRED_URL, times=2)
+    result = await copy_image(
+        client,
+        f"{ecr.registry_address}/{repository}:v1",
+        target,
+        tags=["v1"],
+        source_client=client,
+        max_concurrent_layers=1,  # one blob at a time: the first gets both expired URLs
+        source_retry=FAST,
+    )
+    assert result.manifest_digest == image.digest
+    assert result.blobs_uploaded == 3
+    asked = ecr.requests(Operation.GET_DOWNLOAD_URL_FOR_LAYER)
+    assert [r.fault for r in asked] == [
+        FaultKind.EXPIRED_URL,
+        FaultKind.EXPIRED_URL,
+        None,
+        None,
+        None,
+    ]
+    assert all(r.status == 200 for r in asked)
+    assert_no_byte_sent_twice(ecr)
+    async with await ecr_reader(ecr, client) as reader:
+        await assert_image_in_ecr(reader, target, ":v1", image)
+
+
 @pytest.mark.parametrize("kind", ["replace", "short", "overrun"])
 async def test_a_corrupt_blob_is_never_completed(
     fault_proxy: FaultProxy,
@@ -528,6 +648,8 @@ async def test_a_missing_source_image_names_it(
         ({"max_concurrent_layers": 0}, "max_concurrent_layers"),
         ({"resume": {"sha256:x": 1}}, "resume"),
         ({"registry_id": "123"}, "registry_id"),
+        ({"source_read_timeout": 0}, "source_read_timeout"),
+        ({"source_read_timeout": float("nan")}, "source_read_timeout"),
     ],
 )
 async def test_bad_arguments_fail_before_any_request(

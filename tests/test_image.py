@@ -350,6 +350,7 @@ async def test_oci_sources_round_trip_with_manifest_bytes_kept(
         bytes_uploaded=sum(map(len, layers)) + len(config),
         media_type=OCI_MANIFEST,
         tags=("v1", "latest"),
+        lowest_concurrency=4,  # never throttled: the default max_concurrent_layers throughout
     )
     for image_id in ("v1", "latest", source.manifest_digest):
         text, digest, media_type = await fetch(client, repository, image_id)
@@ -586,6 +587,38 @@ async def test_layers_upload_concurrently_up_to_the_limit(
     )
     sent = [p.total_bytes_sent for p in trace]
     assert sent == sorted(sent)
+
+
+async def test_ecr_throttling_lowers_how_many_layers_push_uploads_at_once(
+    ecr: LocalEcr, repository: str, client: EcrClient, tmp_path: Path
+) -> None:
+    """push_image shares copy's limit: the first 3 parts (of the 3 blobs in flight) are
+    throttled, each retry takes one off, and the next blob starts with fewer in flight."""
+    layers = [layer_bytes(40 * KIB - n * KIB, 200 + n) for n in range(6)]
+    path = write_folder(oci_source(layers).files, tmp_path / "layout")
+    ecr.faults.add(ULP, FaultKind.THROTTLING, times=3)
+    running: set[str] = set()
+    counts: list[int] = []
+
+    def on_progress(progress: PushProgress) -> None:
+        if progress.event == "started":
+            running.add(progress.digest)
+            counts.append(len(running))
+        elif progress.event == "done":
+            running.discard(progress.digest)
+
+    result = await push_image(
+        client, path, repository, tags=["t"], max_concurrent_layers=3, on_progress=on_progress
+    )
+
+    assert result.layers_uploaded == 6
+    assert [r.fault for r in ecr.requests(ULP)].count(FaultKind.THROTTLING) == 3
+    assert counts[:3] == [1, 2, 3]
+    assert len(counts) == 7  # the config too
+    # Unthrottled, each next blob starts as one ends: 3 in flight. Throttled, the first to
+    # start after them waits for a free place under the lowered limit.
+    assert counts[3] <= 2
+    assert 1 <= result.lowest_concurrency <= 2
 
 
 async def test_uploads_start_largest_first_and_each_blob_is_checked_once_in_one_batch(

@@ -21,7 +21,7 @@ import pytest
 from aiobotocore.session import AioSession
 from botocore.exceptions import ClientError
 
-from ecrstream.local import LocalEcr, Operation, store
+from ecrstream.local import FaultKind, LocalEcr, Operation, store
 
 if TYPE_CHECKING:
     from types_aiobotocore_ecr import ECRClient
@@ -303,6 +303,34 @@ async def test_download_url_serves_the_layer_and_answers_ranges_as_s3(
     async with http.get(url.replace("X-Amz-Signature=", "X-Amz-Signature=0")) as response:
         assert response.status == 403
         assert b"<Code>SignatureDoesNotMatch</Code>" in await response.read()
+
+
+@pytest.mark.anyio
+async def test_an_expired_url_fault_answers_a_url_the_storage_refuses(
+    ecr: LocalEcr, repository: str, aio_ecr_client: ECRClient, http: aiohttp.ClientSession
+) -> None:
+    layer = blob(1000, seed=8)
+    await push_image(aio_ecr_client, repository, [layer])
+    ecr.faults.add(Operation.GET_DOWNLOAD_URL_FOR_LAYER, FaultKind.EXPIRED_URL)
+    urls = [
+        (
+            await aio_ecr_client.get_download_url_for_layer(
+                repositoryName=repository, layerDigest=digest_of(layer)
+            )
+        )["downloadUrl"]
+        for _ in range(2)
+    ]
+    async with http.get(urls[0]) as response:
+        assert response.status == 403
+        text = await response.text()
+        assert "<Code>AccessDenied</Code>" in text
+        assert "Request has expired" in text
+    async with http.get(urls[1]) as response:  # the fault's one time is spent
+        assert (response.status, await response.read()) == (200, layer)
+    records = ecr.requests(Operation.GET_DOWNLOAD_URL_FOR_LAYER)
+    assert [(r.fault, r.status) for r in records] == [(FaultKind.EXPIRED_URL, 200), (None, 200)]
+    with pytest.raises(ValueError, match="GetDownloadUrlForLayer only"):
+        ecr.faults.add(Operation.BATCH_GET_IMAGE, FaultKind.EXPIRED_URL)
 
 
 @pytest.mark.anyio

@@ -12,9 +12,11 @@ by the caller's token.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Final, TypeVar
 
@@ -23,7 +25,7 @@ import anyio
 from ecrstream.cancellation import CancellationToken, OperationCanceledError, run_cancellable
 from ecrstream.errors import InvalidArgumentError, is_transient
 
-__all__ = ["RetryHook", "RetryPolicy", "call_with_retries"]
+__all__ = ["RetryHook", "RetryPolicy", "call_with_retries", "retries_told_to"]
 
 _T = TypeVar("_T")
 _NONE: Final = CancellationToken.NONE
@@ -68,6 +70,25 @@ class RetryPolicy:
 RetryHook = Callable[[int, Exception], None]
 
 
+_LISTENER: ContextVar[RetryHook | None] = ContextVar("ecrstream_retry_listener", default=None)
+
+
+@contextlib.contextmanager
+def retries_told_to(hook: RetryHook) -> Iterator[None]:
+    """Tell ``hook`` of every retry ``call_with_retries`` makes in this block, and in the tasks
+    started in it (a context variable), whoever the caller.
+
+    How a push sees ECR throttle any of its requests without threading a callback through
+    every layer (``image.tasks.ConcurrencyLimit``). ``hook`` runs before the backoff; it must
+    not block or raise. Blocks nest: the innermost hook is told.
+    """
+    reset = _LISTENER.set(hook)
+    try:
+        yield
+    finally:
+        _LISTENER.reset(reset)
+
+
 async def call_with_retries(
     attempt: Callable[[int], Awaitable[_T]],
     *,
@@ -100,5 +121,8 @@ async def call_with_retries(
                 on_retry(number, exc)
             else:
                 logger.debug("attempt %d failed (%s); retrying", number, exc)
+            listener = _LISTENER.get()
+            if listener is not None:
+                listener(number, exc)
         await policy.sleep(number, token)
         number += 1

@@ -93,6 +93,7 @@ def _context(options: Options) -> Context:
         registry_id=options.aws.registry_id,
         endpoint_url=options.aws.endpoint_url,
         region=options.aws.region,
+        source=options.source if isinstance(options, CopyOptions) else None,
     )
 
 

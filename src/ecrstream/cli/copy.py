@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING, Final
 
 from ecrstream.cli.checkpoints import program
 from ecrstream.cli.errors import EXIT_OK, Context, UsageError, redact
-from ecrstream.cli.options import CopyOptions
+from ecrstream.cli.options import AwsOptions, CopyOptions
 from ecrstream.cli.push import PushView
-from ecrstream.cli.runner import Runner, Stopped, check_endpoint, run_command
+from ecrstream.cli.runner import Runner, Stopped, check_endpoint, client_arguments, run_command
 from ecrstream.cli.units import format_bytes, mb_per_s, plural
 from ecrstream.errors import CopyCanceledError
 from ecrstream.models import (
@@ -31,7 +31,9 @@ from ecrstream.models import (
 )
 
 if TYPE_CHECKING:
+    from ecrstream.client import EcrClient
     from ecrstream.copy import CopyImageResult
+    from ecrstream.registry import ImageReference
 
 __all__ = ["load_copy_checkpoint", "run", "write_copy_checkpoint"]
 
@@ -135,13 +137,76 @@ def _done(options: CopyOptions, copied: _Copied) -> int:
     return EXIT_OK
 
 
+_SRC_AWS_OPTIONS: Final = (
+    ("--src-region", "region"),
+    ("--src-profile", "profile"),
+    ("--src-endpoint-url", "endpoint_url"),
+    ("--src-registry-id", "registry_id"),
+)
+
+
+def _check_source_aws(options: CopyOptions, reference: ImageReference) -> None:
+    """The --src-* options: the AWS ones only for an ECR SOURCE, each well formed, before any
+    request (a missing --src-ca-bundle would otherwise be named as the library's verify=)."""
+    from ecrstream.copy.copy import ecr_registry_of
+
+    given = [name for name, field in _SRC_AWS_OPTIONS if getattr(options.src_aws, field)]
+    if given and ecr_registry_of(reference.registry) is None:
+        raise UsageError(
+            f"{given[0]}: SOURCE {reference.registry}/{reference.repository} is not in ECR;"
+            " the ECR source options need SOURCE as"
+            " ACCOUNT.dkr.ecr.REGION.amazonaws.com/REPOSITORY[:TAG]"
+        )
+    if options.src_ca_bundle is not None and not Path(options.src_ca_bundle).is_file():
+        raise UsageError(f"--src-ca-bundle: no such file: {options.src_ca_bundle}")
+    if options.src_aws.registry_id is not None:
+        validate_registry_id(options.src_aws.registry_id, "source_registry_id")
+    check_endpoint(options.src_aws.endpoint_url, "--src-endpoint-url")
+    if ecr_registry_of(reference.registry) is not None:
+        if options.src_plain_http:
+            raise UsageError("--src-plain-http: an ECR SOURCE is read through the ECR API")
+        if options.src_creds is not None:
+            raise UsageError(
+                "--src-creds: an ECR SOURCE is read with AWS credentials (--src-profile),"
+                " not USER:PASS"
+            )
+
+
+async def _source_client(
+    runner: Runner, options: CopyOptions, reference: ImageReference
+) -> EcrClient | None:
+    """An ECR SOURCE's own client, or None if the destination's serves (same region, no --src-*).
+
+    Each setting comes from its --src-* option, else: the region from the SOURCE's host, the
+    profile from --profile. The endpoint and TLS are never the destination's (--endpoint-url,
+    --ca-bundle): a source elsewhere has its own (--src-endpoint-url, --src-ca-bundle).
+    """
+    from ecrstream.copy.copy import ecr_registry_of
+
+    host = ecr_registry_of(reference.registry)
+    if host is None:
+        return None
+    src = options.src_aws
+    region = src.region or host[1]
+    if not (src.profile or src.endpoint_url) and region == runner.context.region:
+        return None
+    source_aws = AwsOptions(
+        region=region,
+        profile=src.profile or options.aws.profile,
+        endpoint_url=src.endpoint_url,
+        ca_bundle=options.src_ca_bundle,
+    )
+    return await runner.client(**client_arguments(source_aws, prefix="src-"))
+
+
 def run(options: CopyOptions, context: Context) -> int:
     """Run copy; the exit code (errors are raised, for the caller to explain)."""
     from ecrstream.registry import parse_reference
 
-    parse_reference(options.source)  # InvalidArgumentError("source", ...) before anything
+    reference = parse_reference(options.source)  # InvalidArgumentError("source", ...) first
     validate_repository_name(options.repository)
     validate_registry_id(options.aws.registry_id)
+    _check_source_aws(options, reference)
     for tag in options.tags:
         PutImageRequest(options.repository, "{}", image_tag=tag)
     check_endpoint(options.aws.endpoint_url)
@@ -151,6 +216,7 @@ def run(options: CopyOptions, context: Context) -> int:
 
     async def body(runner: Runner) -> _Copied:
         client = await runner.client()
+        source_client = await _source_client(runner, options, reference)
         view = PushView(runner.display(options.source, 0), options.part_size)
         started = time.monotonic()
         result = await copy_image(
@@ -166,6 +232,8 @@ def run(options: CopyOptions, context: Context) -> int:
             source_credentials=options.src_creds,
             plain_http=options.src_plain_http,
             verify=options.src_ca_bundle,
+            source_client=source_client,
+            source_registry_id=options.src_aws.registry_id,
             resume=resume,
             part_size=options.part_size,
         )

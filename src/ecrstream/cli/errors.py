@@ -18,6 +18,7 @@ from typing import Any
 
 from ecrstream.errors import (
     AuthenticationError,
+    BlobSizeError,
     CredentialsError,
     DigestMismatchError,
     EcrConnectionError,
@@ -26,6 +27,11 @@ from ecrstream.errors import (
     ImageSelectionError,
     ImageSourceError,
     InvalidArgumentError,
+    ManifestInvalidError,
+    RegistryAuthError,
+    RegistryConnectionError,
+    RegistryError,
+    RegistryNotFoundError,
     RepositoryNotFoundError,
     ServerError,
     SourceChangedError,
@@ -68,6 +74,8 @@ OPTION_OF_FIELD = {
     "tags": "--tag",
     "image_ref": "--image-ref",
     "max_concurrent_layers": "--max-concurrent-layers",
+    "source_registry_id": "--src-registry-id",
+    "platforms": "--platform",
 }
 
 _FIELD_PREFIX_RE = re.compile(r"([a-z_]+): ")
@@ -105,6 +113,8 @@ class Context:
     registry_id: str | None = None
     endpoint_url: str | None = None
     region: str | None = None
+    #: ``copy``'s SOURCE reference, as typed
+    source: str | None = None
 
     @property
     def where(self) -> str:
@@ -168,7 +178,17 @@ def _bad_argument(exc: ValueError, context: Context) -> Explanation:
     return f"{text} {context.see_help}", EXIT_USAGE
 
 
+#: The operations copy sends to an ECR source (the destination never gets them from copy).
+_SOURCE_OPERATIONS = frozenset({"BatchGetImage", "GetDownloadUrlForLayer"})
+
+
 def _repository_not_found(exc: RepositoryNotFoundError, context: Context) -> Explanation:
+    if context.command == "copy" and exc.operation in _SOURCE_OPERATIONS:
+        return (
+            f"the source repository of {context.source} was not found ({exc.code}): check"
+            " SOURCE's repository and --src-region, --src-registry-id and --src-profile",
+            EXIT_FAILURE,
+        )
     repository = context.repository
     registry = context.registry_id
     in_registry = f"registry {registry}" if registry else "the default registry"
@@ -222,6 +242,12 @@ def _unreachable(exc: EcrConnectionError, context: Context) -> Explanation:
 
 
 def _digest_mismatch(exc: DigestMismatchError, context: Context) -> Explanation:
+    if context.command == "copy":
+        return (
+            f"the source sent a blob whose bytes do not match its digest: {exc}; no image was"
+            " put: run the command again (a proxy or mirror in between may have altered it)",
+            EXIT_FAILURE,
+        )
     if context.command == "push":
         return f"{exc}: SOURCE holds a blob whose bytes do not match its digest", EXIT_FAILURE
     return f"{exc}: check --expected-digest and the file", EXIT_FAILURE
@@ -234,6 +260,13 @@ def _source_changed(exc: SourceChangedError, context: Context) -> Explanation:
 def _image_selection(exc: ImageSelectionError, context: Context) -> Explanation:
     names = ", ".join(exc.names) or "none"
     source = exc.source or "SOURCE"
+    if context.command == "copy":  # found by reading the source: a failure, not a usage error
+        if not exc.names:
+            return f"--platform: {source} is one image, not an index of platforms", EXIT_FAILURE
+        return (
+            f"--platform: {source} has no platform {exc.image_ref} (it has: {names})",
+            EXIT_FAILURE,
+        )
     if exc.image_ref is None:
         text = f"{source} holds several images: choose one with --image-ref (names: {names})"
     else:
@@ -246,6 +279,84 @@ def _image_source(exc: ImageSourceError, context: Context) -> Explanation:
         f"{exc}: check SOURCE (an OCI layout folder or tar, or a docker save archive)",
         EXIT_FAILURE,
     )
+
+
+# -- the source registry of ``copy`` -----------------------------------------------------------
+
+
+def _source_registry(context: Context) -> str:
+    """The source registry's host, from SOURCE (docker.io for Docker Hub's short forms)."""
+    from ecrstream.registry.reference import parse_reference
+
+    try:
+        return parse_reference(context.source or "").registry
+    except ValueError:
+        return "the source registry"
+
+
+def _source_refused(exc: RegistryAuthError, context: Context) -> Explanation:
+    host = _source_registry(context)
+    if exc.status == 403:
+        hint = "these credentials may not pull it: use ones that can (--src-creds USER:PASS)"
+    else:
+        hint = f"check --src-creds USER:PASS, or log in as docker would (docker login {host})"
+    return f"the source registry {host} refused access: {exc}; {hint}", EXIT_FAILURE
+
+
+def _source_not_found(exc: RegistryNotFoundError, context: Context) -> Explanation:
+    return (
+        f"{context.source}: not found at the source ({exc}): check SOURCE's repository and"
+        " its tag or digest",
+        EXIT_FAILURE,
+    )
+
+
+def _source_blob_size(exc: BlobSizeError, context: Context) -> Explanation:
+    return (
+        f"the source sent a blob of another size than its manifest says: {exc}; its upload"
+        " was not completed and no image was put: run the command again (a proxy or mirror"
+        " in between may have altered it)",
+        EXIT_FAILURE,
+    )
+
+
+def _source_unreachable(exc: RegistryConnectionError, context: Context) -> Explanation:
+    host = _source_registry(context)
+    text = str(exc).split("; pass verify=", 1)[0]  # the library's hint names its argument
+    lowered = text.lower()
+    if "certificate" in lowered:
+        hint = (
+            f"the TLS certificate of {host} is not trusted: pass --src-ca-bundle FILE with"
+            " the CA that signed it"
+        )
+    elif "ssl" in lowered or "tls" in lowered:
+        hint = (
+            f"{host} does not speak TLS as expected: if it serves plain HTTP, pass --src-plain-http"
+        )
+    elif exc.timed_out:
+        hint = "the source stopped sending: run the command again (a stopped copy resumes)"
+    else:
+        hint = f"check SOURCE's host ({host}) and the network, then run the command again"
+    return f"cannot read from the source registry: {text}; {hint}", EXIT_FAILURE
+
+
+def _source_failed(exc: RegistryError, context: Context) -> Explanation:
+    if isinstance(exc, ManifestInvalidError):
+        return f"{exc}: ecrstream cannot copy this image of {context.source}", EXIT_FAILURE
+    host = _source_registry(context)
+    if exc.status == 429:
+        return (
+            f"the source registry {host} is rate limiting (HTTP 429) and kept at it after"
+            f" retries: {exc}; wait and run the command again, or pass --src-creds: some"
+            " registries (Docker Hub) allow logged-in users more pulls",
+            EXIT_FAILURE,
+        )
+    if exc.status is not None and exc.status >= 500:
+        return (
+            f"the source registry {host} kept failing after retries: {exc}; try again later",
+            EXIT_FAILURE,
+        )
+    return f"the source registry {host} refused a request: {exc}", EXIT_FAILURE
 
 
 def _kept_failing(exc: ServerError | ThrottlingError, context: Context) -> Explanation:
@@ -278,6 +389,11 @@ _HANDLERS: tuple[tuple[Any, Callable[[Any, Context], Explanation]], ...] = (
     (CredentialsError, _no_credentials),
     (EcrConnectionError, _unreachable),
     (DigestMismatchError, _digest_mismatch),
+    (RegistryAuthError, _source_refused),
+    (RegistryNotFoundError, _source_not_found),
+    (BlobSizeError, _source_blob_size),
+    (RegistryConnectionError, _source_unreachable),
+    (RegistryError, _source_failed),
     (SourceChangedError, _source_changed),
     (ImageSelectionError, _image_selection),
     (ImageSourceError, _image_source),

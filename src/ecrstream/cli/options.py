@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 __all__ = [
     "AwsOptions",
+    "CopyOptions",
     "DemoOptions",
     "LocalEcrOptions",
     "Options",
@@ -125,6 +126,9 @@ class CopyOptions:
     src_plain_http: bool = False
     src_creds: str | None = field(default=None, repr=False)
     src_ca_bundle: str | None = None
+    #: An ECR source's own client (--src-region, --src-profile, --src-endpoint-url,
+    #: --src-registry-id); its TLS is --src-ca-bundle's.
+    src_aws: AwsOptions = AwsOptions()
     max_concurrent_layers: int = 4
     part_size: int | None = None
     timeout: float | None = None

@@ -289,7 +289,31 @@ def _add_copy(commands: argparse._SubParsersAction[_Parser]) -> None:
         help="source credentials (default: docker's config and credential helpers)",
     )
     source.add_argument(
-        "--src-ca-bundle", metavar="FILE", help="CA bundle for the source registry's TLS"
+        "--src-ca-bundle",
+        metavar="FILE",
+        help="CA bundle for the source registry's TLS (an ECR source's too: its API endpoint"
+        " and download URLs)",
+    )
+    ecr = copy.add_argument_group(
+        "ECR source (SOURCE is ACCOUNT.dkr.ecr.REGION.amazonaws.com/REPO:TAG)",
+        "read through the ECR API with a client of its own; by default the source's region is"
+        " that of its host, its profile --profile's, its account the host's",
+    )
+    ecr.add_argument(
+        "--src-region", metavar="REGION", help="the source's AWS region (default: its host's)"
+    )
+    ecr.add_argument(
+        "--src-profile", metavar="NAME", help="the source's profile (default: --profile's)"
+    )
+    ecr.add_argument(
+        "--src-endpoint-url",
+        metavar="URL",
+        help="the source's ECR endpoint (default: AWS's for its region; never --endpoint-url)",
+    )
+    ecr.add_argument(
+        "--src-registry-id",
+        metavar="ACCOUNT",
+        help="the source registry's 12-digit account id (default: the host's)",
     )
     options = copy.add_argument_group("copy")
     options.add_argument(
@@ -472,6 +496,12 @@ def parse(parser: argparse.ArgumentParser, argv: Sequence[str]) -> Options | Non
             src_plain_http=namespace.src_plain_http,
             src_creds=namespace.src_creds,
             src_ca_bundle=namespace.src_ca_bundle,
+            src_aws=AwsOptions(
+                region=namespace.src_region,
+                profile=namespace.src_profile,
+                endpoint_url=namespace.src_endpoint_url,
+                registry_id=namespace.src_registry_id,
+            ),
             max_concurrent_layers=namespace.max_concurrent_layers,
             part_size=namespace.part_size,
             timeout=namespace.timeout,

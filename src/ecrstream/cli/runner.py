@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +31,7 @@ from ecrstream.cli.progress import Display
 from ecrstream.cli.signals import Interrupts, interrupts
 from ecrstream.client import EcrClient
 
-__all__ = ["Runner", "Stopped", "check_endpoint", "run_command"]
+__all__ = ["Runner", "Stopped", "check_endpoint", "client_arguments", "run_command"]
 
 logger = logging.getLogger("ecrstream.cli")
 
@@ -38,6 +39,8 @@ _T = TypeVar("_T")
 
 # A black-holed endpoint fails in seconds rather than botocore's default minute.
 _CONNECT_TIMEOUT = 10
+# botocore's own rule for a region name (it refuses others when the client is made)
+_REGION_RE = re.compile(r"[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?")
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,23 +67,24 @@ class Stopped:
         return EXIT_FAILURE if self.timed_out else EXIT_INTERRUPTED
 
 
-def check_endpoint(url: str | None) -> str | None:
+def check_endpoint(url: str | None, option: str = "--endpoint-url") -> str | None:
     """``url`` with its host in lowercase (what the signature uses); UsageError if not a URL."""
     if url is None:
         return None
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise UsageError(f"--endpoint-url: {url!r} is not an http:// or https:// URL")
+        raise UsageError(f"{option}: {url!r} is not an http:// or https:// URL")
     if "@" in parts.netloc:
         return url
     # botocore signs the host in lowercase; aiohttp would send it as typed (LocalHost:PORT)
     return urlunsplit(parts._replace(netloc=parts.netloc.lower()))
 
 
-def _session(aws: AwsOptions, context: Context) -> Any:
-    """An AioSession for --profile; checks the profile and the region before any request.
+def _session(aws: AwsOptions, prefix: str = "", region: str | None = None) -> tuple[Any, str]:
+    """An AioSession for the profile, and the region; both checked before any request.
 
-    Sets ``context.region`` to the region it resolved.
+    ``prefix`` names the options in errors (``"src-"``: --src-profile); ``region`` is the
+    one to use when ``aws`` names none and the profile configures none.
     """
     from aiobotocore.session import AioSession
     from botocore.exceptions import ProfileNotFound
@@ -90,7 +94,7 @@ def _session(aws: AwsOptions, context: Context) -> Any:
         session = AioSession(profile=profile)
         if profile is not None and profile not in session.available_profiles:
             raise UsageError(
-                f"--profile: no profile named {profile!r} in the AWS config files"
+                f"--{prefix}profile: no profile named {profile!r} in the AWS config files"
                 " (~/.aws/config, ~/.aws/credentials); 'aws configure list-profiles' lists them"
             )
         # Also where a bad AWS_PROFILE shows up, before any request
@@ -98,21 +102,56 @@ def _session(aws: AwsOptions, context: Context) -> Any:
     except ProfileNotFound as exc:
         raise UsageError(
             f"the AWS profile {exc.kwargs.get('profile')!r} (from AWS_PROFILE) does not exist:"
-            " pass --profile NAME or unset AWS_PROFILE"
+            f" pass --{prefix}profile NAME or unset AWS_PROFILE"
         ) from None
-    region = aws.region or configured_region
-    if not region:
+    resolved = aws.region or configured_region or region
+    if not resolved:
         raise UsageError(
-            "no AWS region: pass --region (for example --region us-east-1)"
+            f"no AWS region: pass --{prefix}region (for example --{prefix}region us-east-1)"
             " or set AWS_REGION or AWS_DEFAULT_REGION"
         )
-    context.region = region
-    return session
+    if not _REGION_RE.fullmatch(resolved):
+        raise UsageError(
+            f"--{prefix}region: {resolved!r} is not an AWS region name (like us-east-1)"
+        )
+    return session, resolved
 
 
-def _check_ca_bundle(aws: AwsOptions) -> None:
+def _check_ca_bundle(aws: AwsOptions, prefix: str = "") -> None:
     if aws.ca_bundle is not None and not Path(aws.ca_bundle).is_file():
-        raise UsageError(f"--ca-bundle: no such file: {aws.ca_bundle}")
+        raise UsageError(f"--{prefix}ca-bundle: no such file: {aws.ca_bundle}")
+
+
+def client_arguments(
+    aws: AwsOptions, *, prefix: str = "", region: str | None = None
+) -> dict[str, Any]:
+    """``EcrClient.create``'s arguments for AWS options, checked before any request.
+
+    ``prefix`` is that of the option names errors give (``"src-"`` for --src-region,
+    --src-profile, --src-endpoint-url, --src-ca-bundle); ``region`` the fallback region.
+    """
+    _check_ca_bundle(aws, prefix)
+    endpoint_url = check_endpoint(aws.endpoint_url, f"--{prefix}endpoint-url")
+    session, resolved = _session(aws, prefix, region)
+    from aiobotocore.config import AioConfig
+
+    create: dict[str, Any] = {
+        "region_name": resolved,
+        "endpoint_url": endpoint_url,
+        "session": session,
+        "config": AioConfig(connect_timeout=_CONNECT_TIMEOUT),
+    }
+    if aws.verify is not None:
+        create["verify"] = aws.verify
+    logger.debug(
+        "client%s: region %s, endpoint %s, profile %s, verify %s",
+        f" ({prefix.rstrip('-')})" if prefix else "",
+        resolved,
+        endpoint_url or "(AWS)",
+        aws.profile or "(default chain)",
+        aws.verify if aws.verify is not None else "(default)",
+    )
+    return create
 
 
 class Runner:
@@ -146,25 +185,8 @@ class Runner:
         if not create:
             aws = self._aws
             assert aws is not None, "a command without AWS options gives its client arguments"
-            _check_ca_bundle(aws)
-            session = _session(aws, self.context)
-            from aiobotocore.config import AioConfig
-
-            create = {
-                "region_name": self.context.region,
-                "endpoint_url": check_endpoint(aws.endpoint_url),
-                "session": session,
-                "config": AioConfig(connect_timeout=_CONNECT_TIMEOUT),
-            }
-            if aws.verify is not None:
-                create["verify"] = aws.verify
-            logger.debug(
-                "client: region %s, endpoint %s, profile %s, verify %s",
-                create["region_name"],
-                create["endpoint_url"] or "(AWS)",
-                aws.profile or "(default chain)",
-                aws.verify if aws.verify is not None else "(default)",
-            )
+            create = client_arguments(aws)
+            self.context.region = create["region_name"]
         client: EcrClient = await self._stack.enter_async_context(EcrClient.create(**create))
         return client
 

@@ -15,6 +15,7 @@ from ecrstream.copy.source import EcrSource, ImageSource, RegistrySource, Remote
 from ecrstream.errors import (
     CopyCanceledError,
     DigestMismatchError,
+    ImageSelectionError,
     InvalidArgumentError,
     ManifestInvalidError,
 )
@@ -27,7 +28,7 @@ from ecrstream.image.push import (
     available_digests,
     put_image_checked,
 )
-from ecrstream.image.tasks import run_limited
+from ecrstream.image.tasks import ConcurrencyLimit, run_limited
 from ecrstream.models import (
     PutImageRequest,
     UploadCheckpoint,
@@ -46,7 +47,9 @@ from ecrstream.uploader import LayerUploader
 __all__ = ["CopyImageResult", "copy_image"]
 
 _NONE: Final = CancellationToken.NONE
-_ECR_HOST: Final = re.compile(r"(\d{12})\.dkr\.ecr(?:-fips)?\.[a-z0-9-]+\.amazonaws\.com(?:\.cn)?")
+_ECR_HOST: Final = re.compile(
+    r"(\d{12})\.dkr\.ecr(?:-fips)?\.([a-z0-9-]+)\.amazonaws\.com(?:\.cn)?"
+)
 _PLATFORM: Final = re.compile(r"[a-z0-9_.-]+/[a-z0-9_.-]+(?:/[a-z0-9_.-]+)?")
 
 
@@ -60,7 +63,9 @@ class CopyImageResult:
     source reference was pinned to. ``blobs_uploaded``/``blobs_skipped`` count distinct
     blobs (configs included); ``bytes_moved`` the blob bytes this call streamed into ECR
     (after a resume, not those its checkpoints had committed).
-    ``manifest_digests`` lists the platform manifests put by digest.
+    ``manifest_digests`` lists the platform manifests put by digest. ``lowest_concurrency``
+    is the fewest blobs the copy let run at once: below ``max_concurrent_layers`` when ECR
+    throttled it (each retried ThrottlingException takes one off; successes give them back).
     """
 
     manifest_digest: str
@@ -71,6 +76,7 @@ class CopyImageResult:
     media_type: str = ""
     tags: tuple[str, ...] = ()
     manifest_digests: tuple[str, ...] = ()
+    lowest_concurrency: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +93,12 @@ class _Plan:
     top: Manifest
     children: tuple[Manifest, ...]
     blobs: dict[str, _Blob]
+
+
+def ecr_registry_of(host: str) -> tuple[str, str] | None:
+    """(account, region) of an ECR registry host (``ACCOUNT.dkr.ecr.REGION.amazonaws.com``)."""
+    match = _ECR_HOST.fullmatch(host)
+    return (match.group(1), match.group(2)) if match else None
 
 
 def _check_platforms(platforms: object) -> tuple[str, ...] | None:
@@ -152,8 +164,11 @@ async def _plan(
     blobs: dict[str, _Blob] = {}
     if not top.is_index:
         if platforms is not None:
-            raise InvalidArgumentError(
-                "platforms", f"{source.description}@{top.digest} is one image, not an index"
+            raise ImageSelectionError(
+                f"platforms: {source.description}@{top.digest} is one image, not an index;"
+                f" it has no platform {list(platforms)} to choose",
+                source=f"{source.description}@{top.digest}",
+                image_ref=" ".join(platforms),
             )
         _blobs_of(top, blobs)
         return _Plan(top.digest, top, (), blobs)
@@ -168,9 +183,12 @@ async def _plan(
             selected.extend(e for e in matches if e not in selected)
         if missing:
             listed = sorted({str(e.platform) for e in entries if e.platform is not None})
-            raise InvalidArgumentError(
-                "platforms",
-                f"{source.description}@{top.digest} has no platform {missing} (it has {listed})",
+            raise ImageSelectionError(
+                f"platforms: {source.description}@{top.digest} has no platform {missing}"
+                f" (it has {listed})",
+                source=f"{source.description}@{top.digest}",
+                image_ref=" ".join(missing),
+                names=tuple(listed),
             )
         entries = tuple(e for e in entries if e in selected)  # in the index's order
     children = []
@@ -215,7 +233,7 @@ class _Copy(BlobProgress):
         self.plan = plan
         self.token = token
         self.on_progress = on_progress
-        self.max_concurrent_layers = max_concurrent_layers
+        self.limit = ConcurrencyLimit(max_concurrent_layers)
         self.resume = resume
         self.missing: list[_Blob] = []
         self.existed: set[str] = set()
@@ -309,7 +327,7 @@ class _Copy(BlobProgress):
     ) -> CopyImageResult:
         try:
             await self.check_availability()
-            await run_limited(self.missing, self.upload, self.max_concurrent_layers)
+            await run_limited(self.missing, self.upload, self.limit)
             if self.token.is_cancellation_requested:
                 raise self.canceled()
             for request in puts:
@@ -327,6 +345,7 @@ class _Copy(BlobProgress):
             media_type=self.plan.top.media_type,
             tags=tags,
             manifest_digests=tuple(c.digest for c in self.plan.children),
+            lowest_concurrency=self.limit.lowest,
         )
 
 
@@ -395,6 +414,7 @@ async def copy_image(
     part_size: int | None = None,
     put_image_retry: RetryPolicy | None = None,
     source_retry: RetryPolicy | None = None,
+    source_read_timeout: float = 60.0,
 ) -> CopyImageResult:
     """Copy an image (or index) from a registry or from ECR into an ECR repository.
 
@@ -414,7 +434,8 @@ async def copy_image(
     checked as they stream (a mismatch is never completed). Then child manifests by digest,
     the top manifest, then each tag. ``source_retry`` bounds consecutive failed source
     requests (default ``registry.DEFAULT_REGISTRY_RETRY``); a GET resumes from the byte it
-    reached.
+    reached. A source body that sends nothing for ``source_read_timeout`` seconds counts as
+    one failed request (and resumes the same way).
 
     A resumed blob is not downloaded again: its upload goes on with one ranged GET from the
     byte ECR holds (``Range: bytes=<committed>-``; a source that ignores Range sends the whole
@@ -426,6 +447,9 @@ async def copy_image(
 
     Raises:
         InvalidArgumentError/TypeError: bad arguments (named), before any request.
+        ImageSelectionError: ``platforms`` names one the source's index does not have
+            (``image_ref``: those missing, ``names``: those it has), or the source is
+            one image, not an index.
         CopyCanceledError: the token stopped the copy; pass it as ``resume=`` to skip what
             is committed and continue the blobs in flight from their checkpoints.
         DigestMismatchError/BlobSizeError: a source blob that is not what its descriptor
@@ -444,6 +468,14 @@ async def copy_image(
         _check_client(source_client)
     if source_retry is not None and not isinstance(source_retry, RetryPolicy):
         raise InvalidArgumentError("source_retry", "must be a RetryPolicy or None")
+    if (
+        isinstance(source_read_timeout, bool)
+        or not isinstance(source_read_timeout, int | float)
+        or not 0 < source_read_timeout < float("inf")
+    ):
+        raise InvalidArgumentError(
+            "source_read_timeout", f"must be a number of seconds > 0 (got {source_read_timeout!r})"
+        )
     reference = parse_reference(source)
     source_registry_id = validate_registry_id(source_registry_id, "source_registry_id")
     uploader = LayerUploader(client, repository_name, registry_id=registry_id, part_size=part_size)
@@ -456,6 +488,7 @@ async def copy_image(
             source_registry_id or (ecr_host.group(1) if ecr_host else None),
             verify=True if verify is None else verify,
             retry=source_retry or DEFAULT_REGISTRY_RETRY,
+            read_timeout=source_read_timeout,
         )
     else:
         image_source = RegistrySource(
@@ -465,6 +498,7 @@ async def copy_image(
                 plain_http=plain_http,
                 verify=True if verify is None else verify,
                 retry=source_retry or DEFAULT_REGISTRY_RETRY,
+                read_timeout=source_read_timeout,
             ),
             reference,
         )

@@ -33,7 +33,7 @@ from ecrstream.image.archive import hash_member, open_tree, source_error
 from ecrstream.image.docker import build_legacy, plan_legacy
 from ecrstream.image.oci import plan_oci
 from ecrstream.image.plan import Blob, LegacyImage, Plan
-from ecrstream.image.tasks import run_limited
+from ecrstream.image.tasks import ConcurrencyLimit, run_limited
 from ecrstream.models import (
     BatchCheckLayerAvailabilityRequest,
     PutImageRequest,
@@ -98,6 +98,8 @@ class PushImageResult:
     multi-platform image), the same as in the source. ``layers_uploaded``/``layers_skipped``
     count distinct layer blobs (configs apart: ``configs_uploaded``/``configs_skipped``).
     ``platform_manifest_digests`` lists the manifests an index refers to, pushed by digest.
+    ``lowest_concurrency`` is the fewest blobs the push let run at once: below
+    ``max_concurrent_layers`` when ECR throttled it (see ``image.tasks.ConcurrencyLimit``).
     """
 
     manifest_digest: str
@@ -109,6 +111,7 @@ class PushImageResult:
     media_type: str = ""
     tags: tuple[str, ...] = ()
     platform_manifest_digests: tuple[str, ...] = ()
+    lowest_concurrency: int = 0
 
 
 class ProgressBlob(Protocol):
@@ -186,7 +189,7 @@ class _Push(BlobProgress):
         self.puts = puts
         self.token = token
         self.on_progress = on_progress
-        self.max_concurrent_layers = max_concurrent_layers
+        self.limit = ConcurrencyLimit(max_concurrent_layers)
         self.put_image_retry = put_image_retry
         self.layers_total = sum(1 for blob in plan.blobs.values() if blob.kind == "layer")
         self.missing: list[Blob] = []
@@ -201,7 +204,7 @@ class _Push(BlobProgress):
     async def run(self) -> PushImageResult:
         try:
             await self.check_availability()
-            await run_limited(self.missing, self.upload, self.max_concurrent_layers)
+            await run_limited(self.missing, self.upload, self.limit)
             for request in self.puts:
                 await self.put(request)
         except OperationCanceledError as exc:
@@ -229,6 +232,7 @@ class _Push(BlobProgress):
             media_type=self.plan.top.media_type,
             tags=tuple(r.image_tag for r in self.puts if r.image_tag is not None),
             platform_manifest_digests=tuple(child.digest for child in self.plan.children),
+            lowest_concurrency=self.limit.lowest,
         )
 
     async def check_availability(self) -> None:

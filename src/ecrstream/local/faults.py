@@ -63,6 +63,9 @@ class FaultKind(enum.Enum):
     """Waits ``delay_seconds`` before handling (nothing applied while waiting)."""
     DELAY_AFTER_APPLY = "delay_after_apply"
     """Applies the request, then waits ``delay_seconds`` before answering."""
+    EXPIRED_URL = "expired_url"
+    """GetDownloadUrlForLayer only: answered as usual, with a download URL whose time has
+    already run out (a GET of it gets S3's 403 AccessDenied, "Request has expired")."""
 
 
 ANSWERED_WITHOUT_APPLYING: Final = frozenset(
@@ -103,6 +106,11 @@ class Fault:
             raise ValueError(f"Fault.delay_seconds must be >= 0, got {self.delay_seconds}")
         if self.reset_after_bytes < 0:
             raise ValueError(f"Fault.reset_after_bytes must be >= 0, got {self.reset_after_bytes}")
+        if self.kind is FaultKind.EXPIRED_URL and self.operation != "GetDownloadUrlForLayer":
+            raise ValueError(
+                "FaultKind.EXPIRED_URL applies to GetDownloadUrlForLayer only,"
+                f" not {self.operation}"
+            )
 
 
 class _Rule:

@@ -84,9 +84,12 @@ class Access:
     def _signature(self, digest: str, expires: int) -> str:
         return hmac.new(self._key, f"{digest}\n{expires}".encode(), hashlib.sha256).hexdigest()
 
-    def download_url(self, digest: str) -> str:
-        """A URL that serves the blob's bytes for DOWNLOAD_URL_SECONDS, like a presigned URL."""
-        expires = int(time.time()) + DOWNLOAD_URL_SECONDS
+    def download_url(self, digest: str, *, expired: bool = False) -> str:
+        """A URL that serves the blob's bytes for DOWNLOAD_URL_SECONDS, like a presigned URL.
+
+        ``expired``: one whose time ran out a second ago (FaultKind.EXPIRED_URL).
+        """
+        expires = int(time.time()) + (-1 if expired else DOWNLOAD_URL_SECONDS)
         query = f"X-Amz-Expires={expires}&X-Amz-Signature={self._signature(digest, expires)}"
         return f"{self.base_url}/_layers/{quote(digest)}?{query}"
 

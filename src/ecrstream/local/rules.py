@@ -44,7 +44,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Final
 
-from ecrstream.local.faults import Exchange, Operation, UploadSnapshot
+from ecrstream.local.faults import Exchange, FaultKind, Operation, UploadSnapshot
 from ecrstream.local.protocol import MAX_PART_SIZE, Parsed, Reply, error, success
 from ecrstream.local.registry import TOKEN_SECONDS, Access
 from ecrstream.local.store import BlobStore
@@ -190,7 +190,9 @@ class Rules:
         if operation == Operation.PUT_IMAGE:
             return await self._put_image(headers, body, parsed)
         if operation == Operation.GET_DOWNLOAD_URL_FOR_LAYER:
-            return await self._download_url(headers, parsed)
+            fault = exchange.fault
+            expired = fault is not None and fault.kind is FaultKind.EXPIRED_URL
+            return await self._download_url(headers, parsed, expired=expired)
         if operation == Operation.GET_AUTHORIZATION_TOKEN:
             return await self._authorization_token(headers, body)
         return await self._upstream.post(headers, body)
@@ -367,7 +369,9 @@ class Rules:
         forwarded = json.dumps({**parsed.fields, "imageDigest": digest}).encode()
         return await self._upstream.post(headers, forwarded)
 
-    async def _download_url(self, headers: dict[str, str], parsed: Parsed) -> Reply:
+    async def _download_url(
+        self, headers: dict[str, str], parsed: Parsed, *, expired: bool = False
+    ) -> Reply:
         repository_name = parsed.text("repositoryName")
         registry_id = parsed.text("registryId")
         digest = parsed.text("layerDigest")
@@ -399,7 +403,8 @@ class Rules:
                 "associated with an image. Unassociated image layers may be cleaned up at any "
                 "time.",
             )
-        return success({"downloadUrl": self._access.download_url(digest), "layerDigest": digest})
+        url = self._access.download_url(digest, expired=expired)
+        return success({"downloadUrl": url, "layerDigest": digest})
 
     async def _authorization_token(self, headers: dict[str, str], body: bytes) -> Reply:
         reply = await self._upstream.post(headers, body)
