@@ -76,9 +76,9 @@ async def test_sets_are_made_in_a_worker_thread_not_on_the_loop(
     made_on: list[int] = []
     allocate = PartBuffers.allocate
 
-    def recording(capacity: int) -> PartBuffers:
+    def recording(capacity: int, bodies: int) -> PartBuffers:
         made_on.append(threading.get_ident())
-        return allocate(capacity)
+        return allocate(capacity, bodies)
 
     monkeypatch.setattr(PartBuffers, "allocate", recording)
     pool = PartBufferPool()
@@ -128,6 +128,21 @@ async def test_a_cancel_during_allocation_still_hands_the_set_over() -> None:
     assert pool.in_use == 1
     pool.release(got[0])
     assert pool.free_capacities == [5 * MIB]
+
+
+async def test_a_layer_of_one_part_gets_one_body_and_a_longer_layer_adds_the_second() -> None:
+    pool = PartBufferPool()
+    one_part = await pool.acquire(5 * MIB, 5 * MIB)
+    assert len(one_part.bodies) == 1
+    pool.release(one_part)
+    longer = await pool.acquire(5 * MIB, 5 * MIB + 1)
+    assert longer is one_part  # the same set, grown by one body
+    assert len(longer.bodies) == 2
+    assert pool.allocated == 1
+    pool.release(longer)
+    again = await pool.acquire(5 * MIB, 4 * MIB)
+    assert len(again.bodies) == 2  # kept: bodies are never taken away
+    pool.release(again)
 
 
 def test_the_pool_is_exported_in_the_second_tier() -> None:

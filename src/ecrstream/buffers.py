@@ -5,9 +5,10 @@ and two body buffers (the base64 JSON of a part, 4/3 of it): about 3.7 x part_si
 fresh per upload, that is ~37 MiB at 10 MiB parts for a 256 KiB layer too, zero-filled on the
 event loop thread (~40 ms a blob), and glibc keeps the freed pages of each. A
 ``PartBufferPool`` instead hands out ``PartBuffers`` sized to the layer (``min(part_size,
-layer size)``, rounded up to a power of two so near sizes share) and takes them back when an
-upload ends, for the next upload to reuse: a push of many layers allocates about as many sets
-as it has uploads in flight at once, whatever the number of layers. Sets are made in a worker
+layer size)``, rounded up to a power of two so near sizes share; one body for a layer of one
+part, which never builds a part while another is sent) and takes them back when an upload
+ends, for the next upload to reuse: a push of many layers allocates about as many sets as it
+has uploads in flight at once, whatever the number of layers. Buffers are made in a worker
 thread, never on the loop.
 
 The bound: the pool never holds more sets (in use and free) than the most uploads that held
@@ -49,24 +50,30 @@ def _capacity_for(part_size: int, layer_size: int | None) -> int:
 
 @dataclass(eq=False, slots=True)
 class PartBuffers:
-    """One upload's buffers: a page-aligned read buffer of ``capacity`` bytes and two bodies.
+    """One upload's buffers: a page-aligned read buffer of ``capacity`` bytes and its bodies.
 
     ``read`` views an anonymous mmap (page-aligned reads measured 3x faster than unaligned);
-    ``bodies`` are what ``body.prepare_part`` writes into, each large enough for a part of
-    ``capacity`` bytes. Made by ``PartBufferPool.acquire``; give them back with ``release``.
+    ``bodies`` (one or two) are what ``body.prepare_part`` writes into, each large enough for
+    a part of ``capacity`` bytes. Made by ``PartBufferPool.acquire``; give them back with
+    ``release``.
     """
 
     capacity: int
     read: memoryview
-    bodies: tuple[bytearray, bytearray]
+    bodies: list[bytearray]
     _map: mmap.mmap = field(repr=False)
 
     @classmethod
-    def allocate(cls, capacity: int) -> PartBuffers:
-        """A new set (the bodies are zero-filled: a worker thread's job at part sizes)."""
+    def allocate(cls, capacity: int, bodies: int) -> PartBuffers:
+        """A new set with ``bodies`` bodies (zero-filled: a worker thread's job)."""
         raw = mmap.mmap(-1, capacity)
         size = body_size_for(capacity)
-        return cls(capacity, memoryview(raw), (bytearray(size), bytearray(size)), raw)
+        return cls(capacity, memoryview(raw), [bytearray(size) for _ in range(bodies)], raw)
+
+    def add_bodies(self, bodies: int) -> None:
+        """Grow to ``bodies`` bodies (zero-filled: a worker thread's job)."""
+        size = body_size_for(self.capacity)
+        self.bodies.extend(bytearray(size) for _ in range(bodies - len(self.bodies)))
 
     def free(self) -> None:
         """Unmap the read buffer now if nothing views it (else the GC frees it later)."""
@@ -121,18 +128,23 @@ class PartBufferPool:
     async def acquire(self, part_size: int, layer_size: int | None) -> PartBuffers:
         """A set for an upload in parts of ``part_size`` of a ``layer_size``-byte layer
         (None: unknown, a stream); its ``capacity`` is at least ``min(part_size,
-        layer_size)``. Not interrupted by cancellation once it allocates (tens of ms): a
-        cancel is raised at the caller's next await, with the set in the caller's hands.
+        layer_size)``, with two bodies unless the layer is one part. Not interrupted by
+        cancellation once it allocates (tens of ms): a cancel is raised at the caller's next
+        await, with the set in the caller's hands.
         """
         capacity = _capacity_for(part_size, layer_size)
+        bodies = 1 if layer_size is not None and layer_size <= part_size else 2
         self.in_use += 1
         self.most_in_use = max(self.most_in_use, self.in_use)
         free = self._take(capacity)
-        if free is not None:
+        if free is not None and len(free.bodies) >= bodies:
             return free
         try:
             with anyio.CancelScope(shield=True):
-                made = await anyio.to_thread.run_sync(PartBuffers.allocate, capacity)
+                if free is not None:
+                    await anyio.to_thread.run_sync(free.add_bodies, bodies)
+                    return free
+                made = await anyio.to_thread.run_sync(PartBuffers.allocate, capacity, bodies)
         except BaseException:
             self.in_use -= 1
             raise

@@ -5,10 +5,10 @@ page-aligned buffer; two worker threads then feed it to the layer's sha256 and b
 UploadLayerPart body (``body.prepare_part``) into one of two reused body buffers; the part goes
 into a queue of one. The sender takes parts with ``next()``, in byte order, and gives each
 body buffer back with ``release()``. Memory: one read buffer and two bodies, about 3.7 x
-part_size (less for a layer smaller than a part), whatever the layer's size. The buffers come
-from a ``buffers.PartBufferPool`` (the uploader's), taken by the reader when it first runs (made
-in a worker thread if the pool has none free) and given back by ``close()`` once the layer was
-read to its end; after a failure or a stop they are dropped instead (see buffers.py).
+part_size (a layer of one part: one body, of its size), whatever the layer's size. The
+buffers come from a ``buffers.PartBufferPool`` (the uploader's), taken by the reader when it
+first runs (made in a worker thread if the pool has none free) and given back by ``close()``
+once the layer was read to its end; after a failure or a stop they are dropped instead.
 
 The pipeline is told where the parts go (``PartDestination``: repository, registry, upload
 id) and never asks back. ``restart(offset)`` drops what was read ahead and reads from
