@@ -23,6 +23,7 @@ import anyio
 import pytest
 from aiobotocore.session import AioSession
 
+from ecrstream.buffers import PartBufferPool
 from ecrstream.cancellation import CancellationToken, CancellationTokenSource
 from ecrstream.client import EcrClient
 from ecrstream.errors import (
@@ -1356,3 +1357,45 @@ async def test_a_corrupt_blob_is_named_with_its_kind_member_and_source(
     await ecr.wait_idle_async()
     assert digest not in uploaded_digests(ecr)
     assert ecr.requests(PUT) == []
+
+
+async def test_a_push_of_many_layers_makes_no_more_part_buffers_than_uploads_in_flight(
+    ecr: LocalEcr, repository: str, client: EcrClient, tmp_path: Path
+) -> None:
+    sizes = [2 * MIB + 1, 900 * KIB, *(n * 37 * KIB for n in range(1, 19))]
+    layers = [layer_bytes(size, 300 + n) for n, size in enumerate(sizes)]
+    source = oci_source(layers)
+    path = write_folder(source.files, tmp_path / "layout")
+    pool = PartBufferPool()  # injected, to count: by default the push makes its own
+    limit = 3
+    result = await push_image(
+        client,
+        path,
+        repository,
+        tags=["a"],
+        max_concurrent_layers=limit,
+        buffer_pool=pool,
+    )
+    assert result.layers_uploaded == len(layers)
+    # 21 blobs, at most 3 at once: at most 3 sets made (largest first, so the first three
+    # are the largest and every later blob fits one of them); none left in use
+    assert pool.most_in_use <= limit
+    assert pool.allocated <= limit
+    assert pool.in_use == 0
+    assert pool.held == pool.allocated
+    # Sized to the blobs, not to the 5 MiB parts: the largest blob's power of two
+    assert max(pool.free_capacities) == 4 * MIB
+    # A second push (another repository: every blob again) with the same pool makes none
+    made = pool.allocated
+    ecr.create_repository(f"{repository}-again")
+    again = await push_image(
+        client,
+        path,
+        f"{repository}-again",
+        tags=["a"],
+        max_concurrent_layers=limit,
+        buffer_pool=pool,
+    )
+    assert again.layers_uploaded == len(layers)
+    assert pool.allocated == made
+    assert uploaded_digests(ecr) >= set(source.layer_digests)

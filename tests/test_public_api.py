@@ -144,6 +144,7 @@ PUBLIC_MODULES = (
     "ecrstream",
     "ecrstream.bandwidth",
     "ecrstream.body",
+    "ecrstream.buffers",
     "ecrstream.client",
     "ecrstream.errors",
     "ecrstream.lowlevel",

@@ -37,6 +37,7 @@ from anyio.abc import TaskGroup
 
 from ecrstream.bandwidth import BandwidthLimiter
 from ecrstream.body import PreparedPart
+from ecrstream.buffers import PartBufferPool
 from ecrstream.cancellation import CancellationToken
 from ecrstream.client import EcrClient
 from ecrstream.errors import (
@@ -89,6 +90,7 @@ class UploadSettings:
     part_size: int | None
     retry: RetryPolicy
     max_bandwidth: float | None
+    buffers: PartBufferPool | None = None  # the uploader's part buffers, shared by its uploads
 
 
 def check_part_size(value: object, field_name: str = "part_size") -> int:
@@ -304,7 +306,14 @@ class LayerUpload:
         destination = PartDestination(
             self.settings.repository_name, self.settings.registry_id, self.upload_id
         )
-        pipeline = Pipeline(task_group, self.source, self.hasher, self.part_size, destination)
+        pipeline = Pipeline(
+            task_group,
+            self.source,
+            self.hasher,
+            self.part_size,
+            destination,
+            self.settings.buffers,
+        )
         try:
             pipeline.start(self.committed)
             while (part := await self.next_part(pipeline)) is not None:

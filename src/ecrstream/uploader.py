@@ -38,6 +38,7 @@ from typing import Final
 
 import anyio
 
+from ecrstream.buffers import PartBufferPool
 from ecrstream.cancellation import CancellationToken, OperationCanceledError, cancellation_scope
 from ecrstream.client import EcrClient
 from ecrstream.errors import EmptyUploadError, InvalidArgumentError
@@ -88,6 +89,11 @@ class LayerUploader:
     bounds the re-alignments of one upload. ``max_bandwidth`` (bytes per second) holds the
     average rate under that limit; unset, it costs nothing. ``retry_base_delay`` is the first
     backoff's upper bound in seconds.
+
+    Part buffers (about 3.7 x part_size per upload, less for a layer smaller than a part)
+    come from ``buffer_pool``, by default one of this uploader's own: its uploads reuse them,
+    so memory is bounded by the uploads in flight at once, and the pool keeps them between
+    uploads until the uploader is dropped (or ``buffer_pool.clear()``).
     """
 
     def __init__(
@@ -100,6 +106,7 @@ class LayerUploader:
         max_attempts: int = 5,
         max_bandwidth: float | None = None,
         retry_base_delay: float = 0.1,
+        buffer_pool: PartBufferPool | None = None,
     ) -> None:
         if not isinstance(client, EcrClient):
             raise TypeError(
@@ -124,6 +131,11 @@ class LayerUploader:
             )
         self.max_bandwidth = max_bandwidth
         self.retry = RetryPolicy(max_attempts=max_attempts, base_delay=retry_base_delay)
+        if buffer_pool is not None and not isinstance(buffer_pool, PartBufferPool):
+            raise TypeError(
+                f"buffer_pool: must be a PartBufferPool or None (got {type(buffer_pool).__name__})"
+            )
+        self.buffer_pool = buffer_pool if buffer_pool is not None else PartBufferPool()
 
     def __repr__(self) -> str:
         return (
@@ -206,6 +218,7 @@ class LayerUploader:
             self.part_size,
             self.retry,
             self.max_bandwidth,
+            self.buffer_pool,
         )
         upload = LayerUpload(settings, source, token, on_progress, expected_digest, resume)
         try:

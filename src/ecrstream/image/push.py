@@ -18,6 +18,7 @@ from typing import Final, Literal, Protocol
 
 import anyio
 
+from ecrstream.buffers import PartBufferPool
 from ecrstream.cancellation import CancellationToken, OperationCanceledError
 from ecrstream.client import EcrClient
 from ecrstream.errors import (
@@ -482,6 +483,7 @@ async def push_image(
     part_size: int | None = None,
     image_ref: str | None = None,
     put_image_retry: RetryPolicy | None = None,
+    buffer_pool: PartBufferPool | None = None,
 ) -> PushImageResult:
     """Push an OCI image layout (folder or tar) or a ``docker save`` archive into ECR.
 
@@ -494,6 +496,10 @@ async def push_image(
     started, part sent and blob done; an exception it raises stops the push.
     ``put_image_retry`` bounds the retries of PutImage on
     LayersNotFound/ReferencedImagesNotFound (``DEFAULT_PUT_IMAGE_RETRY``: 6 attempts).
+    The uploads share their part buffers (sized to each blob, reused from blob to blob):
+    memory is bounded by the uploads in flight, not by the number of layers; by default they
+    are freed when the push returns, ``buffer_pool`` (a ``PartBufferPool``) keeps them for
+    the caller's next push.
 
     Raises:
         InvalidArgumentError (a ValueError; ``.field`` names the argument: ``tags``,
@@ -514,7 +520,14 @@ async def push_image(
         tags, max_concurrent_layers, on_progress, image_ref, repository_name
     )
     registry_id = validate_registry_id(registry_id)
-    uploader = LayerUploader(client, repository_name, registry_id=registry_id, part_size=part_size)
+    if buffer_pool is not None and not isinstance(buffer_pool, PartBufferPool):
+        raise TypeError(
+            f"buffer_pool: must be a PartBufferPool or None (got {type(buffer_pool).__name__})"
+        )
+    pool = buffer_pool if buffer_pool is not None else PartBufferPool()
+    uploader = LayerUploader(
+        client, repository_name, registry_id=registry_id, part_size=part_size, buffer_pool=pool
+    )
     try:
         source_path = Path(source)
     except TypeError:
@@ -540,4 +553,8 @@ async def push_image(
         max_concurrent_layers,
         put_image_retry or DEFAULT_PUT_IMAGE_RETRY,
     )
-    return await push.run()
+    try:
+        return await push.run()
+    finally:
+        if buffer_pool is None:
+            pool.clear()  # the push's own: free its buffers now, not when collected
