@@ -361,15 +361,25 @@ def run_once(
             other_cores=max(0.0, busy_s - client_cpu_s - sink_cpu_s - source_cpu_s) / run.wall_s,
             waited_for_quiet_s=waited_s,
         )
+        if destination is None:
+            # What the sink completed in this repository (hashed by it with --verify).
+            completed = [c for c in after["completed"] if c["repositoryName"] == repository]
+            record["blobs_completed"] = {c["layerDigest"]: c["layerSize"] for c in completed}
+            record["blobs_verified_by_sink"] = bool(completed) and all(
+                c["verified"] for c in completed
+            )
         if record["status"] == "ok":
             if destination is not None:
                 error = _destination_error(destination, repository, image, config.verify)
             else:
                 error = bench_image.sink_image_error(
                     after, repository, TAG, accepted, image.blob_bytes, image.manifest_digest
-                ) or _completed_error(after, repository, image)
+                ) or _completed_error(record["blobs_completed"], image)
             if error:
                 record.update(status="error", error=error)
+            elif destination is not None:
+                record["destination_blobs_checked"] = len(image.blobs)
+                record["destination_blobs_hashed"] = len(image.blobs) if config.verify else 0
         if record["status"] != "ok":
             record["stderr_tail"] = run.stderr[-2000:]
         return record
@@ -404,14 +414,9 @@ def _skopeo_result(run: bench_image.ProcessRun) -> dict[str, Any]:
     return {"status": "ok"}
 
 
-def _completed_error(stats: dict[str, Any], repository: str, image: Image) -> str | None:
-    """Each of the image's blobs completed once in ``repository``, under its digest and size
-    (the sink hashed the parts when started with --verify)."""
-    completed = {
-        record["layerDigest"]: record["layerSize"]
-        for record in stats["completed"]
-        if record["repositoryName"] == repository
-    }
+def _completed_error(completed: dict[str, int], image: Image) -> str | None:
+    """Unless the sink completed exactly the image's blobs (digest: size) in the run's
+    repository (hashing the parts when started with --verify), what differs."""
     if completed != image.blobs:
         wrong = {d: s for d, s in completed.items() if image.blobs.get(d) != s}
         missing = sorted(set(image.blobs) - set(completed))
