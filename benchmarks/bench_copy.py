@@ -564,6 +564,23 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def verdicts(rows: list[dict[str, Any]]) -> list[str]:
+    """Per image, ecrstream against the target (>= 5x the loop) and against skopeo."""
+    lines = []
+    for row in rows:
+        loop, skopeo = row.get("paired_ratio_to_loop"), row.get("paired_ratio_to_skopeo")
+        if row["variant"] != "ecrstream" or not (loop or skopeo):
+            continue
+        parts = []
+        if loop:
+            verdict = "meets" if loop >= 5 else "misses"
+            parts.append(f"{loop:.2f}x as fast as the loop ({verdict} the 5x target)")
+        if skopeo:
+            parts.append(f"takes {1 / skopeo:.2f} times skopeo's registry-to-registry time")
+        lines.append(f"{row['image_label']}: ecrstream {', and '.join(parts)}.")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
@@ -696,6 +713,9 @@ def main(argv: list[str] | None = None) -> int:
     output.write_text(json.dumps(report, indent=2) + "\n")
     print()
     print(table)
+    print()
+    for line in verdicts(rows):
+        print(line)
     others = [r["other_cores"] for r in records if "other_cores" in r]
     if others:
         median = statistics.median(others)

@@ -120,6 +120,9 @@ def test_bench_copy_runs_every_variant_and_verifies_the_bytes(tmp_path: Path) ->
     lines = table.splitlines()
     assert lines[0].startswith("| image | variant | whole process s | x loop | vs skopeo |")
     assert [line.split(" | ")[1] for line in lines[2:]] == ["ecrstream", "loop", "skopeo"] * 2
+    verdicts = [line for line in completed.stdout.splitlines() if "as fast as the loop" in line]
+    assert len(verdicts) == 2
+    assert all("5x target" in line and "times skopeo's" in line for line in verdicts)
     assert "seeding" in completed.stdout
 
     # A second run serves the registry storage kept in the data dir: nothing is seeded again.
