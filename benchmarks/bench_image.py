@@ -192,6 +192,56 @@ def _child_env(ca_bundle: str | None) -> dict[str, str]:
     return env
 
 
+@dataclass(frozen=True, slots=True)
+class ProcessRun:
+    """One child process, timed whole from outside: its output, exit code, wall time and
+    the ``wait4`` rusage of that process alone (peak RSS, CPU)."""
+
+    stdout: str
+    stderr: str
+    returncode: int
+    wall_s: float
+    usage: Any  # resource.struct_rusage
+
+    def result(self, variant: str, prefix: str) -> dict[str, Any]:
+        """The JSON after ``prefix`` on the last stdout line that has it, else an error."""
+        record: dict[str, Any] = {
+            "variant": variant,
+            "status": "error",
+            "error": f"no result line; exit {self.returncode}; stderr: {self.stderr[-2000:]}",
+        }
+        for line in self.stdout.splitlines():
+            if line.startswith(prefix):
+                record = {"variant": variant, **json.loads(line[len(prefix) :])}
+        return record
+
+
+def time_process(
+    command: list[str], env: dict[str, str], timeout: float, cwd: Path | None = None
+) -> ProcessRun:
+    """Run ``command`` to its exit (killed after ``timeout`` s), interpreter start to exit."""
+    with tempfile.TemporaryFile("w+") as stderr:
+        started = time.perf_counter()
+        process = subprocess.Popen(
+            command, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=stderr, text=True
+        )
+        killer = threading.Timer(timeout, process.kill)
+        killer.start()
+        try:
+            assert process.stdout is not None
+            stdout = process.stdout.read()
+            # wait4, not Popen.wait: the rusage of this one child (peak RSS, CPU).
+            _, status, usage = os.wait4(process.pid, 0)
+            wall_s = time.perf_counter() - started
+            process.returncode = os.waitstatus_to_exitcode(status)
+            process.stdout.close()
+        finally:
+            killer.cancel()
+        stderr.seek(0)
+        stderr_text = stderr.read()
+    return ProcessRun(stdout, stderr_text, process.returncode, wall_s, usage)
+
+
 def run_once(sink: bench.Sink, variant: str, layout: Layout, config: Config) -> dict[str, Any]:
     """One push in a fresh process; wall time, peak RSS and CPU of that process alone."""
     waited_s = bench.wait_for_quiet(config.wait_quiet_s) if config.wait_quiet_s > 0 else 0.0
@@ -216,39 +266,11 @@ def run_once(sink: bench.Sink, variant: str, layout: Layout, config: Config) -> 
     before = sink.stats()
     busy_before = bench._machine_busy_s()
     timeout = max(config.timeout_floor_s, layout.blob_bytes / 2e6 + 30)
-    with tempfile.TemporaryFile("w+") as stderr:
-        started = time.perf_counter()
-        process = subprocess.Popen(
-            command,
-            env=_child_env(sink.ca_bundle),
-            stdout=subprocess.PIPE,
-            stderr=stderr,
-            text=True,
-        )
-        killer = threading.Timer(timeout, process.kill)
-        killer.start()
-        try:
-            assert process.stdout is not None
-            stdout = process.stdout.read()
-            # wait4, not Popen.wait: the rusage of this one child (peak RSS, CPU).
-            _, status, usage = os.wait4(process.pid, 0)
-            wall_s = time.perf_counter() - started
-            process.returncode = os.waitstatus_to_exitcode(status)
-            process.stdout.close()
-        finally:
-            killer.cancel()
-        stderr.seek(0)
-        stderr_text = stderr.read()
+    run = time_process(command, _child_env(sink.ca_bundle), timeout)
     busy_s = bench._machine_busy_s() - busy_before
     after = sink.stats()
-    record: dict[str, Any] = {
-        "variant": variant,
-        "status": "error",
-        "error": f"no result line; exit {process.returncode}; stderr: {stderr_text[-2000:]}",
-    }
-    for line in stdout.splitlines():
-        if line.startswith(image_variants.RESULT_PREFIX):
-            record = {"variant": variant, **json.loads(line[len(image_variants.RESULT_PREFIX) :])}
+    record = run.result(variant, image_variants.RESULT_PREFIX)
+    usage, wall_s, stderr_text = run.usage, run.wall_s, run.stderr
     sink_cpu_s = (after["cpu_user_s"] + after["cpu_system_s"]) - (
         before["cpu_user_s"] + before["cpu_system_s"]
     )
@@ -266,22 +288,41 @@ def run_once(sink: bench.Sink, variant: str, layout: Layout, config: Config) -> 
         waited_for_quiet_s=waited_s,
     )
     if record["status"] == "ok":
-        stored = [
-            image
-            for image in after["images"]
-            if image["repositoryName"] == repository and image.get("imageTag") == tag
-        ]
-        if record["layer_bytes_accepted"] != layout.blob_bytes:
-            record.update(
-                status="error",
-                error=f"the sink accepted {record['layer_bytes_accepted']} blob bytes, the"
-                f" image has {layout.blob_bytes}",
-            )
-        elif [image["imageDigest"] for image in stored] != [layout.manifest_digest]:
-            record.update(status="error", error=f"the sink stored {stored}")
+        error = sink_image_error(
+            after,
+            repository,
+            tag,
+            record["layer_bytes_accepted"],
+            layout.blob_bytes,
+            layout.manifest_digest,
+        )
+        if error:
+            record.update(status="error", error=error)
     if record["status"] != "ok":
         record["stderr_tail"] = stderr_text[-2000:]
     return record
+
+
+def sink_image_error(
+    stats: dict[str, Any],
+    repository: str,
+    tag: str,
+    accepted: int,
+    blob_bytes: int,
+    manifest_digest: str,
+) -> str | None:
+    """What is wrong with a push the sink saw (``stats`` after it), or None: the sink must
+    have accepted exactly ``blob_bytes`` and stored ``manifest_digest`` under ``tag``."""
+    stored = [
+        image
+        for image in stats["images"]
+        if image["repositoryName"] == repository and image.get("imageTag") == tag
+    ]
+    if accepted != blob_bytes:
+        return f"the sink accepted {accepted} blob bytes, the image has {blob_bytes}"
+    if [image["imageDigest"] for image in stored] != [manifest_digest]:
+        return f"the sink stored {stored}"
+    return None
 
 
 def run_all(layout: Layout, config: Config) -> list[dict[str, Any]]:

@@ -2,7 +2,8 @@
 
 The registry is Debian's ``docker-registry`` (distribution 2.8), started as
 ``docker-registry serve CONFIG`` on 127.0.0.1 with a temporary config and filesystem storage,
-and waited for by polling ``GET /v2/``. Three set-ups (session fixtures, started on first use):
+and waited for by polling ``GET /v2/`` (registry_server.py, shared with the copy benchmark).
+Three set-ups (session fixtures, started on first use):
 
 - ``anon_registry``: anonymous, plain HTTP;
 - ``basic_registry``: htpasswd Basic auth over TLS with a throwaway CA (trustme). Its blob GETs
@@ -29,30 +30,29 @@ import datetime
 import hashlib
 import json
 import random
-import shutil
 import socket
-import ssl
 import struct
-import subprocess
 import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 import bcrypt
 import pytest
+import registry_server
 import trustme
 from aiohttp import ClientSession, web
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.x509.oid import NameOID
+from registry_server import RegistryServer, RegistryStartError
 
 from ecrstream.registry import (
     DOCKER_MANIFEST,
@@ -61,7 +61,6 @@ from ecrstream.registry import (
     OCI_MANIFEST,
 )
 
-REGISTRY_PROGRAM = "docker-registry"
 BASIC_USER = "seeder"
 BASIC_PASSWORD = "s3cret-basic-pw"
 TOKEN_USER = "alice"
@@ -69,13 +68,6 @@ TOKEN_PASSWORD = "s3cret-token-pw"
 IDENTITY_TOKEN = "s3cret-refresh-token"
 
 _T = TypeVar("_T")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _b64url(data: bytes) -> str:
@@ -287,43 +279,6 @@ class StorageServer:
 # -- the registry process ------------------------------------------------------------------------
 
 
-@dataclass
-class RegistryServer:
-    """One running ``docker-registry serve`` and how to reach it."""
-
-    name: str
-    process: subprocess.Popen[bytes]
-    host: str  # 127.0.0.1:port, what RegistryClient takes
-    plain_http: bool
-    root: Path
-    log_path: Path
-    ca_path: Path | None = None
-    seed_headers: Callable[[str], dict[str, str]] = field(default=lambda scope: {})
-
-    @property
-    def base_url(self) -> str:
-        return f"{'http' if self.plain_http else 'https'}://{self.host}"
-
-    @property
-    def ca(self) -> Path:
-        """The CA that signed a TLS registry's certificate (what its clients must trust)."""
-        assert self.ca_path is not None, f"{self.name} serves plain HTTP: it has no CA"
-        return self.ca_path
-
-    def ssl_context(self) -> ssl.SSLContext | None:
-        if self.ca_path is None:
-            return None
-        return ssl.create_default_context(cafile=str(self.ca_path))
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-
-
 def start_registry(
     name: str,
     directory: Path,
@@ -334,73 +289,20 @@ def start_registry(
     middleware: dict[str, Any] | None = None,
     ca_path: Path | None = None,
 ) -> RegistryServer:
-    """Start ``docker-registry serve`` with a fresh config and storage in ``directory``."""
-    program = shutil.which(REGISTRY_PROGRAM)
-    if program is None:
-        pytest.fail(
-            f"{REGISTRY_PROGRAM} is not on PATH: install the Debian package docker-registry "
-            "(python3 run.py test does it when run as root on Debian)"
-        )
-    root = directory / "storage"
-    root.mkdir(parents=True)
-    port = _free_port()
-    http: dict[str, Any] = {"addr": f"127.0.0.1:{port}", "secret": uuid.uuid4().hex}
-    if tls is not None:
-        http["tls"] = {"certificate": str(tls[0]), "key": str(tls[1])}
-    config: dict[str, Any] = {
-        "version": "0.1",
-        "log": {"level": "warn", "accesslog": {"disabled": True}},
-        "storage": {
-            "filesystem": {"rootdirectory": str(root)},
-            "delete": {"enabled": True},
-            "maintenance": {"uploadpurging": {"enabled": False}},
-        },
-        "http": http,
-    }
-    if auth is not None:
-        config["auth"] = auth
-    if middleware is not None:
-        config["middleware"] = middleware
-    config_path = directory / "config.yml"
-    config_path.write_text(json.dumps(config, indent=2))  # JSON is YAML
-    log_path = directory / "registry.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [program, "serve", str(config_path)],
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    server = RegistryServer(
-        name, process, f"127.0.0.1:{port}", plain_http, root, log_path, ca_path=ca_path
-    )
+    """``registry_server.start_registry`` (fresh storage in ``directory``); fails the test if
+    the registry cannot start."""
     try:
-        _wait_ready(server)
-    except BaseException:
-        server.stop()
-        raise
-    return server
-
-
-def _wait_ready(server: RegistryServer, timeout: float = 30.0) -> None:
-    """Poll ``GET /v2/`` until the registry answers (200 or 401), within ``timeout``."""
-    deadline = time.monotonic() + timeout
-    context = server.ssl_context()
-    while True:
-        try:
-            with urllib.request.urlopen(f"{server.base_url}/v2/", timeout=2, context=context):
-                return
-        except urllib.error.HTTPError as error:
-            if error.code == 401:
-                return
-            raise
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            if server.process.poll() is not None:
-                log = server.log_path.read_text(errors="replace")[-3000:]
-                pytest.fail(f"{server.name} registry exited ({server.process.returncode}): {log}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"{server.name} registry did not answer GET /v2/ in {timeout} s")
-            time.sleep(0.02)  # a poll interval, not a synchronisation
+        return registry_server.start_registry(
+            name,
+            directory,
+            plain_http=plain_http,
+            tls=tls,
+            auth=auth,
+            middleware=middleware,
+            ca_path=ca_path,
+        )
+    except RegistryStartError as error:
+        pytest.fail(str(error))
 
 
 # -- seeding through the push API ----------------------------------------------------------------
