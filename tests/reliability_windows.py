@@ -129,15 +129,17 @@ async def run_await_points(
     scenarios: tuple[str, ...] = SCENARIOS,
     kinds: tuple[str, ...] = KINDS,
     every: int = 1,
+    start: int = 0,
     deadline: float | None = None,
 ) -> None:
-    """Cancel each scenario at each of its await points (every ``every``-th), both kinds."""
+    """Cancel each scenario at each of its await points (every ``every``-th from ``start``),
+    both kinds."""
     for name in scenarios:
         repository = new_repository(ecr)
         scenario, layer = scenario_of(name, ecr, client, repository, folder)
         sites = sorted(await discover(scenario))
         for kind in kinds:
-            for site in sites[::every]:
+            for site in sites[start % every :: every]:
                 if deadline is not None and time.monotonic() > deadline:
                     return
                 before = resources()

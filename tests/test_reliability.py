@@ -386,18 +386,22 @@ async def test_impossible_answers_section(ecr: LocalEcr, tmp_path: Path) -> None
 
 
 # The stream and the restart are swept whole by the long run (and the file and the
-# re-alignment by test_cancel_points.py): here every third point of each, both ways.
+# re-alignment sampled by test_cancel_points.py): here every eighth point of each from a
+# random start, both ways (every third took about 7 minutes of the suite).
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("scenario", ["stream", "restart"])
 async def test_await_points_section(
     ecr: LocalEcr, ecr_client: EcrClient, tmp_path: Path, scenario: str
 ) -> None:
     tally = Tally("await points")
+    start = random.randrange(8)
 
-    await run_await_points(ecr, ecr_client, tmp_path, tally, scenarios=(scenario,), every=3)
+    await run_await_points(
+        ecr, ecr_client, tmp_path, tally, scenarios=(scenario,), every=8, start=start
+    )
 
-    assert not tally.problems, "\n".join(tally.problems)
-    assert tally.cancels >= 6
+    assert not tally.problems, f"sample start={start} every=8\n" + "\n".join(tally.problems)
+    assert tally.cancels >= 4
     assert tally.must_be_zero == 0
 
 
