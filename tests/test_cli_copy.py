@@ -222,6 +222,24 @@ def test_bad_source_options_are_named_before_any_request(
     assert ecr.requests() == []
 
 
+def test_debug_logs_do_not_show_the_source_password(
+    tmp_path: Path, ecr: LocalEcr, repository: str
+) -> None:
+    """--debug logs the options a run was given, but not --src-creds's password."""
+    password = f"debug-pass-{uuid.uuid4().hex[:8]}"
+    copied = cli(
+        "copy",
+        "registry.example.com/team/app:1.0",
+        *("--repository", repository, "--src-creds", f"puller:{password}", "--debug"),
+        *("--src-region", "eu-west-1"),  # a usage error: it stops before any request
+        *on(ecr),
+        env=make_env(tmp_path),
+    )
+    assert copied.returncode == 2
+    assert "ecrstream copy:" in copied.stderr  # the options were logged
+    assert password not in copied.stdout + copied.stderr
+
+
 def test_the_ecr_source_options_need_an_ecr_source(
     tmp_path: Path, ecr: LocalEcr, repository: str
 ) -> None:
