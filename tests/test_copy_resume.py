@@ -320,7 +320,17 @@ async def test_a_checkpoint_ahead_of_an_empty_upload_realigns_to_0_and_is_hashed
     mark = last_sequence(ecr)
 
     if not corrupt:
-        await resume(ecr_client, fault_proxy, image, repository, stopped)
+        result = await copy_image(
+            ecr_client,
+            f"{fault_proxy.host}/{image.repository}:v1",
+            repository,
+            tags=["v1"],
+            plain_http=True,
+            resume=stopped,
+        )
+        assert result.manifest_digest == image.digest
+        # Every blob byte went to ECR in this call: the checkpoint's prefix was not there.
+        assert result.bytes_moved == sum(len(blob) for blob in image.blobs.values())
         async with await ecr_reader(ecr, ecr_client) as reader:
             await assert_image_in_ecr(reader, repository, ":v1", image)
         resumed_parts = parts_by_upload(ecr, mark)[initiated.upload_id]
