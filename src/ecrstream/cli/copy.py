@@ -102,14 +102,23 @@ def _stopped(options: CopyOptions, stopped: Stopped, path: Path) -> int:
 
 
 def _without_password(argv: Sequence[str], creds: str | None) -> list[str]:
-    """``argv`` with the password of ``--src-creds USER:PASS`` as ``***``, however it was
-    typed (``--src-creds=...``, an abbreviation): the command printed to go on shows no
-    credentials."""
-    if not creds:
+    """``argv`` with the password of each ``--src-creds USER:PASS`` (or ``--src-creds=...``)
+    as ``***``: the command printed to go on shows no credentials. Only those words: a
+    SOURCE that happens to contain the same text stays as typed (no abbreviations exist)."""
+    if creds is None:
         return list(argv)
-    user, colon, _ = creds.partition(":")
-    masked = f"{user}:***" if colon else "***"
-    return [word.replace(creds, masked) for word in argv]
+    words = list(argv)
+
+    def masked(value: str) -> str:
+        user, colon, _ = value.partition(":")
+        return f"{user}:***" if colon else "***"
+
+    for index, word in enumerate(words):
+        if word == "--src-creds" and index + 1 < len(words):
+            words[index + 1] = masked(words[index + 1])
+        elif word.startswith("--src-creds="):
+            words[index] = "--src-creds=" + masked(word.removeprefix("--src-creds="))
+    return words
 
 
 @dataclass(frozen=True, slots=True)
