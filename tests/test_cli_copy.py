@@ -222,6 +222,46 @@ def test_bad_source_options_are_named_before_any_request(
     assert ecr.requests() == []
 
 
+@pytest.mark.parametrize("option", ["--endpoint-url", "--src-endpoint-url"])
+def test_an_endpoint_url_with_a_password_is_refused_without_printing_it(
+    tmp_path: Path, ecr: LocalEcr, repository: str, option: str
+) -> None:
+    """aiohttp can never send such a request (it signs with AWS keys, not the URL's): a usage
+    error naming the option, before any request, and the password is not printed."""
+    password = f"url-pass-{uuid.uuid4().hex[:8]}"
+    url = f"http://user:{password}@{ecr.endpoint_url.removeprefix('http://')}"
+    copied = cli(
+        "copy",
+        f"{ecr.registry_id}.dkr.ecr.eu-west-1.amazonaws.com/some/app:v1",
+        *("--repository", repository, "--region", ecr.region_name, "--debug"),
+        *(option, url),
+        *([] if option == "--endpoint-url" else ["--endpoint-url", ecr.endpoint_url]),
+        env=make_env(tmp_path),
+    )
+    assert copied.returncode == 2, copied.stderr
+    assert f"{option}: " in copied.stderr
+    assert password not in copied.stdout + copied.stderr
+    assert ecr.requests() == []
+
+
+def test_debug_logs_do_not_show_the_source_password(
+    tmp_path: Path, ecr: LocalEcr, repository: str
+) -> None:
+    """--debug logs the options a run was given, but not --src-creds's password."""
+    password = f"debug-pass-{uuid.uuid4().hex[:8]}"
+    copied = cli(
+        "copy",
+        "registry.example.com/team/app:1.0",
+        *("--repository", repository, "--src-creds", f"puller:{password}", "--debug"),
+        *("--src-region", "eu-west-1"),  # a usage error: it stops before any request
+        *on(ecr),
+        env=make_env(tmp_path),
+    )
+    assert copied.returncode == 2
+    assert "ecrstream copy:" in copied.stderr  # the options were logged
+    assert password not in copied.stdout + copied.stderr
+
+
 def test_the_ecr_source_options_need_an_ecr_source(
     tmp_path: Path, ecr: LocalEcr, repository: str
 ) -> None:

@@ -90,3 +90,51 @@ def test_ctrl_c_then_again_continues_the_blob_with_a_ranged_get(
     ]  # over both runs: each byte sent once, in order
     assert parts == [(0, PART - 1), (PART, 2 * PART - 1), (2 * PART, SIZE - 1)]
     assert ecr.requests("PutImage")[-1].status == 200
+
+
+@pytest.mark.parametrize("form", ["separate", "equals"])
+def test_the_command_to_go_on_does_not_print_the_source_password(
+    tmp_path: Path,
+    anon_registry: RegistryServer,
+    ecr: LocalEcr,
+    repository: str,
+    form: str,
+) -> None:
+    """A stopped copy prints how to go on: its --src-creds password is not in it."""
+    image = Seeder(anon_registry).push_image(f"cli/pw-{uuid.uuid4().hex[:8]}", "v1", (MIB,))
+    # The same text as SOURCE's tag: only the option's value is masked, not SOURCE.
+    password = "v1"
+    creds = (
+        ["--src-creds", f"puller:{password}"]
+        if form == "separate"
+        else [f"--src-creds=puller:{password}"]
+    )
+    ecr.faults.add(Operation.UPLOAD_LAYER_PART, FaultKind.DELAY, call=1, delay_seconds=60)
+    args = [
+        "copy",
+        f"{anon_registry.host}/{image.repository}:v1",
+        *("--repository", repository, "--src-plain-http"),
+        *("--checkpoint-file", str(tmp_path / "copy.json")),
+        *creds,
+        *on(ecr),
+    ]
+    with subprocess.Popen(
+        [sys.executable, "-m", "ecrstream", *args],
+        env=make_env(tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+    ) as child:
+        ecr.wait_for_delay(Operation.UPLOAD_LAYER_PART, call=1, timeout=60)
+        child.send_signal(signal.SIGINT)
+        stdout, stderr = child.communicate(timeout=60)
+    ecr.wait_idle(timeout=60)
+    ecr.faults.clear()
+    assert child.returncode == 130, stderr
+    assert f"puller:{password}" not in stdout + stderr
+    lines = stderr.splitlines()
+    again = shlex.split(lines[lines.index("ecrstream copy: to go on, run:") + 1])
+    # The user stays (the command still says whose credentials it needs), the password not.
+    assert "puller:***" in " ".join(again)
+    assert f"{anon_registry.host}/{image.repository}:v1" in again  # SOURCE as typed

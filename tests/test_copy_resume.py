@@ -28,7 +28,11 @@ from ecrstream.copy import CopyCanceledError, copy_image
 from ecrstream.errors import DigestMismatchError
 from ecrstream.image import PushProgress
 from ecrstream.local import LocalEcr
-from ecrstream.models import BatchCheckLayerAvailabilityRequest
+from ecrstream.models import (
+    BatchCheckLayerAvailabilityRequest,
+    InitiateLayerUploadRequest,
+    UploadCheckpoint,
+)
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(120)]
 
@@ -282,3 +286,65 @@ async def test_ecr_to_ecr_resumes_from_the_committed_byte(
     assert_no_byte_sent_twice(ecr)
     async with await ecr_reader(ecr, ecr_client) as reader:
         await assert_image_in_ecr(reader, target, ":v1", image)
+
+
+@pytest.mark.parametrize("corrupt", [False, True], ids=["intact", "corrupt-prefix"])
+async def test_a_checkpoint_ahead_of_an_empty_upload_realigns_to_0_and_is_hashed_locally(
+    fault_proxy: FaultProxy,
+    anon_registry: RegistryServer,
+    ecr: LocalEcr,
+    ecr_client: EcrClient,
+    repository: str,
+    corrupt: bool,
+) -> None:
+    """A checkpoint claiming a prefix ECR does not hold (it holds no byte): the resume starts
+    past the prefix unhashed, ECR asks for byte 0, and from there every byte is hashed here
+    again, so a changed prefix is refused locally, before any CompleteLayerUpload."""
+    image = Seeder(anon_registry).push_image(repo_name(), "v1", (SIZE,))
+    layer = image.layers[0]
+    initiated = await ecr_client.initiate_layer_upload(
+        InitiateLayerUploadRequest(repository_name=repository)
+    )
+    checkpoint = UploadCheckpoint(
+        repository_name=repository,
+        registry_id=None,
+        upload_id=initiated.upload_id,
+        bytes_committed=PART,  # a lie: ECR holds none of this upload's bytes
+        part_size=PART,
+        source_size=SIZE,
+        source_length=SIZE,
+    )
+    stopped = CopyCanceledError(checkpoints={layer: checkpoint}, source_digest=image.digest)
+    if corrupt:
+        fault_proxy.add(Fault("corrupt", where=layer, at_byte=1_000, times=10))
+    mark = last_sequence(ecr)
+
+    if not corrupt:
+        result = await copy_image(
+            ecr_client,
+            f"{fault_proxy.host}/{image.repository}:v1",
+            repository,
+            tags=["v1"],
+            plain_http=True,
+            resume=stopped,
+        )
+        assert result.manifest_digest == image.digest
+        # Every blob byte went to ECR in this call: the checkpoint's prefix was not there.
+        assert result.bytes_moved == sum(len(blob) for blob in image.blobs.values())
+        async with await ecr_reader(ecr, ecr_client) as reader:
+            await assert_image_in_ecr(reader, repository, ":v1", image)
+        resumed_parts = parts_by_upload(ecr, mark)[initiated.upload_id]
+        assert resumed_parts[-3:] == [(0, PART - 1), (PART, 2 * PART - 1), (2 * PART, SIZE - 1)]
+    else:
+        with pytest.raises(DigestMismatchError) as caught:
+            await resume(ecr_client, fault_proxy, image, repository, stopped)
+        bad = bytearray(image.blobs[layer])
+        bad[1_000] ^= 0xFF
+        assert caught.value.expected == layer
+        assert caught.value.actual == "sha256:" + hashlib.sha256(bad).hexdigest()
+        assert not any(layer in r.layer_digests for r in ecr.requests("CompleteLayerUpload"))
+        assert not await layer_in_ecr(ecr_client, repository, layer)
+    # The first GET at the checkpoint's byte, then, after ECR asked for byte 0, from byte 0.
+    ranges = [g.range for g in fault_proxy.blob_gets(layer)]
+    assert ranges[0] == f"bytes={PART}-"
+    assert ranges[1] in (None, "bytes=0-")

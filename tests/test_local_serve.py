@@ -167,10 +167,19 @@ def test_a_taken_port_and_a_bad_port_are_usage_errors(home: Path) -> None:
 @pytest.mark.anyio
 @pytest.mark.parametrize(
     ("arguments", "field"),
-    [({"port": 70000}, "port"), ({"port": -1}, "port"), ({"stop_timeout": 0}, "stop_timeout")],
+    [
+        ({"port": 70000}, "port"),
+        ({"port": -1}, "port"),
+        ({"stop_timeout": 0}, "stop_timeout"),
+        ({"start_timeout": "60"}, "start_timeout"),  # not a TypeError that names nothing
+        ({"start_timeout": True}, "start_timeout"),
+        ({"stop_timeout": float("inf")}, "stop_timeout"),
+        ({"repositories": "demo"}, "repositories"),  # one str: not 'd', 'e', 'm', 'o'
+        ({"repositories": ["demo", "Not Valid"]}, "repositories"),
+    ],
 )
 async def test_spawn_refuses_bad_arguments_before_starting_anything(
-    arguments: dict[str, int], field: str
+    arguments: dict[str, object], field: str
 ) -> None:
     with pytest.raises(InvalidArgumentError) as raised:
         async with spawn(**arguments):  # type: ignore[arg-type]

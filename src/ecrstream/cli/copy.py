@@ -12,6 +12,7 @@ import json
 import shlex
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
@@ -90,12 +91,34 @@ def _stopped(options: CopyOptions, stopped: Stopped, path: Path) -> int:
         )
     else:
         print(f"{prefix} {stopped.reason} before anything was copied", file=sys.stderr)
-    argv = list(options.argv)
+    argv = _without_password(options.argv, options.src_creds)
     if "--resume" not in argv and isinstance(error, CopyCanceledError):
         argv += ["--resume", str(path)]
     print(f"{prefix} to go on, run:", file=sys.stderr)
     print(f"  {redact(shlex.join([*program(), *argv]))}", file=sys.stderr, flush=True)
+    if options.src_creds is not None:
+        print(f"{prefix} (with --src-creds's password for ***)", file=sys.stderr, flush=True)
     return stopped.exit_code
+
+
+def _without_password(argv: Sequence[str], creds: str | None) -> list[str]:
+    """``argv`` with the password of each ``--src-creds USER:PASS`` (or ``--src-creds=...``)
+    as ``***``: the command printed to go on shows no credentials. Only those words: a
+    SOURCE that happens to contain the same text stays as typed (no abbreviations exist)."""
+    if creds is None:
+        return list(argv)
+    words = list(argv)
+
+    def masked(value: str) -> str:
+        user, colon, _ = value.partition(":")
+        return f"{user}:***" if colon else "***"
+
+    for index, word in enumerate(words):
+        if word == "--src-creds" and index + 1 < len(words):
+            words[index + 1] = masked(words[index + 1])
+        elif word.startswith("--src-creds="):
+            words[index] = "--src-creds=" + masked(word.removeprefix("--src-creds="))
+    return words
 
 
 @dataclass(frozen=True, slots=True)

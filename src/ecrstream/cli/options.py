@@ -116,7 +116,8 @@ class LocalEcrOptions:
 class CopyOptions:
     """``ecrstream copy``: an image from a registry (or ECR) into ECR."""
 
-    argv: tuple[str, ...]
+    #: Out of the repr (the --debug log): it holds --src-creds's password as typed.
+    argv: tuple[str, ...] = field(repr=False)
     source: str
     repository: str
     aws: AwsOptions

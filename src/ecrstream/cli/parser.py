@@ -49,6 +49,24 @@ class _Parser(argparse.ArgumentParser):
 # -- argument types ------------------------------------------------------------------------------
 
 
+def _endpoint_argument(text: str) -> str:
+    """An endpoint URL with no user or password in it, refused here without echoing it: the
+    options are logged (--debug) as soon as they are parsed."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(text)
+        userinfo = parts.username is not None or parts.password is not None
+    except ValueError:
+        return text  # not a URL: check_endpoint says so
+    if userinfo:
+        raise argparse.ArgumentTypeError(
+            "must not hold a user or password (requests to ECR are signed with AWS"
+            " credentials, never the URL's)"
+        )
+    return text
+
+
 def _part_size_argument(text: str) -> int:
     try:
         value = parse_size(text)
@@ -103,7 +121,12 @@ def _add_aws_options(parser: argparse.ArgumentParser) -> None:
     aws.add_argument(
         "--profile", help="named profile from ~/.aws/config (default: AWS_PROFILE or default)"
     )
-    aws.add_argument("--endpoint-url", metavar="URL", help="ECR endpoint (e.g. a local one)")
+    aws.add_argument(
+        "--endpoint-url",
+        type=_endpoint_argument,
+        metavar="URL",
+        help="ECR endpoint (e.g. a local one)",
+    )
     aws.add_argument(
         "--registry-id", metavar="ACCOUNT", help="registry's 12-digit account id (default: yours)"
     )
@@ -307,6 +330,7 @@ def _add_copy(commands: argparse._SubParsersAction[_Parser]) -> None:
     )
     ecr.add_argument(
         "--src-endpoint-url",
+        type=_endpoint_argument,
         metavar="URL",
         help="the source's ECR endpoint (default: AWS's for its region; never --endpoint-url)",
     )

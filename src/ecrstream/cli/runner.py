@@ -68,14 +68,16 @@ class Stopped:
 
 
 def check_endpoint(url: str | None, option: str = "--endpoint-url") -> str | None:
-    """``url`` with its host in lowercase (what the signature uses); UsageError if not a URL."""
+    """``url`` with its host in lowercase (what the signature uses); UsageError if not a URL
+    or if it holds a user or password (named by ``option``, the URL not printed)."""
     if url is None:
         return None
     parts = urlsplit(url)
+    if "@" in parts.netloc:
+        # aiohttp refuses to send it (AWS signs the requests), and it must not be printed
+        raise UsageError(f"{option}: must not hold a user or password")
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise UsageError(f"{option}: {url!r} is not an http:// or https:// URL")
-    if "@" in parts.netloc:
-        return url
     # botocore signs the host in lowercase; aiohttp would send it as typed (LocalHost:PORT)
     return urlunsplit(parts._replace(netloc=parts.netloc.lower()))
 

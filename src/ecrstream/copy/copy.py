@@ -303,7 +303,9 @@ class _Copy(BlobProgress):
             self.existed.add(blob.digest)
         else:
             self.committed.append(blob.digest)
-            self.bytes_moved += blob.size - (0 if result.restarted else start)
+            # What ECR held when the call began, not what the checkpoint said: they differ
+            # when ECR lost the upload (0) or the checkpoint is behind or ahead of it.
+            self.bytes_moved += blob.size - result.resumed_from
         self.count_sent(blob, blob.size)
         if blob.kind == "layer":
             self.layers_done += 1

@@ -22,6 +22,7 @@ import anyio
 from ecrstream.cancellation import CancellationToken, OperationCanceledError
 from ecrstream.errors import EcrStreamError, InvalidArgumentError
 from ecrstream.local.serve import LAST_LINE
+from ecrstream.models import validate_repository_name
 
 if TYPE_CHECKING:
     from ecrstream.local.endpoint import ClientKwargs
@@ -96,20 +97,36 @@ async def spawn(
     the child if it is still there: the child never outlives the block. The child has its
     own session (a Ctrl-C at the terminal reaches only this process, which stops it) and
     stops by itself if this process dies (its standard input is a pipe from here). Raises
-    InvalidArgumentError for a port outside [0, 65535] or a timeout that is not positive
-    (before anything starts), LocalEcrStartError if the child exits or prints no URL within
-    ``start_timeout`` seconds (a repository it cannot create, a taken port: its reason), and
-    OperationCanceledError if ``cancellation_token`` is canceled while it starts.
+    InvalidArgumentError for a port outside [0, 65535], a timeout that is not a positive
+    finite number or a repository name ECR refuses (before anything starts),
+    LocalEcrStartError if the child exits or prints no URL within ``start_timeout`` seconds
+    (a repository it cannot create, a taken port: its reason), and OperationCanceledError if
+    ``cancellation_token`` is canceled while it starts.
     """
     if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
         raise InvalidArgumentError("port", f"must be a whole number in [0, 65535], got {port!r}")
     for name, value in (("start_timeout", start_timeout), ("stop_timeout", stop_timeout)):
-        if not value > 0:
-            raise InvalidArgumentError(name, f"must be a positive number of seconds, got {value}")
+        # Finite: an endless stop wait would let the child outlive the block after all.
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not 0 < value < float("inf")
+        ):
+            raise InvalidArgumentError(
+                name, f"must be a positive, finite number of seconds, got {value!r}"
+            )
+    if isinstance(repositories, str | bytes):
+        # Iterated, one str would create a repository per character.
+        raise InvalidArgumentError(
+            "repositories", f"must be an iterable of names, not one name ({repositories!r})"
+        )
+    names = list(dict.fromkeys(repositories))
+    for repository in names:
+        validate_repository_name(repository, "repositories")
     # NAME=VALUE: a value starting with "-" stays a value, not an option.
     command = [sys.executable, "-m", "ecrstream.local", "--stop-at-stdin-eof"]
     command += [f"--port={port}", f"--region={region_name}"]
-    command += [f"--repository={name}" for name in dict.fromkeys(repositories)]
+    command += [f"--repository={name}" for name in names]
     if data_dir is not None:
         command.append(f"--data-dir={os.fspath(data_dir)}")
     # A file, not a pipe: nobody reads the child's stderr while it serves, and a full pipe
