@@ -101,3 +101,18 @@ def test_an_untrusted_certificate_names_the_fixes() -> None:
     assert code == EXIT_FAILURE
     for fix in ("--ca-bundle", "AWS_CA_BUNDLE", "--no-verify-ssl"):
         assert fix in message
+
+
+def test_redact_hides_a_presigned_urls_signature_token_and_credential() -> None:
+    from ecrstream.cli.errors import redact
+
+    text = redact(
+        "GET https://b.s3.amazonaws.com/x?X-Amz-Algorithm=AWS4-HMAC-SHA256"
+        "&X-Amz-Credential=ASIA%2F2026&X-Amz-Security-Token=tok&X-Amz-Signature=sig failed"
+    )
+
+    assert "=tok" not in text
+    assert "=sig" not in text
+    assert "ASIA%2F" not in text
+    assert "X-Amz-Algorithm=AWS4-HMAC-SHA256" in text  # not a secret: left as it was
+    assert text.endswith("X-Amz-Signature=*** failed")

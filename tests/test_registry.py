@@ -64,7 +64,7 @@ from ecrstream.registry import (
     manifest_blobs,
     parse_reference,
 )
-from ecrstream.registry.auth import Challenge, parse_www_authenticate
+from ecrstream.registry.auth import Challenge, parse_www_authenticate, redacted_text
 from ecrstream.retry import RetryPolicy
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
@@ -929,3 +929,16 @@ def test_www_authenticate_challenges_are_parsed_as_rfc_9110_says() -> None:
     )
     assert parse_www_authenticate('bearer REALM="x\\"y"') == (Challenge("bearer", 'x"y'),)
     assert parse_www_authenticate("") == ()
+
+
+def test_an_error_text_quoting_a_presigned_url_loses_its_query_and_user() -> None:
+    url = (
+        "https://bucket.s3.amazonaws.com/blob?X-Amz-Credential=ASIA0000%2F2026"
+        "&X-Amz-Security-Token=token-value&X-Amz-Signature=signature-value"
+    )
+    text = redacted_text(f"Cannot fetch {url}: too many redirects; see http://u:pw@h:5000/v2/.")
+
+    assert text == (
+        "Cannot fetch https://bucket.s3.amazonaws.com/blob: too many redirects;"
+        " see http://h:5000/v2/."
+    )

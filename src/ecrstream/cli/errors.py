@@ -79,6 +79,8 @@ OPTION_OF_FIELD = {
 }
 
 _FIELD_PREFIX_RE = re.compile(r"([a-z_]+): ")
+# A presigned URL's signature, session token and credential scope (a download URL's query).
+_PRESIGNED_RE = re.compile(r"(X-Amz-(?:Signature|Security-Token|Credential)=)[^&\s'\"]+", re.I)
 _KEY_ID_RE = re.compile(r"\b(?:AKIA|ASIA|AROA|AIDA)[A-Z0-9]{12,}\b")
 _SECRET_ENV = (
     "AWS_ACCESS_KEY_ID",
@@ -126,11 +128,13 @@ class Context:
 
 
 def redact(text: str) -> str:
-    """Hide credentials: the values of the AWS key variables, and anything like a key id."""
+    """Hide credentials: the values of the AWS key variables, anything like a key id, and a
+    presigned URL's signature, token and credential."""
     for name in _SECRET_ENV:
         value = os.environ.get(name)
         if value and len(value) >= 4:
             text = text.replace(value, "***")
+    text = _PRESIGNED_RE.sub(r"\1***", text)
     return _KEY_ID_RE.sub("***", text)
 
 

@@ -115,6 +115,21 @@ def redacted_url(url: str) -> str:
     return str(parsed.with_user(None).with_password(None).with_query(None).with_fragment(None))
 
 
+_URL_IN_TEXT = re.compile(r"""https?://[^\s'"<>]+""")
+
+
+def redacted_text(text: str) -> str:
+    """``text`` with every URL in it passed through ``redacted_url`` (an HTTP library's
+    error may quote a presigned URL, whose query holds a signature and a session token)."""
+
+    def one(match: re.Match[str]) -> str:
+        url = match.group(0)
+        end = url.rstrip(".,:;)")  # the sentence's punctuation, not the URL's
+        return redacted_url(end) + url[len(end) :]
+
+    return _URL_IN_TEXT.sub(one, text)
+
+
 def basic_authorization(credentials: RegistryCredentials) -> str:
     """The ``Authorization`` value for Basic auth with ``credentials``."""
     raw = f"{credentials.username}:{credentials.password}".encode()

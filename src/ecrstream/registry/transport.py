@@ -29,7 +29,7 @@ from ecrstream.errors import (
     RegistryError,
     RegistryNotFoundError,
 )
-from ecrstream.registry.auth import Authenticator, redacted_url
+from ecrstream.registry.auth import Authenticator, redacted_text, redacted_url
 from ecrstream.registry.credentials import CredentialProvider
 from ecrstream.retry import RetryPolicy
 
@@ -214,15 +214,15 @@ class Transport:
         where = redacted_url(url)
         if isinstance(exc, aiohttp.ClientConnectorCertificateError | aiohttp.ClientSSLError):
             return RegistryConnectionError(
-                f"TLS with {where} failed ({exc}); pass verify= the CA bundle that signed its "
-                "certificate",
+                f"TLS with {where} failed ({redacted_text(str(exc))}); pass verify= the CA bundle"
+                " that signed its certificate",
                 url=where,
             )
         timed_out = isinstance(exc, asyncio.TimeoutError | TimeoutError)
         if timed_out:
             what = f"no byte for {self._read_timeout:g} s (read timeout)"
         else:
-            what = str(exc) or type(exc).__name__
+            what = redacted_text(str(exc)) or type(exc).__name__
         final = RegistryConnectionError(
             f"no usable answer from {where}: {what}", url=where, timed_out=timed_out
         )
