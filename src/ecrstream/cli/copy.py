@@ -198,7 +198,8 @@ def _check_source_aws(options: CopyOptions, reference: ImageReference) -> None:
 async def _source_client(
     runner: Runner, options: CopyOptions, reference: ImageReference
 ) -> EcrClient | None:
-    """An ECR SOURCE's own client, or None if the destination's serves (same region, no --src-*).
+    """An ECR SOURCE's own client, or None if the destination's serves (same region, no --src-*
+    option: --src-ca-bundle too asks for a client of its own, with that bundle).
 
     Each setting comes from its --src-* option, else: the region from the SOURCE's host, the
     profile from --profile. The endpoint and TLS are never the destination's (--endpoint-url,
@@ -211,7 +212,9 @@ async def _source_client(
         return None
     src = options.src_aws
     region = src.region or host[1]
-    if not (src.profile or src.endpoint_url) and region == runner.context.region:
+    if not (src.profile or src.endpoint_url or options.src_ca_bundle) and (
+        region == runner.context.region
+    ):
         return None
     source_aws = AwsOptions(
         region=region,
