@@ -864,6 +864,49 @@ async def test_upload_layer_part_sends_the_body_prepare_part_builds(
     assert record.blob_sha256 == hashlib.sha256(data).hexdigest()
 
 
+async def test_the_user_agent_is_botocores_own_and_built_once_per_feature_set(
+    ecr: LocalEcr, repository: str, aio_session: AioSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from botocore.useragent import UserAgentString
+
+    original = UserAgentString.to_string
+    built: list[str] = []
+
+    def counting(self: Any) -> str:
+        text: str = original(self)
+        built.append(text)
+        return text
+
+    monkeypatch.setattr(UserAgentString, "to_string", counting)
+    sent: list[tuple[str, str]] = []
+    async with raw_client(ecr, aio_session, BOTOCORE_NO_RETRIES) as raw:
+        wrapped = EcrClient(raw, retry=NO_BACKOFF)
+        creator = raw._user_agent_creator
+
+        async def observe(request: Any, **_: Any) -> None:
+            # The header about to be sent, and what botocore's own builder makes right now.
+            header = request.headers["User-Agent"]
+            if isinstance(header, bytes):
+                header = header.decode("ascii")
+            sent.append((header, original(creator)))
+
+        raw.meta.events.register("before-send.ecr", observe)
+        upload = await wrapped.initiate_layer_upload(InitiateLayerUploadRequest(repository))
+        for index in range(4):
+            data = random_bytes(1000, seed=index)
+            first = 1000 * index
+            request = UploadLayerPartRequest(repository, upload.upload_id, first, first + 999, data)
+            await wrapped.upload_prepared_part(prepare_part(request))
+        raw.meta.events.unregister("before-send.ecr", observe)
+
+    assert len(sent) == 5
+    assert all(header == expected for header, expected in sent)
+    assert sent[0][0].startswith("aiobotocore/")
+    # botocore alone builds it twice per request (10 here): for the request dict, with the
+    # call's features so far, then with all of them. Now once per feature set, never again.
+    assert len(built) == len(set(built)) <= 2
+
+
 async def test_a_prepared_part_over_the_size_limit_is_refused_before_sending(
     client: EcrClient, ecr: LocalEcr, repository: str
 ) -> None:

@@ -9,9 +9,11 @@ same bytes at the server.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
+import socket
 import ssl
 import subprocess
 import sys
@@ -33,6 +35,7 @@ from ecrstream import (
     OperationCanceledError,
     UploadProgress,
 )
+from ecrstream.models import MAX_PART_SIZE
 from ecrstream.tls import OffloopTlsTransport
 
 pytestmark = pytest.mark.anyio
@@ -201,3 +204,90 @@ async def _chunks(total: int) -> Any:
         remaining -= size
         await anyio.lowlevel.checkpoint()
         yield os.urandom(size)
+
+
+class _FlowRecorder(asyncio.Protocol):
+    """Records the transport's pause/resume calls; ``lost`` is done once the socket closed."""
+
+    def __init__(self) -> None:
+        self.events: list[str] = []
+        self.resumed = asyncio.Event()
+        self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def pause_writing(self) -> None:
+        self.events.append("pause")
+
+    def resume_writing(self) -> None:
+        self.events.append("resume")
+        self.resumed.set()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost.set_result(None)
+
+
+async def test_flow_control_pauses_once_and_wakes_the_loop_once_per_pause(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A whole part body queues without a pause; past the mark, one pause and one wake-up.
+
+    The server does not read until told to, so the writer thread cannot drain the queue.
+    """
+    ca = trustme.CA()
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_context)
+    client_context = ssl.create_default_context()
+    ca.configure_trust(client_context)
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+    go = threading.Event()
+    received: list[int] = []
+
+    def serve() -> None:
+        connection, _ = listener.accept()
+        with server_context.wrap_socket(connection, server_side=True) as tls:
+            go.wait(60)
+            total = 0
+            while chunk := tls.recv(MIB):
+                total += len(chunk)
+            received.append(total)
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    raw = socket.create_connection(listener.getsockname())
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 * 1024)
+    sock = client_context.wrap_socket(raw, server_hostname="127.0.0.1")
+    loop = asyncio.get_running_loop()
+    wakeups: list[str] = []
+    call_soon_threadsafe = loop.call_soon_threadsafe
+
+    def counting(callback: Any, *args: Any, **kwargs: Any) -> Any:
+        wakeups.append(getattr(callback, "__name__", ""))
+        return call_soon_threadsafe(callback, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "call_soon_threadsafe", counting)
+    recorder = _FlowRecorder()
+    transport = OffloopTlsTransport(loop, sock, recorder)
+    try:
+        # The default mark holds the largest UploadLayerPart body (its base64 and JSON).
+        assert transport.get_write_buffer_limits()[1] > 4 * MAX_PART_SIZE // 3 + 4096
+        transport.set_write_buffer_limits(high=MIB, low=MIB // 4)
+        piece = memoryview(os.urandom(256 * 1024))
+        for _ in range(32):  # 8 MiB, far past the mark, while nothing is read
+            transport.write(piece)
+        assert recorder.events == ["pause"]
+        go.set()
+        await asyncio.wait_for(recorder.resumed.wait(), 60)
+        for _ in range(2):  # back under the mark: no new pause
+            transport.write(piece)
+        transport.close()
+        await asyncio.wait_for(recorder.lost, 60)
+    finally:
+        go.set()
+        transport.abort()
+        server.join(timeout=60)
+        listener.close()
+    assert received == [34 * 256 * 1024]
+    assert recorder.events == ["pause", "resume"]
+    # One wake-up of the loop for the one pause (none per buffer sent), and one at the end.
+    assert wakeups.count("_maybe_resume") == 1
+    assert wakeups.count("_writer_done") == 1

@@ -38,8 +38,13 @@ from aiobotocore.httpsession import AIOHTTPSession
 
 __all__ = ["OffloopTlsTransport", "TlsHttpSession", "offload_enabled"]
 
-_HIGH_WATER: Final = 4 * 1024 * 1024  # bytes queued before the protocol is paused
-_LOW_WATER: Final = 1024 * 1024
+# Bytes queued before the protocol is paused, and resumed. The queue holds references to the
+# caller's buffers, not copies (a bytearray's copy is made whatever the limits), so a high
+# mark above the largest UploadLayerPart body (20 MiB of part, 26.7 MiB of base64) costs no
+# memory: aiohttp queues a whole body without waiting, where a 4 MiB mark made the loop
+# thread pause and resume the request's body writer about four times per 10 MiB part.
+_HIGH_WATER: Final = 32 * 1024 * 1024
+_LOW_WATER: Final = _HIGH_WATER // 4
 _READ_SIZE: Final = 256 * 1024
 # At most this much is encrypted per OpenSSL call, so a read on the loop thread waits for
 # the connection's lock for well under a millisecond.
@@ -81,6 +86,10 @@ class OffloopTlsTransport(asyncio.Transport):
         self._aborted = False  # under _cond: the writer ends now, dropping the queue
         self._closing = False  # loop thread: close() or abort() was called
         self._paused = False  # loop thread: the protocol was told to pause writing
+        # Under _cond: the loop paused the protocol and waits for the queue to fall to _low.
+        # Only then does the writer thread wake the loop (one wake-up per pause, not one per
+        # buffer sent: each costs the loop thread an iteration and a self-pipe read).
+        self._resume_wanted = False
         self._reading = False
         self._finished = False
         self._error: Exception | None = None
@@ -160,9 +169,11 @@ class OffloopTlsTransport(asyncio.Transport):
         with self._cond:
             self._queue.append(view)
             self._queued += len(view)
-            queued = self._queued
+            pause = self._queued > self._high and not self._paused
+            if pause:
+                self._resume_wanted = True
             self._cond.notify()
-        if queued > self._high and not self._paused:
+        if pause:
             self._paused = True
             self._protocol.pause_writing()
 
@@ -288,7 +299,9 @@ class OffloopTlsTransport(asyncio.Transport):
                         break
                     self._queue.popleft()
                     self._queued -= len(view)
-                    resume = self._queued <= self._low
+                    resume = self._resume_wanted and self._queued <= self._low
+                    if resume:
+                        self._resume_wanted = False
                 if resume:
                     self._loop.call_soon_threadsafe(self._maybe_resume)
         except Exception as exc:  # pragma: no cover - a bug here must not hang the loop
