@@ -26,6 +26,7 @@ from ecrstream.image.push import (
     _check_arguments,
     _check_client,
     available_digests,
+    missing_largest_first,
     put_image_checked,
 )
 from ecrstream.image.tasks import ConcurrencyLimit, run_limited
@@ -249,13 +250,8 @@ class _Copy(BlobProgress):
     async def check_availability(self) -> None:
         digests = list(self.plan.blobs)
         available = await available_digests(self.client, self.uploader, digests, self.token)
-        self.existed = {d for d in digests if d in available}
+        self.existed, self.missing = missing_largest_first(self.plan.blobs, available)
         self.layers_done = sum(1 for d in self.existed if self.plan.blobs[d].kind == "layer")
-        # Largest first: the copy ends when the largest blob does, not a small one after it.
-        self.missing = sorted(
-            (b for b in self.plan.blobs.values() if b.digest not in available),
-            key=lambda b: (-b.size, b.digest),
-        )
         self.total_bytes = sum(b.size for b in self.missing)
 
     async def upload(self, blob: _Blob) -> None:

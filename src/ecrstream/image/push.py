@@ -11,10 +11,10 @@ from __future__ import annotations
 import inspect
 import logging
 import os
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final, Literal, Protocol
+from typing import Final, Literal, Protocol, TypeVar
 
 import anyio
 
@@ -128,6 +128,23 @@ class ProgressBlob(Protocol):
     def kind(self) -> Literal["layer", "config"]: ...
 
 
+_B = TypeVar("_B", bound=ProgressBlob)
+
+
+def missing_largest_first(
+    blobs: Mapping[str, _B], available: Collection[str]
+) -> tuple[set[str], list[_B]]:
+    """The digests ECR has, and the blobs it lacks, largest first: the long uploads start
+    early and small ones fill in around them, so a push or a copy ends when its largest blob
+    does, not a small one started after it."""
+    existed = {digest for digest in blobs if digest in available}
+    missing = sorted(
+        (blob for blob in blobs.values() if blob.digest not in available),
+        key=lambda blob: (-blob.size, blob.digest),
+    )
+    return existed, missing
+
+
 class BlobProgress:
     """The running totals of a push or a copy, and the PushProgress reports built from them.
 
@@ -239,14 +256,8 @@ class _Push(BlobProgress):
     async def check_availability(self) -> None:
         digests = list(self.plan.blobs)
         available = await available_digests(self.client, self.uploader, digests, self.token)
-        self.existed = {digest for digest in digests if digest in available}
+        self.existed, self.missing = missing_largest_first(self.plan.blobs, available)
         self.layers_done = sum(1 for d in self.existed if self.plan.blobs[d].kind == "layer")
-        # Largest first: the long uploads start early, small ones fill in around them, so
-        # the push ends when the largest layer does, not a small one started after it.
-        self.missing = sorted(
-            (blob for blob in self.plan.blobs.values() if blob.digest not in available),
-            key=lambda blob: (-blob.size, blob.digest),
-        )
         self.total_bytes = sum(blob.size for blob in self.missing)
 
     async def upload(self, blob: Blob) -> None:
