@@ -36,7 +36,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -664,6 +664,72 @@ def environment() -> dict[str, Any]:
     }
 
 
+# Shared by bench.py, bench_image.py and bench_copy.py --------------------------------------
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, data_dir_help: str) -> None:
+    """The options every benchmark takes: where data and results go, timeouts, quiet wait."""
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path(tempfile.gettempdir()) / "ecrstream-bench",
+        help=data_dir_help,
+    )
+    parser.add_argument("--output", type=Path, default=None, help="JSON path (default results/)")
+    parser.add_argument(
+        "--timeout-floor", type=float, default=120.0, help="minimum per-run timeout, seconds"
+    )
+    parser.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=30.0,
+        help="before each run, wait up to this many seconds for other processes to go idle",
+    )
+
+
+def parse_variants(parser: argparse.ArgumentParser, text: str, known: Sequence[str]) -> list[str]:
+    """``--variants``: a comma-separated, non-empty subset of ``known`` (else a usage error)."""
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = set(names) - set(known)
+    if not names or unknown:
+        parser.error(
+            f"--variants: unknown {', '.join(sorted(unknown)) or '(none given)'};"
+            f" choose from {', '.join(known)}"
+        )
+    return names
+
+
+def write_report(
+    script: str, argv: list[str] | None, started: float, fields: dict[str, Any], output: Path | None
+) -> Path:
+    """Write a run's JSON report (its command, start and duration first) and return its path."""
+    command = f"python benchmarks/{script}.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    report = {
+        "command": command.strip(),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
+        "duration_s": time.time() - started,
+        **fields,
+    }
+    path = output or HERE / "results" / time.strftime(
+        f"{script}-%Y%m%d-%H%M%S.json".replace("_", "-"), time.localtime(started)
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    return path
+
+
+def print_other_cores(records: list[dict[str, Any]]) -> None:
+    """The line that says how busy the machine was meanwhile (DISTURBED above a quarter core)."""
+    others = [r["other_cores"] for r in records if "other_cores" in r]
+    if others:
+        median = statistics.median(others)
+        print(
+            f"\nOther processes used {median:.2f} cores (median; max {max(others):.2f}) of"
+            f" {os.cpu_count()} during the runs"
+            + ("; the figures are DISTURBED." if median > DISTURBED_CORES else ".")
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
@@ -697,18 +763,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--with-4g", action="store_true", help="add a 4 GiB file to --sizes")
     parser.add_argument("--long", action="store_true", help="--with-4g and --latency-sweep")
     parser.add_argument("--variants", default=DEFAULT_VARIANTS, help="comma-separated subset")
-    parser.add_argument(
-        "--data-dir",
-        type=Path,
-        default=Path(tempfile.gettempdir()) / "ecrstream-bench",
-        help="where the test files are kept between runs",
-    )
+    add_run_arguments(parser, "where the test files are kept between runs")
     parser.add_argument(
         "--verify", action="store_true", help="the sink decodes every part and checks digests"
-    )
-    parser.add_argument("--output", type=Path, default=None, help="JSON path (default results/)")
-    parser.add_argument(
-        "--timeout-floor", type=float, default=120.0, help="minimum per-run timeout, seconds"
     )
     parser.add_argument(
         "--ceiling-size",
@@ -716,12 +773,6 @@ def main(argv: list[str] | None = None) -> int:
         default=GIB,
         help="bytes the raw-socket client sends first to measure the sink's ceiling, per case "
         "without added latency (0: skip)",
-    )
-    parser.add_argument(
-        "--wait-quiet",
-        type=float,
-        default=30.0,
-        help="before each run, wait up to this many seconds for other processes to go idle",
     )
     args = parser.parse_args(argv)
     if args.runs < 1:
@@ -745,10 +796,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(exc))
     if args.part_size is not None:
         cases = list(dict.fromkeys(Case(c.scheme, args.part_size, c.latency_ms) for c in cases))
-    variant_names = [v.strip() for v in args.variants.split(",") if v.strip()]
-    unknown = set(variant_names) - set(variants.VARIANTS + variants.EXTRA_VARIANTS)
-    if unknown:
-        parser.error(f"unknown variants: {', '.join(sorted(unknown))}")
+    variant_names = parse_variants(
+        parser, args.variants, variants.VARIANTS + variants.EXTRA_VARIANTS
+    )
     config = Config(
         sizes=sizes,
         runs=args.runs,
@@ -772,11 +822,7 @@ def main(argv: list[str] | None = None) -> int:
     results = run_all(config)
     rows = summarize(results, config)
     table = markdown_table(rows)
-    command = "python benchmarks/bench.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    report = {
-        "command": command.strip(),
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
-        "duration_s": time.time() - started,
+    fields = {
         "config": {
             "sizes": sizes,
             "runs": config.runs,
@@ -790,11 +836,7 @@ def main(argv: list[str] | None = None) -> int:
         "table_markdown": table,
         **results,
     }
-    output = args.output or HERE / "results" / time.strftime(
-        "bench-%Y%m%d-%H%M%S.json", time.localtime(started)
-    )
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(report, indent=2) + "\n")
+    output = write_report("bench", argv, started, fields, args.output)
     print()
     print(
         f"{environment_at_start['cpu_model'] or 'unknown CPU'}, {os.cpu_count()} CPUs, "

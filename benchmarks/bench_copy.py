@@ -605,25 +605,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="the sink hashes every part and checks each digest; skopeo's blobs are read back",
     )
-    parser.add_argument(
-        "--data-dir",
-        type=Path,
-        default=Path(tempfile.gettempdir()) / "ecrstream-bench",
-        help="where the image layouts and the source registry's storage are kept between runs",
-    )
-    parser.add_argument("--output", type=Path, default=None, help="JSON path (default results/)")
-    parser.add_argument("--timeout-floor", type=float, default=120.0, help="per-run seconds")
-    parser.add_argument(
-        "--wait-quiet",
-        type=float,
-        default=30.0,
-        help="before each run, wait up to this many seconds for other processes to go idle",
+    bench.add_run_arguments(
+        parser, "where the image layouts and the source registry's storage are kept between runs"
     )
     args = parser.parse_args(argv)
-    variant_names = [v.strip() for v in args.variants.split(",") if v.strip()]
-    unknown = set(variant_names) - set(VARIANTS)
-    if not variant_names or unknown:
-        parser.error(f"--variants: unknown {', '.join(sorted(unknown))}; choose from {VARIANTS}")
+    variant_names = bench.parse_variants(parser, args.variants, VARIANTS)
     image_kinds = [v.strip() for v in args.images.split(",") if v.strip()]
     if not image_kinds or set(image_kinds) - set(IMAGES):
         parser.error(f"--images: {args.images!r}: a comma-separated subset of {IMAGES}")
@@ -680,11 +666,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(work_dir, ignore_errors=True)
     rows = summarize(records, images, config)
     table = markdown_table(rows)
-    command = "python benchmarks/bench_copy.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    report = {
-        "command": command.strip(),
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
-        "duration_s": time.time() - started,
+    fields = {
         "config": {
             "images": {
                 image.kind: {
@@ -706,24 +688,13 @@ def main(argv: list[str] | None = None) -> int:
         "table_markdown": table,
         "runs": records,
     }
-    output = args.output or HERE / "results" / time.strftime(
-        "bench-copy-%Y%m%d-%H%M%S.json", time.localtime(started)
-    )
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(report, indent=2) + "\n")
+    output = bench.write_report("bench_copy", argv, started, fields, args.output)
     print()
     print(table)
     print()
     for line in verdicts(rows):
         print(line)
-    others = [r["other_cores"] for r in records if "other_cores" in r]
-    if others:
-        median = statistics.median(others)
-        print(
-            f"\nOther processes used {median:.2f} cores (median; max {max(others):.2f}) of"
-            f" {os.cpu_count()} during the runs"
-            + ("; the figures are DISTURBED." if median > bench.DISTURBED_CORES else ".")
-        )
+    bench.print_other_cores(records)
     print(f"CPU: {environment['cpu_model']} ({environment['cpu_count']} cores)")
     print(f"\nbench_copy: wrote {output}")
     return 1 if any(row["runs_ok"] < row["runs"] for row in rows) else 0

@@ -450,25 +450,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--max-concurrent-layers", type=int, default=4)
     parser.add_argument("--variants", default=",".join(image_variants.VARIANTS))
-    parser.add_argument(
-        "--data-dir",
-        type=Path,
-        default=Path(tempfile.gettempdir()) / "ecrstream-bench",
-        help="where the image layout is kept between runs",
-    )
-    parser.add_argument("--output", type=Path, default=None, help="JSON path (default results/)")
-    parser.add_argument("--timeout-floor", type=float, default=120.0, help="per-run seconds")
-    parser.add_argument(
-        "--wait-quiet",
-        type=float,
-        default=30.0,
-        help="before each run, wait up to this many seconds for other processes to go idle",
-    )
+    bench.add_run_arguments(parser, "where the image layout is kept between runs")
     args = parser.parse_args(argv)
-    variant_names = [v.strip() for v in args.variants.split(",") if v.strip()]
-    unknown = set(variant_names) - set(image_variants.VARIANTS)
-    if unknown:
-        parser.error(f"unknown variants: {', '.join(sorted(unknown))}")
+    variant_names = bench.parse_variants(parser, args.variants, image_variants.VARIANTS)
     try:
         sizes = layer_sizes(args.total, args.layers, args.smallest)
     except ValueError as exc:
@@ -495,11 +479,7 @@ def main(argv: list[str] | None = None) -> int:
     records = run_all(layout, config)
     rows = summarize(records, layout, config)
     table = markdown_table(rows)
-    command = "python benchmarks/bench_image.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    report = {
-        "command": command.strip(),
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
-        "duration_s": time.time() - started,
+    fields = {
         "config": {
             "layer_sizes": sizes,
             "blob_bytes": layout.blob_bytes,
@@ -513,21 +493,10 @@ def main(argv: list[str] | None = None) -> int:
         "table_markdown": table,
         "runs": records,
     }
-    output = args.output or HERE / "results" / time.strftime(
-        "bench-image-%Y%m%d-%H%M%S.json", time.localtime(started)
-    )
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(report, indent=2) + "\n")
+    output = bench.write_report("bench_image", argv, started, fields, args.output)
     print()
     print(table)
-    others = [r["other_cores"] for r in records if "other_cores" in r]
-    if others:
-        median = statistics.median(others)
-        print(
-            f"\nOther processes used {median:.2f} cores (median; max {max(others):.2f}) of"
-            f" {os.cpu_count()} during the runs"
-            + ("; the figures are DISTURBED." if median > bench.DISTURBED_CORES else ".")
-        )
+    bench.print_other_cores(records)
     print(f"CPU: {environment['cpu_model']} ({environment['cpu_count']} cores)")
     print(f"\nbench_image: wrote {output}")
     return 1 if any(not row["runs_ok"] or row["runs_ok"] < row["runs"] for row in rows) else 0
