@@ -22,6 +22,7 @@ from typing import Any
 import anyio
 import pytest
 from aiobotocore.session import AioSession
+from lying_ecr import Exchange, LyingEcr, Reply
 
 from ecrstream.buffers import PartBufferPool
 from ecrstream.cancellation import CancellationToken, CancellationTokenSource
@@ -463,6 +464,32 @@ async def test_untagged_push_is_found_by_digest(
     assert text.encode() == source.manifest
     assert digest == source.manifest_digest
     assert result.tags == ()
+
+
+async def test_a_manifest_stored_under_another_digest_is_a_digest_mismatch(
+    ecr: LocalEcr, repository: str, tmp_path: Path
+) -> None:
+    # PutImage names the digest it stored; one other than the manifest's own (a broken proxy
+    # or emulator rewriting the manifest) fails the push instead of reporting success.
+    source = oci_source([layer_bytes(10 * KIB, 8)])
+    path = write_folder(source.files, tmp_path / "layout")
+    other = "sha256:" + "0" * 64
+
+    def stored_elsewhere(exchange: Exchange) -> Reply:
+        answer = dict(exchange.answer or {})
+        image = dict(answer["image"])
+        image["imageId"] = {**image["imageId"], "imageDigest": other}
+        return Reply(200, {**answer, "image": image})
+
+    with LyingEcr(ecr) as liar:
+        liar.lie("PutImage", stored_elsewhere, forward=True)
+        async with EcrClient.create(**liar.client_kwargs()) as lied_to:
+            with pytest.raises(DigestMismatchError) as caught:
+                await push_image(lied_to, path, repository, tags=["v1"])
+    assert caught.value.expected == source.manifest_digest
+    assert caught.value.actual == other
+    assert other in str(caught.value)
+    assert liar.told == 1
 
 
 async def test_multi_platform_index_pushes_each_manifest_by_digest_then_the_index(

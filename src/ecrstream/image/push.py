@@ -356,13 +356,13 @@ async def put_image_checked(
     )
     if response is None:
         return
-        actual = response.image.image_digest
-        if expected is not None and actual is not None and actual != expected:
-            raise DigestMismatchError(
-                f"PutImage stored the manifest as {actual}, not its digest {expected}",
-                expected=expected,
-                actual=actual,
-            )
+    actual = response.image.image_digest
+    if expected is not None and actual is not None and actual != expected:
+        raise DigestMismatchError(
+            f"PutImage stored the manifest as {actual}, not its digest {expected}",
+            expected=expected,
+            actual=actual,
+        )
 
 
 def _corrupt_blob(plan: Plan, blob: Blob, actual: str) -> CorruptBlobError:
