@@ -17,6 +17,8 @@ from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+import anyio
+import anyio.to_thread
 import pytest
 from cli_run import assert_clean, cli, make_env, on
 from registry_fixtures import Fault, FaultProxy, RegistryServer, SeededImage, Seeder, sha256_digest
@@ -390,6 +392,40 @@ async def test_cosign_tags_are_copied_and_tagged_again(
         await assert_not_in_ecr(reader, repository, f":{tag}.sbom")
 
 
+async def test_an_index_referrer_brings_its_manifests(
+    anon_registry: RegistryServer, ecr: LocalEcr, client: EcrClient, repository: str
+) -> None:
+    seeder = Seeder(anon_registry)
+    name = repo_name()
+    image = seeder.push_image(name, "v1", (30_000,))
+    parts = [push_referrer(seeder, name, None, ATTESTATION, f"part {n}".encode()) for n in (1, 2)]
+    document = json.loads(referrers_index(parts))
+    document["artifactType"] = ATTESTATION
+    document["subject"] = {
+        "mediaType": image.media_type,
+        "digest": image.digest,
+        "size": len(image.manifest),
+    }
+    data = json.dumps(document).encode()
+    index_digest = seeder.push_manifest(name, sha256_digest(data), data, OCI_INDEX)
+    index = Seeded(SeededImage(name, None, OCI_INDEX, data, index_digest, {}, ()), ATTESTATION, "")
+    push_tag_index(seeder, name, image.digest, [index])
+
+    result = await copy_image(
+        client, f"{anon_registry.host}/{name}:v1", repository, plain_http=True, with_referrers=True
+    )
+
+    assert result.referrer_digests == (parts[0].digest, parts[1].digest, index_digest)
+    async with await ecr_reader(ecr, client) as reader:
+        for part in parts:
+            await assert_image_in_ecr(reader, repository, f"@{part.digest}", part.image)
+        stored = await reader.get_manifest(
+            parse_reference(f"{reader.registry}/{repository}@{index_digest}")
+        )
+        assert stored.data == data
+        assert json.loads(stored.data)["subject"]["digest"] == image.digest
+
+
 # -- cycles and depth ------------------------------------------------------------------------------
 
 
@@ -504,6 +540,61 @@ async def test_a_stop_while_copying_referrers_resumes(
     assert_no_byte_sent_twice(ecr)
     async with await ecr_reader(ecr, client) as reader:
         await assert_referrer_in_ecr(reader, repository, sbom)
+
+
+async def test_a_stop_while_looking_for_referrers_resumes(
+    fault_proxy: FaultProxy,
+    anon_registry: RegistryServer,
+    ecr: LocalEcr,
+    client: EcrClient,
+    repository: str,
+) -> None:
+    seeder = Seeder(anon_registry)
+    name = repo_name()
+    image = seeder.push_image(name, "v1", (60_000,))
+    signature = push_referrer(seeder, name, image, SIGNATURE, b"found on resume")
+    push_tag_index(seeder, name, image.digest, [signature])
+    # The referrers API's answer starts, then nothing more comes: the copy waits there.
+    fault_proxy.add(Fault("stall", where="/referrers/", at_byte=0))
+    source = CancellationTokenSource()
+    caught: list[CopyCanceledError] = []
+
+    async def run() -> None:
+        try:
+            await copy_image(
+                client,
+                f"{fault_proxy.host}/{name}:v1",
+                repository,
+                plain_http=True,
+                with_referrers=True,
+                cancellation_token=source.token,
+            )
+        except CopyCanceledError as error:
+            caught.append(error)
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(run)
+        assert await anyio.to_thread.run_sync(fault_proxy.stalled.wait, 30)
+        source.cancel()
+    assert len(caught) == 1
+    stopped = caught[0]
+    assert stopped.source_digest == image.digest
+    assert set(image.blobs) <= set(stopped.committed_digests)
+    fault_proxy.reset()
+
+    result = await copy_image(
+        client,
+        f"{fault_proxy.host}/{name}:v1",
+        repository,
+        plain_http=True,
+        with_referrers=True,
+        resume=stopped,
+    )
+
+    assert result.referrer_digests == (signature.digest,)
+    assert result.blobs_skipped == len(image.blobs)
+    async with await ecr_reader(ecr, client) as reader:
+        await assert_referrer_in_ecr(reader, repository, signature)
 
 
 # -- an ECR source ---------------------------------------------------------------------------------

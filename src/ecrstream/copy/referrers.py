@@ -30,7 +30,13 @@ from ecrstream.copy.source import ImageSource
 from ecrstream.errors import ManifestInvalidError
 from ecrstream.registry.manifest import Manifest, index_children
 
-__all__ = ["COSIGN_TAG_SUFFIXES", "MAX_REFERRER_DEPTH", "Referrer", "find_referrers"]
+__all__ = [
+    "COSIGN_TAG_SUFFIXES",
+    "MAX_REFERRER_DEPTH",
+    "Referrer",
+    "fallback_tag",
+    "find_referrers",
+]
 
 #: cosign's legacy tags for the manifest ``sha256:<hex>``: ``sha256-<hex>`` + one of these.
 COSIGN_TAG_SUFFIXES: Final = (".sig", ".att", ".sbom")
