@@ -144,7 +144,12 @@ async def _referrers_of(
 
     for referrer_digest in listed:
         if referrer_digest not in seen:
-            await add(await source.manifest(referrer_digest, token))
+            try:
+                listed_manifest = await source.manifest(referrer_digest, token)
+            except ManifestInvalidError as exc:
+                exc.add_note(f"{referrer_digest} is listed as a referrer of {digest}")
+                raise
+            await add(listed_manifest)
     for tag in cosign_tags:
         manifest = tagged.get(tag)
         if manifest is None:
