@@ -140,6 +140,7 @@ def _done(options: CopyOptions, copied: _Copied) -> int:
             "blobs_skipped": result.blobs_skipped,
             "bytes_moved": result.bytes_moved,
             "manifest_digests": list(result.manifest_digests),
+            "referrer_digests": list(result.referrer_digests),
             "seconds": round(seconds, 3),
             "mb_per_s": rate,
             "repository_name": options.repository,
@@ -157,6 +158,13 @@ def _done(options: CopyOptions, copied: _Copied) -> int:
             f" at {rate:.1f} MB/s",
             flush=True,
         )
+        if options.with_referrers:
+            found = result.referrer_digests
+            print(
+                f"with {plural(len(found), 'referrer')}"
+                + (": " + ", ".join(found) if found else " (none found)"),
+                flush=True,
+            )
     return EXIT_OK
 
 
@@ -262,6 +270,7 @@ def run(options: CopyOptions, context: Context) -> int:
             source_registry_id=options.src_aws.registry_id,
             resume=resume,
             part_size=options.part_size,
+            with_referrers=options.with_referrers,
         )
         view.display.close()
         return _Copied(result, time.monotonic() - started)

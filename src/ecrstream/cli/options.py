@@ -130,6 +130,8 @@ class CopyOptions:
     #: An ECR source's own client (--src-region, --src-profile, --src-endpoint-url,
     #: --src-registry-id); its TLS is --src-ca-bundle's.
     src_aws: AwsOptions = AwsOptions()
+    #: --with-referrers: signatures, SBOMs and attestations of the image too.
+    with_referrers: bool = False
     max_concurrent_layers: int = 4
     part_size: int | None = None
     timeout: float | None = None

@@ -341,6 +341,12 @@ def _add_copy(commands: argparse._SubParsersAction[_Parser]) -> None:
     )
     options = copy.add_argument_group("copy")
     options.add_argument(
+        "--with-referrers",
+        action="store_true",
+        help="also copy the signatures, SBOMs and attestations that refer to the image (the"
+        " referrers API, else the sha256-<hex> tag; cosign's .sig/.att/.sbom tags too)",
+    )
+    options.add_argument(
         "--max-concurrent-layers",
         type=_positive_int_argument,
         default=4,
@@ -526,6 +532,7 @@ def parse(parser: argparse.ArgumentParser, argv: Sequence[str]) -> Options | Non
                 endpoint_url=namespace.src_endpoint_url,
                 registry_id=namespace.src_registry_id,
             ),
+            with_referrers=namespace.with_referrers,
             max_concurrent_layers=namespace.max_concurrent_layers,
             part_size=namespace.part_size,
             timeout=namespace.timeout,

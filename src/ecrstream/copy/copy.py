@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -11,6 +12,7 @@ from typing import Any, Final, Literal
 
 from ecrstream.cancellation import CancellationToken, OperationCanceledError
 from ecrstream.client import EcrClient
+from ecrstream.copy.referrers import Referrer, find_referrers
 from ecrstream.copy.source import EcrSource, ImageSource, RegistrySource, RemoteBlobSource
 from ecrstream.errors import (
     CopyCanceledError,
@@ -67,6 +69,8 @@ class CopyImageResult:
     ``manifest_digests`` lists the platform manifests put by digest. ``lowest_concurrency``
     is the fewest blobs the copy let run at once: below ``max_concurrent_layers`` when ECR
     throttled it (each retried ThrottlingException takes one off; successes give them back).
+    ``referrer_digests``: with ``with_referrers=True``, the referrer manifests put (parents
+    first; an index referrer's own manifests before it); their blobs are in the counts.
     """
 
     manifest_digest: str
@@ -78,6 +82,7 @@ class CopyImageResult:
     tags: tuple[str, ...] = ()
     manifest_digests: tuple[str, ...] = ()
     lowest_concurrency: int = 0
+    referrer_digests: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +99,9 @@ class _Plan:
     top: Manifest
     children: tuple[Manifest, ...]
     blobs: dict[str, _Blob]
+    #: The digests put that are the source's too (not a filtered index): whose referrers
+    #: ``with_referrers`` looks for.
+    copied: tuple[str, ...] = ()
 
 
 def ecr_registry_of(host: str) -> tuple[str, str] | None:
@@ -172,7 +180,7 @@ async def _plan(
                 image_ref=" ".join(platforms),
             )
         _blobs_of(top, blobs)
-        return _Plan(top.digest, top, (), blobs)
+        return _Plan(top.digest, top, (), blobs, (top.digest,))
     entries = index_children(top)
     if platforms is not None:
         selected: list[IndexChild] = []
@@ -211,7 +219,15 @@ async def _plan(
             else _filtered_index(top, {c.digest for c in children})
         )
     children_put = tuple(c for c in children if c.digest != pushed_top.digest)
-    return _Plan(top.digest, pushed_top, children_put, blobs)
+    filtered = platforms is not None and len(children) > 1
+    copied = tuple(c.digest for c in children_put)
+    return _Plan(
+        top.digest,
+        pushed_top,
+        children_put,
+        blobs,
+        copied if filtered else (pushed_top.digest, *copied),
+    )
 
 
 class _Copy(BlobProgress):
@@ -227,6 +243,7 @@ class _Copy(BlobProgress):
         on_progress: PushProgressCallback | None,
         max_concurrent_layers: int,
         resume: Mapping[str, UploadCheckpoint],
+        after: _Copy | None = None,
     ) -> None:
         self.client = client
         self.uploader = uploader
@@ -246,13 +263,25 @@ class _Copy(BlobProgress):
         self.bytes_moved = 0
         self.layers_done = 0
         self.layers_total = sum(1 for b in plan.blobs.values() if b.kind == "layer")
+        #: The image's copy, when this one copies its referrers: progress goes on from its
+        #: totals, and a stop names its committed blobs too.
+        self.after = after
 
     async def check_availability(self) -> None:
         digests = list(self.plan.blobs)
-        available = await available_digests(self.client, self.uploader, digests, self.token)
+        available = (
+            await available_digests(self.client, self.uploader, digests, self.token)
+            if digests
+            else set()
+        )
         self.existed, self.missing = missing_largest_first(self.plan.blobs, available)
         self.layers_done = sum(1 for d in self.existed if self.plan.blobs[d].kind == "layer")
         self.total_bytes = sum(b.size for b in self.missing)
+        if self.after is not None:
+            self.layers_done += self.after.layers_done
+            self.layers_total += self.after.layers_total
+            self.total_bytes += self.after.total_bytes
+            self.total_bytes_sent += self.after.total_bytes_sent
 
     async def upload(self, blob: _Blob) -> None:
         if self.token.is_cancellation_requested:
@@ -308,21 +337,29 @@ class _Copy(BlobProgress):
         await self.report(blob, "done")
 
     def canceled(self) -> CopyCanceledError:
-        committed = set(self.committed)
+        committed_here = set(self.committed)
+        committed = [*(self.after.committed if self.after else ()), *self.committed]
+        # Checkpoints of blobs this copy does not handle (a referrer's, from an earlier stop,
+        # while the image is copied again) go on to the next resume.
+        checkpoints = {
+            digest: checkpoint
+            for digest, checkpoint in self.resume.items()
+            if digest not in self.plan.blobs
+        }
+        checkpoints.update(self.checkpoints)
         return CopyCanceledError(
             f"copy canceled; {len(committed)} blob(s) committed,"
             f" {len(self.checkpoints)} in flight with a checkpoint; pass this error as"
             " resume= to go on",
             self.token,
-            committed_digests=self.committed,
-            pending_digests=[b.digest for b in self.missing if b.digest not in committed],
-            checkpoints=self.checkpoints,
+            committed_digests=committed,
+            pending_digests=[b.digest for b in self.missing if b.digest not in committed_here],
+            checkpoints=checkpoints,
             source_digest=self.plan.source_digest,
         )
 
-    async def run(
-        self, puts: list[PutImageRequest], put_retry: RetryPolicy, tags: tuple[str, ...]
-    ) -> CopyImageResult:
+    async def transfer(self, puts: list[PutImageRequest], put_retry: RetryPolicy) -> None:
+        """The availability check, the uploads, then ``puts``; CopyCanceledError if stopped."""
         try:
             await self.check_availability()
             await run_limited(self.missing, self.upload, self.limit)
@@ -334,6 +371,11 @@ class _Copy(BlobProgress):
             if isinstance(exc, CopyCanceledError) or not self.token.is_cancellation_requested:
                 raise
             raise self.canceled() from exc
+
+    async def run(
+        self, puts: list[PutImageRequest], put_retry: RetryPolicy, tags: tuple[str, ...]
+    ) -> CopyImageResult:
+        await self.transfer(puts, put_retry)
         return CopyImageResult(
             manifest_digest=self.plan.top.digest,
             blobs_uploaded=len(self.committed),
@@ -376,6 +418,98 @@ def _put_requests(
     return requests
 
 
+def _referrer_plan(plan: _Plan, found: list[Referrer]) -> _Plan:
+    """The blobs of the referrers found (the image's own already went in)."""
+    blobs: dict[str, _Blob] = {}
+    for referrer in found:
+        for manifest in (*referrer.children, referrer.manifest):
+            if not manifest.is_index:
+                _blobs_of(manifest, blobs)
+    for digest in plan.blobs:
+        blobs.pop(digest, None)
+    return _Plan(plan.source_digest, plan.top, (), blobs)
+
+
+def _referrer_puts(
+    found: list[Referrer], repository_name: str, registry_id: str | None
+) -> list[PutImageRequest]:
+    """Each referrer by digest (an index's manifests first), then once per cosign tag."""
+    requests = []
+    for referrer in found:
+        for manifest in (*referrer.children, referrer.manifest):
+            requests.append(
+                PutImageRequest(
+                    repository_name=repository_name,
+                    image_manifest=manifest.data.decode(),
+                    image_manifest_media_type=manifest.media_type,
+                    image_digest=manifest.digest,
+                    registry_id=registry_id,
+                )
+            )
+        manifest = referrer.manifest
+        for tag in referrer.tags:
+            requests.append(
+                PutImageRequest(
+                    repository_name=repository_name,
+                    image_manifest=manifest.data.decode(),
+                    image_manifest_media_type=manifest.media_type,
+                    image_tag=tag,
+                    image_digest=manifest.digest,
+                    registry_id=registry_id,
+                )
+            )
+    return requests
+
+
+async def _copy_referrers(
+    image: _Copy, result: CopyImageResult, put_retry: RetryPolicy
+) -> CopyImageResult:
+    """Find the referrers of what ``image`` put, copy their blobs and put them."""
+    uploader = image.uploader
+    # The checkpoints the image's copy did not use: a referrer's, from an earlier stop.
+    resume = {d: c for d, c in image.resume.items() if d not in image.plan.blobs}
+    try:
+        found = await find_referrers(image.source, image.plan.copied, image.token)
+    except OperationCanceledError as exc:
+        if not image.token.is_cancellation_requested:
+            raise
+        raise CopyCanceledError(
+            "copy canceled while looking for referrers; the image is in; pass this error as"
+            " resume= to go on",
+            image.token,
+            committed_digests=image.committed,
+            checkpoints=resume,
+            source_digest=image.plan.source_digest,
+        ) from exc
+    if not found:
+        return result
+    plan = _referrer_plan(image.plan, found)
+    copy = _Copy(
+        image.client,
+        uploader,
+        image.source,
+        plan,
+        image.token,
+        image.on_progress,
+        image.limit.limit,
+        resume,
+        after=image,
+    )
+    puts = _referrer_puts(found, uploader.repository_name, uploader.registry_id)
+    await copy.transfer(puts, put_retry)
+    digests: list[str] = []
+    for referrer in found:
+        digests.extend(m.digest for m in (*referrer.children, referrer.manifest))
+    return dataclasses.replace(
+        result,
+        blobs_uploaded=result.blobs_uploaded + len(copy.committed),
+        blobs_skipped=result.blobs_skipped + len(copy.existed),
+        bytes_moved=result.bytes_moved + copy.bytes_moved,
+        lowest_concurrency=min(result.lowest_concurrency, copy.limit.lowest),
+        referrer_digests=tuple(digests),
+    )
+
+
 def _check_resume(resume: object) -> tuple[dict[str, UploadCheckpoint], str | None]:
     if resume is None:
         return {}, None
@@ -413,6 +547,7 @@ async def copy_image(
     put_image_retry: RetryPolicy | None = None,
     source_retry: RetryPolicy | None = None,
     source_read_timeout: float = 60.0,
+    with_referrers: bool = False,
 ) -> CopyImageResult:
     """Copy an image (or index) from a registry or from ECR into an ECR repository.
 
@@ -443,6 +578,26 @@ async def copy_image(
     blob, so a blob whose bytes changed is still never completed. An upload that ECR lost and
     that starts over from byte 0 is hashed, and checked, here as usual.
 
+    ``with_referrers=True``: after the image, the manifests that refer to what was copied
+    (the top manifest and each child put; with ``platforms=`` selecting several, the
+    children only, the new index being no manifest of the source) are copied too:
+    signatures, SBOMs, attestations, and their own referrers (a signature of an SBOM) down
+    to ``referrers.MAX_REFERRER_DEPTH`` levels, each manifest once (no cycle). They are
+    found through the source's OCI referrers API (``GET /v2/<name>/referrers/<digest>``);
+    where it has none (a 404), through the referrers tag schema (the tag ``sha256-<hex>``,
+    an index of them; no tag, no referrers); and always through cosign's tags
+    ``sha256-<hex>.sig``/``.att``/``.sbom``. Their blobs go through the same pipeline (one
+    batched check, largest first) and each manifest is put by digest, byte for byte, so its
+    digest and its ``subject`` stay valid: ECR answers its own referrers API from the
+    ``subject`` fields, so the tag schema's index is not copied (it would go stale as
+    referrers are added). Cosign's tags are put again on the destination (cosign's
+    manifests have no ``subject``; their tag is what finds them). An ECR source has no
+    referrers call in its API: its referrers are found by tag (the tag schema's and
+    cosign's, one BatchGetImage per digest); referrers pushed to it through the registry's
+    referrers API, untagged, are not found. ``result.referrer_digests`` names those put. A
+    stop while referrers are copied raises ``CopyCanceledError`` like any other: the resume
+    finds the image in (nothing sent again) and goes on with the referrers' blobs.
+
     Raises:
         InvalidArgumentError/TypeError: bad arguments (named), before any request.
         ImageSelectionError: ``platforms`` names one the source's index does not have
@@ -457,6 +612,10 @@ async def copy_image(
         EcrServiceError/EcrConnectionError: what made an ECR request give up.
     """
     _check_client(client)
+    if not isinstance(with_referrers, bool):
+        raise InvalidArgumentError(
+            "with_referrers", f"must be True or False (got {with_referrers!r})"
+        )
     repository_name = validate_repository_name(repository_name)
     tag_tuple = _check_arguments(tags, max_concurrent_layers, on_progress, None, repository_name)
     registry_id = validate_registry_id(registry_id)
@@ -527,6 +686,10 @@ async def copy_image(
             max_concurrent_layers,
             checkpoints,
         )
-        return await copy.run(puts, put_image_retry or DEFAULT_PUT_IMAGE_RETRY, tag_tuple)
+        put_retry = put_image_retry or DEFAULT_PUT_IMAGE_RETRY
+        result = await copy.run(puts, put_retry, tag_tuple)
+        if with_referrers:
+            result = await _copy_referrers(copy, result, put_retry)
+        return result
     finally:
         await image_source.aclose()

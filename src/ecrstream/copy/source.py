@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 from ecrstream.cancellation import CancellationToken
@@ -127,6 +127,13 @@ class ImageSource(Protocol):
     ) -> BlobReader:
         """A reader of the blob from ``offset`` (first GET sent)."""
 
+    async def referrers(self, digest: str, token: CancellationToken) -> tuple[str, ...] | None:
+        """The digests of the manifests the referrers API lists for ``digest``; None if the
+        source has no referrers API (then the ``sha256-<hex>`` tag is looked up instead)."""
+
+    async def tagged(self, tags: Sequence[str], token: CancellationToken) -> dict[str, Manifest]:
+        """The manifests of those of ``tags`` the repository has (missing ones left out)."""
+
     async def aclose(self) -> None:
         """Free connections."""
 
@@ -138,6 +145,8 @@ class RegistrySource:
         self._client = client
         self._reference = reference
         self.description = f"{reference.registry}/{reference.repository}"
+        #: False once the registry answered 404 to the referrers API (it never will answer).
+        self._referrers_api = True
 
     async def manifest(self, reference: str, token: CancellationToken) -> Manifest:
         """The manifest by tag or digest, from the registry."""
@@ -156,6 +165,28 @@ class RegistrySource:
         return await self._client.open_blob(
             self._reference.repository, digest, size, offset, cancellation_token=token
         )
+
+    async def referrers(self, digest: str, token: CancellationToken) -> tuple[str, ...] | None:
+        """``RegistryClient.get_referrers``; after one None, None without asking again."""
+        if not self._referrers_api:
+            return None
+        found = await self._client.get_referrers(
+            self._reference.repository, digest, cancellation_token=token
+        )
+        if found is None:
+            self._referrers_api = False
+            return None
+        return tuple(entry.digest for entry in found)
+
+    async def tagged(self, tags: Sequence[str], token: CancellationToken) -> dict[str, Manifest]:
+        """One manifest GET per tag; a 404 leaves the tag out."""
+        found: dict[str, Manifest] = {}
+        for tag in tags:
+            try:
+                found[tag] = await self.manifest(tag, token)
+            except RegistryNotFoundError:
+                continue
+        return found
 
     async def aclose(self) -> None:
         """Close the registry client."""
@@ -292,6 +323,42 @@ class EcrSource:
         raise RegistryNotFoundError(
             f"{self.description}: no image {reference}" + (f" ({reasons})" if reasons else "")
         )
+
+    async def referrers(self, digest: str, token: CancellationToken) -> tuple[str, ...] | None:
+        """None: the ECR API has no referrers call (the tag schema is looked up instead)."""
+        return None
+
+    async def tagged(self, tags: Sequence[str], token: CancellationToken) -> dict[str, Manifest]:
+        """One BatchGetImage of all ``tags``; those ECR does not find are left out."""
+        if not tags:
+            return {}
+        response = await self._client.batch_get_image(
+            BatchGetImageRequest(
+                repository_name=self.repository_name,
+                image_ids=tuple(tags),
+                accepted_media_types=ACCEPTED_MEDIA_TYPES,
+                registry_id=self.registry_id,
+            ),
+            token,
+        )
+        found: dict[str, Manifest] = {}
+        for image in response.images:
+            tag = image.image_tag
+            if image.image_manifest is None or tag is None or tag not in tags:
+                continue
+            data = image.image_manifest.encode()
+            digest = "sha256:" + hashlib.sha256(data).hexdigest()
+            if image.image_digest is not None and image.image_digest != digest:
+                raise DigestMismatchError(
+                    f"{self.description}: the manifest BatchGetImage returned for"
+                    f" {tag} hashes to {digest}, not {image.image_digest}",
+                    expected=image.image_digest,
+                    actual=digest,
+                )
+            found[tag] = Manifest(
+                digest, media_type_of(data, image.image_manifest_media_type), data
+            )
+        return found
 
     async def open_blob(
         self, digest: str, size: int, offset: int, token: CancellationToken

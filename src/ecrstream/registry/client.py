@@ -19,11 +19,19 @@ from ecrstream.errors import (
     DigestMismatchError,
     InvalidArgumentError,
     ManifestInvalidError,
+    RegistryNotFoundError,
 )
 from ecrstream.registry.auth import redacted_url
 from ecrstream.registry.blob import BlobReader
 from ecrstream.registry.credentials import CredentialsArgument, credential_provider
-from ecrstream.registry.manifest import ACCEPTED_MEDIA_TYPES, Manifest, media_type_of
+from ecrstream.registry.manifest import (
+    ACCEPTED_MEDIA_TYPES,
+    OCI_INDEX,
+    IndexChild,
+    Manifest,
+    index_children,
+    media_type_of,
+)
 from ecrstream.registry.reference import (
     ImageReference,
     check_digest,
@@ -40,6 +48,8 @@ MAX_MANIFEST_SIZE: Final = 4 * 1024 * 1024
 #: Retries for registry requests: 6 attempts in a row without progress, backoff up to 10 s.
 DEFAULT_REGISTRY_RETRY: Final = RetryPolicy(max_attempts=6, base_delay=0.25, max_delay=10.0)
 _USER_AGENT: Final = "ecrstream"
+#: The most pages of one referrers list followed (a registry's Link loop stops there).
+_MAX_REFERRER_PAGES: Final = 100
 _ACCEPT: Final = ", ".join(ACCEPTED_MEDIA_TYPES)
 
 
@@ -160,7 +170,7 @@ class RegistryClient:
             attempts = Attempts(self._retry, cancellation_token)
             while True:
                 try:
-                    data, content_type, announced, where = await self._fetch(path, scope)
+                    data, content_type, announced, where, _ = await self._fetch(path, scope)
                     break
                 except TransientFault as fault:
                     await attempts.failed(fault)
@@ -174,11 +184,89 @@ class RegistryClient:
                 )
         return Manifest(digest, media_type_of(data, content_type), data)
 
-    async def _fetch(self, path: str, scope: str) -> tuple[bytes, str | None, str | None, str]:
-        """One GET of a manifest: (body, Content-Type, Docker-Content-Digest, redacted URL)."""
+    async def get_referrers(
+        self,
+        repository: str,
+        digest: str,
+        *,
+        cancellation_token: CancellationToken = CancellationToken.NONE,
+    ) -> tuple[IndexChild, ...] | None:
+        """The manifests that refer to ``digest`` (OCI 1.1 referrers API), or None without it.
+
+        ``GET /v2/<repository>/referrers/<digest>``: the answer is an OCI image index whose
+        ``manifests`` are the referrers' descriptors (pages linked by ``Link: <...>;
+        rel="next"`` are followed). None means the registry lacks the API: it answered 404
+        (a registry with the API never does) or something that is not an image index; then
+        the referrers tag schema (tag ``sha256-<hex>``) is where to look.
+
+        Raises:
+            InvalidArgumentError: a bad repository or digest (named).
+            RegistryAuthError, RegistryConnectionError, RegistryError: the registry's answer,
+                after the retries.
+            OperationCanceledError: the token was canceled.
+        """
+        if not isinstance(repository, str):
+            raise InvalidArgumentError("repository", "must be a string")
+        check_repository("repository", repository)
+        if not isinstance(digest, str):
+            raise InvalidArgumentError("digest", "must be a string")
+        check_digest("digest", digest)
+        path: str | None = f"/v2/{repository}/referrers/{digest}"
+        scope = f"repository:{repository}:pull"
+        found: list[IndexChild] = []
+        pages = 0
+        async with cancellation_scope(cancellation_token):
+            while path is not None and pages < _MAX_REFERRER_PAGES:
+                pages += 1
+                attempts = Attempts(self._retry, cancellation_token)
+                while True:
+                    try:
+                        data, content_type, _, _, link = await self._fetch(
+                            path, scope, accept=OCI_INDEX
+                        )
+                        break
+                    except RegistryNotFoundError:
+                        return None
+                    except ManifestInvalidError as exc:
+                        if exc.status == 200:
+                            raise  # over the size limit: a real answer, too big
+                        return None  # 2xx other than 200: not the API's answer
+                    except TransientFault as fault:
+                        await attempts.failed(fault)
+                try:
+                    page = Manifest("", media_type_of(data, content_type), data)
+                    entries = index_children(page)
+                except ManifestInvalidError:
+                    return None
+                found.extend(e for e in entries if e not in found)
+                path = self._next_page(link)
+        return tuple(found)
+
+    def _next_page(self, link: str | None) -> str | None:
+        """The path (and query) of a ``Link: <URL>; rel="next"`` on this registry, or None."""
+        from yarl import URL
+
+        if not link:
+            return None
+        for part in link.split(","):
+            target, _, params = part.partition(";")
+            target = target.strip()
+            if "next" not in params or not (target.startswith("<") and target.endswith(">")):
+                continue
+            url = URL(self._transport.base_url).join(URL(target[1:-1]))
+            if url.origin() != URL(self._transport.base_url).origin():
+                return None  # only this registry is asked, with its credentials
+            return url.path_qs
+        return None
+
+    async def _fetch(
+        self, path: str, scope: str, *, accept: str = _ACCEPT
+    ) -> tuple[bytes, str | None, str | None, str, str | None]:
+        """One GET of a manifest: (body, Content-Type, Docker-Content-Digest, redacted URL,
+        Link)."""
         import aiohttp
 
-        response = await self._transport.send("GET", path, scope=scope, headers={"Accept": _ACCEPT})
+        response = await self._transport.send("GET", path, scope=scope, headers={"Accept": accept})
         where = redacted_url(str(response.url))
         try:
             limit = self._max_manifest_size
@@ -207,6 +295,7 @@ class RegistryClient:
                 headers.get("Content-Type"),
                 headers.get("Docker-Content-Digest"),
                 where,
+                headers.get("Link"),
             )
         finally:
             response.release()  # reuses the connection only if the body was read whole

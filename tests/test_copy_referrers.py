@@ -1,0 +1,733 @@
+"""copy_image(with_referrers=True) and ``ecrstream copy --with-referrers`` against real parts.
+
+The source is the CNCF distribution registry (Debian's docker-registry, 2.8: it has no
+referrers API and answers ``GET /v2/<name>/referrers/<digest>`` with a 404), so copies from it
+exercise the referrers tag schema (tag ``sha256-<hex>``) and cosign's tags. The referrers
+API path runs through the fault proxy, a real HTTP server on 127.0.0.1 in front of the
+registry, answering ``/v2/<name>/referrers/<digest>`` with the index of the seeded referrers
+whose ``subject`` is that digest (everything else is forwarded to the registry). Each copy
+is read back from the local ECR's registry API, byte for byte, ``subject`` included.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio
+import anyio.to_thread
+import pytest
+from cli_run import assert_clean, cli, make_env, on
+from registry_fixtures import Fault, FaultProxy, RegistryServer, SeededImage, Seeder, sha256_digest
+from test_copy import (
+    assert_image_in_ecr,
+    assert_no_byte_sent_twice,
+    ecr_reader,
+    repo_name,
+)
+
+from ecrstream.cancellation import CancellationTokenSource
+from ecrstream.client import EcrClient
+from ecrstream.copy import CopyCanceledError, copy_image
+from ecrstream.copy.referrers import MAX_REFERRER_DEPTH
+from ecrstream.errors import InvalidArgumentError, ManifestInvalidError, RegistryNotFoundError
+from ecrstream.image import PushProgress
+from ecrstream.local import LocalEcr
+from ecrstream.models import PutImageRequest
+from ecrstream.registry import OCI_INDEX, OCI_MANIFEST, RegistryClient, parse_reference
+
+pytestmark = [pytest.mark.anyio, pytest.mark.timeout(120)]
+
+MIB = 1024 * 1024
+EMPTY_CONFIG = b"{}"
+EMPTY_TYPE = "application/vnd.oci.empty.v1+json"
+SIGNATURE = "application/vnd.dev.cosign.artifact.sig.v1+json"
+SBOM = "application/spdx+json"
+ATTESTATION = "application/vnd.in-toto+json"
+
+
+@pytest.fixture
+async def client(ecr: LocalEcr, anyio_backend: str) -> AsyncIterator[EcrClient]:
+    async with EcrClient.create(**ecr.client_kwargs()) as connected:
+        yield connected
+
+
+@dataclass(frozen=True)
+class Seeded:
+    """A referrer pushed to the source: its manifest as an image, and what it refers to."""
+
+    image: SeededImage
+    artifact_type: str
+    subject: str | None
+
+    @property
+    def digest(self) -> str:
+        return self.image.digest
+
+
+def push_referrer(
+    seeder: Seeder,
+    repository: str,
+    subject: SeededImage | Seeded | None,
+    artifact_type: str,
+    payload: bytes,
+    *,
+    tag: str | None = None,
+) -> Seeded:
+    """An OCI 1.1 artifact manifest (empty config, one layer) with ``subject`` (None: a
+    cosign-style manifest without one), pushed by digest or under ``tag``."""
+    target = subject.image if isinstance(subject, Seeded) else subject
+    config = seeder.push_blob(repository, EMPTY_CONFIG)
+    layer = seeder.push_blob(repository, payload)
+    document: dict[str, object] = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "artifactType": artifact_type,
+        "config": {"mediaType": EMPTY_TYPE, "digest": config, "size": len(EMPTY_CONFIG)},
+        "layers": [{"mediaType": artifact_type, "digest": layer, "size": len(payload)}],
+        "annotations": {"org.opencontainers.image.created": "2026-01-01T00:00:00Z"},
+    }
+    if target is not None:
+        document["subject"] = {
+            "mediaType": target.media_type,
+            "digest": target.digest,
+            "size": len(target.manifest),
+        }
+    data = json.dumps(document, indent=2).encode()  # not canonical: the bytes make the digest
+    digest = seeder.push_manifest(repository, tag or sha256_digest(data), data, OCI_MANIFEST)
+    image = SeededImage(
+        repository,
+        tag,
+        OCI_MANIFEST,
+        data,
+        digest,
+        {config: EMPTY_CONFIG, layer: payload},
+        (layer,),
+    )
+    return Seeded(image, artifact_type, target.digest if target is not None else None)
+
+
+def referrers_index(referrers: Iterable[Seeded]) -> bytes:
+    """An OCI image index listing ``referrers`` (the referrers API's answer, the tag's index)."""
+    return json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_INDEX,
+            "manifests": [
+                {
+                    "mediaType": OCI_MANIFEST,
+                    "digest": r.digest,
+                    "size": len(r.image.manifest),
+                    "artifactType": r.artifact_type,
+                }
+                for r in referrers
+            ],
+        }
+    ).encode()
+
+
+def schema_tag(digest: str) -> str:
+    return "sha256-" + digest.removeprefix("sha256:")
+
+
+def push_tag_index(seeder: Seeder, repository: str, subject: str, referrers: list[Seeded]) -> str:
+    """The referrers tag schema: tag ``sha256-<hex>`` of ``subject`` -> an index of them."""
+    return seeder.push_manifest(
+        repository, schema_tag(subject), referrers_index(referrers), OCI_INDEX
+    )
+
+
+def serve_referrers_api(proxy: FaultProxy, digests: Iterable[str], referrers: list[Seeded]) -> None:
+    """The proxy answers the referrers API for each of ``digests`` from ``referrers``."""
+    for digest in digests:
+        proxy.add(
+            Fault(
+                "replace",
+                where=f"/referrers/{digest}",
+                times=100,
+                body=referrers_index(r for r in referrers if r.subject == digest),
+                headers={"Content-Type": OCI_INDEX},
+            )
+        )
+
+
+async def assert_referrer_in_ecr(reader: RegistryClient, repository: str, referrer: Seeded) -> None:
+    """The referrer's manifest by digest, byte for byte, its ``subject`` intact; its blobs."""
+    await assert_image_in_ecr(reader, repository, f"@{referrer.digest}", referrer.image)
+    manifest = await reader.get_manifest(
+        parse_reference(f"{reader.registry}/{repository}@{referrer.digest}")
+    )
+    document = json.loads(manifest.data)
+    assert document.get("subject", {}).get("digest") == referrer.subject
+    assert document["artifactType"] == referrer.artifact_type
+
+
+async def assert_not_in_ecr(reader: RegistryClient, repository: str, reference: str) -> None:
+    with pytest.raises(RegistryNotFoundError):
+        await reader.get_manifest(parse_reference(f"{reader.registry}/{repository}{reference}"))
+
+
+def referrer_requests(proxy: FaultProxy) -> list[str]:
+    """The paths of the referrers API requests and the ``sha256-...`` tag GETs the proxy saw."""
+    return [
+        r.path for r in proxy.requests if "/referrers/" in r.path or "/manifests/sha256-" in r.path
+    ]
+
+
+# -- the tag schema (distribution 2.8 has no referrers API) ----------------------------------------
+
+
+async def test_signature_and_sbom_and_a_signature_of_the_sbom_through_the_tag_schema(
+    anon_registry: RegistryServer, ecr: LocalEcr, client: EcrClient, repository: str
+) -> None:
+    seeder = Seeder(anon_registry)
+    name = repo_name()
+    image = seeder.push_image(name, "v1", (300_000, 20_000))
+    signature = push_referrer(seeder, name, image, SIGNATURE, b"signature of the image")
+    sbom = push_referrer(seeder, name, image, SBOM, b'{"spdxVersion": "SPDX-2.3"}' * 500)
+    sbom_signature = push_referrer(seeder, name, sbom, SIGNATURE, b"signature of the sbom")
+    push_tag_index(seeder, name, image.digest, [signature, sbom])
+    push_tag_index(seeder, name, sbom.digest, [sbom_signature])
+
+    result = await copy_image(
+        client,
+        f"{anon_registry.host}/{name}:v1",
+        repository,
+        tags=["v1"],
+        plain_http=True,
+        with_referrers=True,
+    )
+
+    assert result.manifest_digest == image.digest
+    assert result.referrer_digests == (signature.digest, sbom.digest, sbom_signature.digest)
+    # Image: config + 2 layers; referrers: the empty config once, and a layer each.
+    assert result.blobs_uploaded == 3 + 1 + 3
+    expected_bytes = sum(len(b) for b in image.blobs.values()) + len(EMPTY_CONFIG)
+    expected_bytes += sum(len(r.image.blobs[r.image.layers[0]]) for r in (signature, sbom))
+    expected_bytes += len(sbom_signature.image.blobs[sbom_signature.image.layers[0]])
+    assert result.bytes_moved == expected_bytes
+    # One availability check for the image, one for all the referrers' blobs.
+    assert len(ecr.requests("BatchCheckLayerAvailability")) == 2
+    puts = [r for r in ecr.requests("PutImage") if r.status == 200]
+    assert len(puts) == 1 + 3  # the image (tagged), then each referrer by digest
+    async with await ecr_reader(ecr, client) as reader:
+        await assert_image_in_ecr(reader, repository, ":v1", image)
+        for referrer in (signature, sbom, sbom_signature):
+            await assert_referrer_in_ecr(reader, repository, referrer)
+        # ECR answers its referrers API from the subjects: the tag schema's index stays behind.
+        await assert_not_in_ecr(reader, repository, f":{schema_tag(image.digest)}")
+
+
+async def test_no_referrers_copies_nothing_more_and_asks_the_api_once(
+    fault_proxy: FaultProxy,
+    anon_registry: RegistryServer,
+    ecr: LocalEcr,
+    client: EcrClient,
+    repository: str,
+) -> None:
+    seeder = Seeder(anon_registry)
+    name = repo_name()
+    index = seeder.push_index(name, "v1", (("linux", "amd64", None), ("linux", "arm64", "v8")))
+
+    result = await copy_image(
+        client, f"{fault_proxy.host}/{name}:v1", repository, plain_http=True, with_referrers=True
+    )
+
+    assert result.manifest_digest == index.digest
+    assert result.referrer_digests == ()
+    assert len(ecr.requests("BatchCheckLayerAvailability")) == 1  # none for no referrer blobs
+    assert len(ecr.requests("PutImage")) == 3  # two children and the index, nothing else
+    asked = referrer_requests(fault_proxy)
+    # The referrers API once (its 404 says the registry has none), then per manifest copied
+    # the tag schema's tag and cosign's three.
+    assert [p for p in asked if "/referrers/" in p] == [f"/v2/{name}/referrers/{index.digest}"]
+    for digest in (index.digest, *(c.digest for c in index.children)):
+        tag = schema_tag(digest)
+        wanted = {f"/v2/{name}/manifests/{tag}{s}" for s in ("", ".sig", ".att", ".sbom")}
+        assert wanted <= set(asked)
+    assert len(asked) == 1 + 3 * 4
+
+
+async def test_without_the_option_no_referrer_is_asked_for(
+    fault_proxy: FaultProxy,
+    anon_registry: RegistryServer,
+    ecr: LocalEcr,
+    client: EcrClient,
+    repository: str,
+) -> None:
+    seeder = Seeder(anon_registry)
+    name = repo_name()
+    image = seeder.push_image(name, "v1", (50_000,))
+    signature = push_referrer(seeder, name, image, SIGNATURE, b"sig")
+    push_tag_index(seeder, name, image.digest, [signature])
+    serve_referrers_api(fault_proxy, [image.digest], [signature])
+
+    result = await copy_image(client, f"{fault_proxy.host}/{name}:v1", repository, plain_http=True)
+
+    assert result.referrer_digests == ()
+    assert referrer_requests(fault_proxy) == []
+    assert len(ecr.requests("PutImage")) == 1
+    async with await ecr_reader(ecr, client) as reader:
+        await assert_not_in_ecr(reader, repository, f"@{signature.digest}")
+
+
+# -- the referrers API (served by the proxy) -------------------------------------------------------
+
+
+async def test_an_index_and_its_children_with_referrers_from_the_referrers_api(
+    fault_proxy: FaultProxy,
+    anon_registry: RegistryServer,
+    ecr: LocalEcr,
+    client: EcrClient,
+    repository: str,
+) -> None:
+    seeder = Seeder(anon_registry)
+    name = repo_name()
+    index = seeder.push_index(name, "v2", (("linux", "amd64", None), ("linux", "arm64", "v8")))
+    arm = index.children[1]
+    # The index seeded has no subject-aware parent type: give the referrers its descriptor.
+    top = SeededImage(name, "v2", index.media_type, index.manifest, index.digest, {}, ())
+    signature = push_referrer(seeder, name, top, SIGNATURE, b"signature of the index")
+    provenance = push_referrer(seeder, name, arm, ATTESTATION, b'{"predicateType": "slsa"}' * 99)
+    provenance_signature = push_referrer(seeder, name, provenance, SIGNATURE, b"sig of the att")
+    referrers = [signature, provenance, provenance_signature]
+    every = [index.digest, *(c.digest for c in index.children), *(r.digest for r in referrers)]
+    serve_referrers_api(fault_proxy, every, referrers)
+
+    result = await copy_image(
+        client,
+        f"{fault_proxy.host}/{name}:v2",
+        repository,
+        tags=["v2"],
+        plain_http=True,
+        with_referrers=True,
+    )
+
+    assert result.referrer_digests == (
+        signature.digest,
+        provenance.digest,
+        provenance_signature.digest,
+    )
+    asked = referrer_requests(fault_proxy)
+    api = [p.rsplit("/", 1)[-1] for p in asked if "/referrers/" in p]
+    assert sorted(api) == sorted(every)  # each copied manifest and each referrer, once
+    # With the API, the tag schema's tag is never looked up (cosign's tags still are).
+    assert not [p for p in asked if p.endswith(tuple(schema_tag(d) for d in every))]
+    async with await ecr_reader(ecr, client) as reader:
+        for referrer in referrers:
+            await assert_referrer_in_ecr(reader, repository, referrer)
+
+
+async def test_with_platforms_the_chosen_childs_referrers_only(
+    fault_proxy: FaultProxy,
+    anon_registry: RegistryServer,
+    ecr: LocalEcr,
+    client: EcrClient,
+    repository: str,
+) -> None:
+    seeder = Seeder(anon_registry)
+    name = repo_name()
+    index = seeder.push_index(name, "v3", (("linux", "amd64", None), ("linux", "arm64", None)))
+    amd, arm = index.children
+    top = SeededImage(name, "v3", index.media_type, index.manifest, index.digest, {}, ())
+    of_index = push_referrer(seeder, name, top, SIGNATURE, b"index signature")
+    of_amd = push_referrer(seeder, name, amd, SIGNATURE, b"amd64 signature")
+    of_arm = push_referrer(seeder, name, arm, SIGNATURE, b"arm64 signature")
+    referrers = [of_index, of_amd, of_arm]
+    serve_referrers_api(
+        fault_proxy,
+        [index.digest, amd.digest, arm.digest, *(r.digest for r in referrers)],
+        referrers,
+    )
+
+    result = await copy_image(
+        client,
+        f"{fault_proxy.host}/{name}:v3",
+        repository,
+        platforms=["linux/arm64"],
+        plain_http=True,
+        with_referrers=True,
+    )
+
+    assert result.manifest_digest == arm.digest
+    assert result.referrer_digests == (of_arm.digest,)
+    async with await ecr_reader(ecr, client) as reader:
+        await assert_referrer_in_ecr(reader, repository, of_arm)
+        await assert_not_in_ecr(reader, repository, f"@{of_index.digest}")
+
+
+# -- cosign's tags ---------------------------------------------------------------------------------
+
+
+async def test_cosign_tags_are_copied_and_tagged_again(
+    anon_registry: RegistryServer, ecr: LocalEcr, client: EcrClient, repository: str
+) -> None:
+    seeder = Seeder(anon_registry)
+    name = repo_name()
+    image = seeder.push_image(name, "v1", (80_000,))
+    tag = schema_tag(image.digest)
+    sig = push_referrer(seeder, name, None, SIGNATURE, b"cosign simplesigning", tag=f"{tag}.sig")
+    att = push_referrer(seeder, name, None, ATTESTATION, b"dsse envelope", tag=f"{tag}.att")
+    # A signature of the attestation, cosign style too: found one level down.
+    att_sig = push_referrer(
+        seeder, name, None, SIGNATURE, b"sig of att", tag=f"{schema_tag(att.digest)}.sig"
+    )
+
+    result = await copy_image(
+        client, f"{anon_registry.host}/{name}:v1", repository, plain_http=True, with_referrers=True
+    )
+
+    assert result.referrer_digests == (sig.digest, att.digest, att_sig.digest)
+    async with await ecr_reader(ecr, client) as reader:
+        for referrer, reference in (
+            (sig, f":{tag}.sig"),
+            (att, f":{tag}.att"),
+            (att_sig, f":{schema_tag(att.digest)}.sig"),
+        ):
+            await assert_referrer_in_ecr(reader, repository, referrer)  # no subject: None
+            await assert_image_in_ecr(reader, repository, reference, referrer.image)
+        await assert_not_in_ecr(reader, repository, f":{tag}.sbom")
+
+
+async def test_an_index_referrer_brings_its_manifests(
+    anon_registry: RegistryServer, ecr: LocalEcr, client: EcrClient, repository: str
+) -> None:
+    seeder = Seeder(anon_registry)
+    name = repo_name()
+    image = seeder.push_image(name, "v1", (30_000,))
+    parts = [push_referrer(seeder, name, None, ATTESTATION, f"part {n}".encode()) for n in (1, 2)]
+    document = json.loads(referrers_index(parts))
+    document["artifactType"] = ATTESTATION
+    document["subject"] = {
+        "mediaType": image.media_type,
+        "digest": image.digest,
+        "size": len(image.manifest),
+    }
+    data = json.dumps(document).encode()
+    index_digest = seeder.push_manifest(name, sha256_digest(data), data, OCI_INDEX)
+    index = Seeded(SeededImage(name, None, OCI_INDEX, data, index_digest, {}, ()), ATTESTATION, "")
+    push_tag_index(seeder, name, image.digest, [index])
+
+    result = await copy_image(
+        client, f"{anon_registry.host}/{name}:v1", repository, plain_http=True, with_referrers=True
+    )
+
+    assert result.referrer_digests == (parts[0].digest, parts[1].digest, index_digest)
+    async with await ecr_reader(ecr, client) as reader:
+        for part in parts:
+            await assert_image_in_ecr(reader, repository, f"@{part.digest}", part.image)
+        stored = await reader.get_manifest(
+            parse_reference(f"{reader.registry}/{repository}@{index_digest}")
+        )
+        assert stored.data == data
+        assert json.loads(stored.data)["subject"]["digest"] == image.digest
+
+
+# -- cycles and depth ------------------------------------------------------------------------------
+
+
+async def test_a_cycle_of_tag_indexes_ends(
+    anon_registry: RegistryServer, ecr: LocalEcr, client: EcrClient, repository: str
+) -> None:
+    seeder = Seeder(anon_registry)
+    name = repo_name()
+    image = seeder.push_image(name, "v1", (30_000,))
+    first = push_referrer(seeder, name, image, SIGNATURE, b"first")
+    second = push_referrer(seeder, name, first, SBOM, b"second")
+    push_tag_index(seeder, name, image.digest, [first])
+    push_tag_index(seeder, name, first.digest, [second])
+    # second's tag lists first (and itself) again; the image as well.
+    as_referrer = Seeded(image, SIGNATURE, None)
+    push_tag_index(seeder, name, second.digest, [first, second, as_referrer])
+
+    result = await copy_image(
+        client, f"{anon_registry.host}/{name}:v1", repository, plain_http=True, with_referrers=True
+    )
+
+    assert result.referrer_digests == (first.digest, second.digest)
+    assert len([r for r in ecr.requests("PutImage") if r.status == 200]) == 3
+
+
+async def test_referrers_are_followed_down_to_the_depth_limit(
+    anon_registry: RegistryServer, ecr: LocalEcr, client: EcrClient, repository: str
+) -> None:
+    seeder = Seeder(anon_registry)
+    name = repo_name()
+    image = seeder.push_image(name, "v1", (30_000,))
+    chain: list[Seeded] = []
+    parent: SeededImage | Seeded = image
+    for level in range(MAX_REFERRER_DEPTH + 1):
+        referrer = push_referrer(seeder, name, parent, SIGNATURE, f"level {level}".encode())
+        push_tag_index(seeder, name, parent.digest, [referrer])
+        chain.append(referrer)
+        parent = referrer
+
+    result = await copy_image(
+        client, f"{anon_registry.host}/{name}:v1", repository, plain_http=True, with_referrers=True
+    )
+
+    assert result.referrer_digests == tuple(r.digest for r in chain[:MAX_REFERRER_DEPTH])
+    async with await ecr_reader(ecr, client) as reader:
+        await assert_referrer_in_ecr(reader, repository, chain[MAX_REFERRER_DEPTH - 1])
+        await assert_not_in_ecr(reader, repository, f"@{chain[-1].digest}")
+
+
+# -- stop and resume -------------------------------------------------------------------------------
+
+
+async def test_a_stop_while_copying_referrers_resumes(
+    fault_proxy: FaultProxy,
+    anon_registry: RegistryServer,
+    ecr: LocalEcr,
+    client: EcrClient,
+    repository: str,
+) -> None:
+    seeder = Seeder(anon_registry)
+    name = repo_name()
+    image = seeder.push_image(name, "v1", (60_000,))
+    sbom = push_referrer(seeder, name, image, SBOM, bytes(range(256)) * (100 * 1024))  # 25 MiB
+    push_tag_index(seeder, name, image.digest, [sbom])
+    big = sbom.image.layers[0]
+    source = CancellationTokenSource()
+
+    def cancel_in_the_sbom(event: PushProgress) -> None:
+        if event.digest == big and event.event == "progress":
+            source.cancel()
+
+    with pytest.raises(CopyCanceledError) as caught:
+        await copy_image(
+            client,
+            f"{fault_proxy.host}/{name}:v1",
+            repository,
+            tags=["v1"],
+            plain_http=True,
+            with_referrers=True,
+            max_concurrent_layers=1,
+            cancellation_token=source.token,
+            on_progress=cancel_in_the_sbom,
+        )
+    stopped = caught.value
+    assert stopped.source_digest == image.digest
+    assert stopped.checkpoints[big].bytes_committed == 10 * MIB
+    assert set(image.blobs) <= set(stopped.committed_digests)  # the image went in first
+    async with await ecr_reader(ecr, client) as reader:
+        await assert_image_in_ecr(reader, repository, ":v1", image)
+        await assert_not_in_ecr(reader, repository, f"@{sbom.digest}")
+    fault_proxy.reset()
+
+    result = await copy_image(
+        client,
+        f"{fault_proxy.host}/{name}:v1",
+        repository,
+        tags=["v1"],
+        plain_http=True,
+        with_referrers=True,
+        resume=stopped,
+    )
+
+    assert result.referrer_digests == (sbom.digest,)
+    # Largest first, one at a time: the stop came before the referrer's config went up.
+    assert sha256_digest(EMPTY_CONFIG) not in stopped.committed_digests
+    assert result.bytes_moved == len(sbom.image.blobs[big]) - 10 * MIB + len(EMPTY_CONFIG)
+    # The SBOM's layer goes on from the committed byte; nothing of the image is read again.
+    gets = fault_proxy.blob_gets(big)
+    assert gets
+    assert gets[0].range == f"bytes={10 * MIB}-"
+    assert not [g for g in fault_proxy.blob_gets() if any(d in g.path for d in image.blobs)]
+    assert_no_byte_sent_twice(ecr)
+    async with await ecr_reader(ecr, client) as reader:
+        await assert_referrer_in_ecr(reader, repository, sbom)
+
+
+async def test_a_stop_while_looking_for_referrers_resumes(
+    fault_proxy: FaultProxy,
+    anon_registry: RegistryServer,
+    ecr: LocalEcr,
+    client: EcrClient,
+    repository: str,
+) -> None:
+    seeder = Seeder(anon_registry)
+    name = repo_name()
+    image = seeder.push_image(name, "v1", (60_000,))
+    signature = push_referrer(seeder, name, image, SIGNATURE, b"found on resume")
+    push_tag_index(seeder, name, image.digest, [signature])
+    # The referrers API's answer starts, then nothing more comes: the copy waits there.
+    fault_proxy.add(Fault("stall", where="/referrers/", at_byte=0))
+    source = CancellationTokenSource()
+    caught: list[CopyCanceledError] = []
+
+    async def run() -> None:
+        try:
+            await copy_image(
+                client,
+                f"{fault_proxy.host}/{name}:v1",
+                repository,
+                plain_http=True,
+                with_referrers=True,
+                cancellation_token=source.token,
+            )
+        except CopyCanceledError as error:
+            caught.append(error)
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(run)
+        assert await anyio.to_thread.run_sync(fault_proxy.stalled.wait, 30)
+        source.cancel()
+    assert len(caught) == 1
+    stopped = caught[0]
+    assert stopped.source_digest == image.digest
+    assert set(image.blobs) <= set(stopped.committed_digests)
+    fault_proxy.reset()
+
+    result = await copy_image(
+        client,
+        f"{fault_proxy.host}/{name}:v1",
+        repository,
+        plain_http=True,
+        with_referrers=True,
+        resume=stopped,
+    )
+
+    assert result.referrer_digests == (signature.digest,)
+    assert result.blobs_skipped == len(image.blobs)
+    async with await ecr_reader(ecr, client) as reader:
+        await assert_referrer_in_ecr(reader, repository, signature)
+
+
+# -- an ECR source ---------------------------------------------------------------------------------
+
+
+async def test_from_ecr_the_tag_schema_and_cosign_tags_through_batch_get_image(
+    anon_registry: RegistryServer, ecr: LocalEcr, client: EcrClient, repository: str
+) -> None:
+    seeder = Seeder(anon_registry)
+    name = repo_name()
+    image = seeder.push_image(name, "v1", (70_000,))
+    signature = push_referrer(seeder, name, image, SIGNATURE, b"oci 1.1 signature")
+    cosign = push_referrer(
+        seeder, name, None, SIGNATURE, b"cosign", tag=f"{schema_tag(image.digest)}.sig"
+    )
+    push_tag_index(seeder, name, image.digest, [signature])
+    middle = f"ecr-src/{uuid.uuid4().hex[:10]}"
+    ecr.create_repository(middle)
+    first = await copy_image(
+        client,
+        f"{anon_registry.host}/{name}:v1",
+        middle,
+        tags=["v1"],
+        plain_http=True,
+        with_referrers=True,
+    )
+    assert first.referrer_digests == (signature.digest, cosign.digest)
+    # ECR as a source finds referrers by tag: give it the tag schema's index too.
+    await client.put_image(
+        PutImageRequest(
+            repository_name=middle,
+            image_manifest=referrers_index([signature]).decode(),
+            image_manifest_media_type=OCI_INDEX,
+            image_tag=schema_tag(image.digest),
+        )
+    )
+    ecr.reset()
+
+    result = await copy_image(
+        client,
+        f"{ecr.registry_address}/{middle}:v1",
+        repository,
+        source_client=client,
+        with_referrers=True,
+    )
+
+    assert result.referrer_digests == (signature.digest, cosign.digest)
+    # Per manifest, one BatchGetImage for all four tags; one more per referrer by digest.
+    gets = ecr.requests("BatchGetImage")
+    assert len(gets) == 1 + 3 + 1  # the image; its tags, the signature's, cosign's; signature
+    async with await ecr_reader(ecr, client) as reader:
+        await assert_referrer_in_ecr(reader, repository, signature)
+        await assert_image_in_ecr(
+            reader, repository, f":{schema_tag(image.digest)}.sig", cosign.image
+        )
+
+
+# -- bad input and bad sources ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", ["yes", 1, None])
+async def test_with_referrers_must_be_a_bool_before_any_request(
+    value: object, ecr: LocalEcr, client: EcrClient, repository: str
+) -> None:
+    with pytest.raises(InvalidArgumentError) as caught:
+        await copy_image(
+            client,
+            "127.0.0.1:1/none:v1",
+            repository,
+            plain_http=True,
+            with_referrers=value,  # type: ignore[arg-type]
+        )
+    assert caught.value.field == "with_referrers"
+    assert "True or False" in str(caught.value)
+    assert ecr.requests() == []
+
+
+async def test_a_referrers_tag_that_is_no_index_is_a_clear_error(
+    anon_registry: RegistryServer, ecr: LocalEcr, client: EcrClient, repository: str
+) -> None:
+    seeder = Seeder(anon_registry)
+    name = repo_name()
+    image = seeder.push_image(name, "v1", (30_000,))
+    push_referrer(seeder, name, image, SIGNATURE, b"wrongly tagged", tag=schema_tag(image.digest))
+
+    with pytest.raises(ManifestInvalidError) as caught:
+        await copy_image(
+            client,
+            f"{anon_registry.host}/{name}:v1",
+            repository,
+            tags=["v1"],
+            plain_http=True,
+            with_referrers=True,
+        )
+    assert schema_tag(image.digest) in str(caught.value)
+    assert "must be an index" in str(caught.value)
+    async with await ecr_reader(ecr, client) as reader:  # the image itself went in first
+        await assert_image_in_ecr(reader, repository, ":v1", image)
+
+
+# -- the command line ------------------------------------------------------------------------------
+
+
+def test_cli_with_referrers_json_and_text(
+    tmp_path: Path, anon_registry: RegistryServer, ecr: LocalEcr, repository: str
+) -> None:
+    seeder = Seeder(anon_registry)
+    name = repo_name("cli")
+    image = seeder.push_image(name, "v1", (40_000,))
+    signature = push_referrer(seeder, name, image, SIGNATURE, b"cli signature")
+    push_tag_index(seeder, name, image.digest, [signature])
+    env = make_env(tmp_path)
+    base = [
+        "copy",
+        f"{anon_registry.host}/{name}:v1",
+        "--repository",
+        repository,
+        "--src-plain-http",
+        *on(ecr),
+    ]
+
+    copied = cli(*base, "--with-referrers", "--json", env=env)
+    assert_clean(copied)
+    assert copied.returncode == 0, copied.stderr
+    report = json.loads(copied.stdout)
+    assert report["manifest_digest"] == image.digest
+    assert report["referrer_digests"] == [signature.digest]
+
+    again = cli(*base, "--with-referrers", env=env)
+    assert again.returncode == 0, again.stderr
+    assert f"with 1 referrer: {signature.digest}" in again.stdout
+
+    without = cli(*base, "--json", env=env)
+    assert without.returncode == 0, without.stderr
+    assert json.loads(without.stdout)["referrer_digests"] == []
+    assert "referrer" not in cli(*base, env=env).stdout
