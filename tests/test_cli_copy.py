@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shlex
 import uuid
 from pathlib import Path
 from typing import Any
 
 import botocore.session
 import pytest
-from cli_run import assert_clean, cli, error_line, make_env, on
+from cli_run import assert_clean, cli, error_line, go_on_command, make_env, on
 from registry_fixtures import (
     BASIC_PASSWORD,
     BASIC_USER,
@@ -60,8 +59,7 @@ def test_copy_stopped_by_timeout_then_resumed(
     saved = json.loads(checkpoint.read_text())
     assert saved["source_digest"] == image.digest
     assert ecr.requests("PutImage") == []
-    lines = stopped.stderr.splitlines()
-    again = shlex.split(lines[lines.index("ecrstream copy: to go on, run:") + 1])
+    again = go_on_command(stopped.stderr)
     assert again[-2:] == ["--resume", str(checkpoint)]
     fault_proxy.reset()  # the stall ends
     resumed = cli(*again[3:], "--json", env=env)  # after "python -m ecrstream"
