@@ -11,6 +11,7 @@ from typing import Any
 import botocore.session
 import pytest
 from cli_run import assert_clean, cli, error_line, go_on_command, make_env, on
+from helpers import assert_copied
 from registry_fixtures import (
     BASIC_PASSWORD,
     BASIC_USER,
@@ -21,7 +22,6 @@ from registry_fixtures import (
     Seeder,
     StorageServer,
 )
-from test_copy import assert_image_in_ecr, ecr_reader
 
 from ecrstream.client import EcrClient
 from ecrstream.local import LocalEcr
@@ -107,9 +107,7 @@ def seed_ecr_source(
 def read_back(ecr: LocalEcr, repository: str, reference: str, image: SeededImage) -> None:
     async def check() -> None:
         async with EcrClient.create(**ecr.client_kwargs()) as client:
-            reader = await ecr_reader(ecr, client)
-            async with reader:
-                await assert_image_in_ecr(reader, repository, reference, image)
+            await assert_copied(ecr, client, repository, reference, image)
 
     asyncio.run(check())
 
