@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -74,12 +74,6 @@ def and_prompt(
         return problems
 
     return checked
-
-
-@pytest.fixture
-async def client(ecr: LocalEcr) -> AsyncIterator[EcrClient]:
-    async with EcrClient.create(**ecr.client_kwargs()) as made:
-        yield made
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import AsyncIterator
 
 import pytest
 from helpers import (
@@ -60,12 +59,6 @@ pytestmark = [pytest.mark.anyio, pytest.mark.timeout(120)]
 
 MIB = 1024 * 1024
 FAST = RetryPolicy(max_attempts=6, base_delay=0.01, max_delay=1.0)
-
-
-@pytest.fixture
-async def client(ecr: LocalEcr, anyio_backend: str) -> AsyncIterator[EcrClient]:
-    async with EcrClient.create(**ecr.client_kwargs()) as connected:
-        yield connected
 
 
 def test_exported_from_ecrstream() -> None:
