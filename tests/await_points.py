@@ -170,13 +170,22 @@ def _probe_between_iterations(loop: asyncio.AbstractEventLoop, probe: Callable[[
     ready: Any = loop._ready  # type: ignore[attr-defined]
 
     def select(timeout: float | None = None) -> Any:
-        probe()
+        try:
+            probe()
+        except Exception as exc:  # as for a failed callback: reported, and no more probing
+            _stop_probing(selector)
+            loop.call_exception_handler({"message": "await points probe failed", "exception": exc})
         if ready:  # the probe canceled: the stop's callbacks run now, not after a timer
             timeout = 0
         return original(timeout)
 
     selector.select = select
     return selector
+
+
+def _stop_probing(selector: Any) -> None:
+    """The selector's own ``select`` again (a no-op if it already is)."""
+    vars(selector).pop("select", None)
 
 
 async def _run(scenario: Scenario, target: Target | None = None, kind: str = "token") -> Run:
@@ -221,14 +230,13 @@ async def _run(scenario: Scenario, target: Target | None = None, kind: str = "to
                     )
             if run.canceled_at is not None:
                 run.latency = time.perf_counter() - canceled[0]
-            del selector.select  # the selector's own method again
+            _stop_probing(selector)
             for _ in range(3):  # let finished tasks go, then collect what is unreachable
                 await asyncio.sleep(0)
             run.leftover_tasks = asyncio.all_tasks() - before
             gc.collect()
     finally:
-        if "select" in vars(selector):
-            del selector.select
+        _stop_probing(selector)
         gc.unfreeze()
     run.resource_warnings = [
         str(warning.message)
