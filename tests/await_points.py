@@ -3,8 +3,8 @@
 An *await point* (a ``Site``) is where a task of the upload is suspended: the chain of
 ecrstream (and caller) frames from the task's coroutine down to the innermost await, with
 line numbers (``pipeline.Pipeline._read_parts:231 > source.StreamSource.read:350``). A probe
-callback runs once per event-loop iteration (it reschedules itself with ``call_soon``) and
-looks at every task the upload has started.
+runs once per event-loop iteration (from the selector, before the loop waits: it never keeps
+the loop busy) and looks at every task the upload has started.
 
 - ``discover`` runs a scenario once without a cancel and returns the sites it passed through;
 - ``cancel_at`` runs it again and, the first time any of its tasks sits at the target site,
@@ -154,6 +154,40 @@ class Scenario:
     files: frozenset[str] = frozenset()
 
 
+def _probe_between_iterations(loop: asyncio.AbstractEventLoop, probe: Callable[[], None]) -> Any:
+    """Call ``probe`` once per event-loop iteration, after its callbacks ran, without keeping
+    the loop busy: from the selector, just before the loop waits for I/O.
+
+    A probe that rescheduled itself with ``call_soon`` never let the loop wait: it spun the
+    CPU, and the local ECR's threads (in this process) waited for the GIL at each step, so an
+    upload that takes 0.07 s took 2 to 5 s, more on a loaded machine. The sites a task waits
+    at last from one iteration to the next, so this sees all of them. Returns what to restore.
+    """
+    selector: Any = getattr(loop, "_selector", None)
+    if selector is None:
+        raise RuntimeError(f"await points need asyncio's selector event loop, not {loop!r}")
+    original = selector.select
+    ready: Any = loop._ready  # type: ignore[attr-defined]
+
+    def select(timeout: float | None = None) -> Any:
+        try:
+            probe()
+        except Exception as exc:  # as for a failed callback: reported, and no more probing
+            _stop_probing(selector)
+            loop.call_exception_handler({"message": "await points probe failed", "exception": exc})
+        if ready:  # the probe canceled: the stop's callbacks run now, not after a timer
+            timeout = 0
+        return original(timeout)
+
+    selector.select = select
+    return selector
+
+
+def _stop_probing(selector: Any) -> None:
+    """The selector's own ``select`` again (a no-op if it already is)."""
+    vars(selector).pop("select", None)
+
+
 async def _run(scenario: Scenario, target: Target | None = None, kind: str = "token") -> Run:
     if scenario.prepare is not None:
         await scenario.prepare()
@@ -166,36 +200,44 @@ async def _run(scenario: Scenario, target: Target | None = None, kind: str = "to
     canceled = [0.0]
 
     def probe() -> None:
-        if host.done():
+        if host.done() or run.canceled_at is not None:
             return
         now = sites_of(host, asyncio.all_tasks() - before, files)
         if target is None:
             run.sites |= now
-        elif run.canceled_at is None and target(now):
+        elif target(now):
             run.canceled_at = min(now)
             canceled[0] = time.perf_counter()
             if kind == "token":
                 cts.cancel()
             else:
                 host.cancel()
-            return  # nothing more to look at
-        loop.call_soon(probe)
 
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", ResourceWarning)
-        loop.call_soon(probe)
-        try:
-            run.outcome = await host
-        except BaseException as exc:  # the outcome, whatever it is, is what gets checked
-            run.outcome = exc
-            if isinstance(exc, asyncio.CancelledError) and not host.cancelled():
-                run.outcome = RuntimeError(f"CancelledError, but the task is not canceled: {exc!r}")
-        if run.canceled_at is not None:
-            run.latency = time.perf_counter() - canceled[0]
-        for _ in range(3):  # let finished tasks go, then collect what is unreachable
-            await asyncio.sleep(0)
-        run.leftover_tasks = asyncio.all_tasks() - before
-        gc.collect()
+    # What exists now is not this run's: the collection below looks at the run's objects only
+    # (a full one walked the whole heap, 0.1 s here and more late in the suite, at every run).
+    gc.freeze()
+    selector = _probe_between_iterations(loop, probe)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ResourceWarning)
+            try:
+                run.outcome = await host
+            except BaseException as exc:  # the outcome, whatever it is, is what gets checked
+                run.outcome = exc
+                if isinstance(exc, asyncio.CancelledError) and not host.cancelled():
+                    run.outcome = RuntimeError(
+                        f"CancelledError, but the task is not canceled: {exc!r}"
+                    )
+            if run.canceled_at is not None:
+                run.latency = time.perf_counter() - canceled[0]
+            _stop_probing(selector)
+            for _ in range(3):  # let finished tasks go, then collect what is unreachable
+                await asyncio.sleep(0)
+            run.leftover_tasks = asyncio.all_tasks() - before
+            gc.collect()
+    finally:
+        _stop_probing(selector)
+        gc.unfreeze()
     run.resource_warnings = [
         str(warning.message)
         for warning in caught

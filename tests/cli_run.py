@@ -9,11 +9,13 @@ from __future__ import annotations
 import hashlib
 import os
 import shlex
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
-from ecrstream.local import LocalEcr
+from ecrstream.local import FaultKind, LocalEcr, Operation
 
 MIB = 1024 * 1024
 # Not real credentials; distinctive, so a test can tell they were never printed.
@@ -34,9 +36,14 @@ def make_env(folder: Path) -> dict[str, str]:
     return clean
 
 
+def ecrstream(*args: str) -> list[str]:
+    """The command line that runs ``ecrstream`` with ``args`` in a child Python."""
+    return [sys.executable, "-m", "ecrstream", *args]
+
+
 def cli(*args: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "ecrstream", *args],
+        ecrstream(*args),
         env=env,
         capture_output=True,
         text=True,
@@ -51,7 +58,7 @@ def run_all(
     """Run ``ecrstream`` with each argument list, all at once; their results by key."""
     children = {
         key: subprocess.Popen(
-            [sys.executable, "-m", "ecrstream", *args],
+            ecrstream(*args),
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -66,6 +73,35 @@ def run_all(
             stdout, stderr = child.communicate(timeout=60)
         results[key] = subprocess.CompletedProcess(child.args, child.returncode, stdout, stderr)
     return results
+
+
+def interrupt_at_part(
+    ecr: LocalEcr,
+    command: list[str],
+    env: dict[str, str],
+    *,
+    part: int,
+    signum: signal.Signals = signal.SIGINT,
+    timeout: float = 60,
+) -> tuple[subprocess.CompletedProcess[str], float]:
+    """Run ``command`` with UploadLayerPart call ``part`` held in the endpoint (a DELAY fault
+    of 60 s); once that part is held, send the child ``signum``. Returns the child's result
+    and the seconds from the signal to its exit."""
+    ecr.faults.add(Operation.UPLOAD_LAYER_PART, FaultKind.DELAY, call=part, delay_seconds=60)
+    with subprocess.Popen(
+        command,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+    ) as child:
+        ecr.wait_for_delay(Operation.UPLOAD_LAYER_PART, call=part, timeout=timeout)
+        child.send_signal(signum)
+        signaled = time.monotonic()
+        stdout, stderr = child.communicate(timeout=timeout)
+        seconds = time.monotonic() - signaled
+    return subprocess.CompletedProcess(child.args, child.returncode, stdout, stderr), seconds
 
 
 def on(ecr: LocalEcr) -> list[str]:
@@ -90,6 +126,13 @@ def error_line(result: subprocess.CompletedProcess[str]) -> str:
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     return lines[0]
+
+
+def go_on_command(stderr: str) -> list[str]:
+    """The command a stopped ``ecrstream copy`` prints to go on with (``python -m ecrstream
+    copy ...``: its arguments are the list from index 3)."""
+    lines = stderr.splitlines()
+    return shlex.split(lines[lines.index("ecrstream copy: to go on, run:") + 1])
 
 
 def resume_command(stderr: str) -> list[str]:

@@ -6,6 +6,8 @@ The endpoint, its reset and the repositories come from ecrstream's own pytest pl
 - ``local_ecr`` (session): the running ``LocalEcr`` (moto behind the strict proxy). Tests should
   ask for ``ecr`` instead, which resets it (faults, records, part sizes) first.
 - ``repository``: a fresh, unique repository name, already created.
+- ``client``: an ``EcrClient`` on the endpoint, default settings, closed after the test (a test
+  file that needs other settings defines its own ``client``).
 - ``aio_session``: one aiobotocore session for all (creating clients from it is cheap).
 - ``aio_ecr_client``: a raw aiobotocore ECR client on the proxy, with botocore's retries off
   (``NO_RETRIES``) so every call is exactly one request the proxy records.
@@ -21,6 +23,7 @@ import pytest
 from aiobotocore.config import AioConfig
 from aiobotocore.session import AioSession
 
+from ecrstream.client import EcrClient
 from ecrstream.local import LocalEcr
 
 if TYPE_CHECKING:
@@ -67,6 +70,12 @@ def ecr(ecrstream_ecr: LocalEcr) -> LocalEcr:
 def repository(ecrstream_repository: str) -> str:
     """A new repository, unique to this test (moto's repositories live for the session)."""
     return ecrstream_repository
+
+
+@pytest.fixture
+def client(ecrstream_client: EcrClient) -> EcrClient:
+    """An EcrClient on the local endpoint (default settings), closed after the test."""
+    return ecrstream_client
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,6 @@
 """Helpers the core's tests and the reliability tool share: digests, layer bytes, file
-descriptors, a one-part layer push, and the invariant every successful upload satisfies.
+descriptors, a one-part layer push, and the invariant every successful upload satisfies;
+for the copy tests, an image read back from the local ECR and the parts ECR applied.
 
 The invariant, in one place: the parts the local endpoint accepted for an upload are, in
 order and without gaps, exactly the source's bytes (``check_parts`` says what is wrong, in
@@ -8,13 +9,16 @@ words, and how many bytes; ``assert_parts_are_source`` fails a test on it).
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import os
 import random
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ecrstream import (
     CompleteLayerUploadRequest,
@@ -23,6 +27,10 @@ from ecrstream import (
     UploadLayerPartRequest,
 )
 from ecrstream.local import LocalEcr
+from ecrstream.registry import RegistryClient, manifest_blobs, parse_reference
+
+if TYPE_CHECKING:
+    from registry_fixtures import SeededImage
 
 MIB = 1024 * 1024
 
@@ -135,3 +143,77 @@ def assert_parts_are_source(ecr: LocalEcr, upload_id: str, source: bytes | Path)
     else:
         check = check_parts(ecr, upload_id, source.stat().st_size, sha256_of_file(source))
     assert check.problems == [], check.problems
+
+
+# -- copies: what the local ECR holds after a copy_image or ``ecrstream copy`` -----------------
+
+
+def repo_name(prefix: str = "src") -> str:
+    """A repository name no other test uses."""
+    return f"{prefix}/app-{uuid.uuid4().hex[:10]}"
+
+
+async def ecr_reader(ecr: LocalEcr, client: EcrClient) -> RegistryClient:
+    """A RegistryClient on the local ECR's /v2/ API, logged in as docker would be."""
+    raw = client._client  # the aiobotocore client: GetAuthorizationToken is not wrapped
+    data = (await raw.get_authorization_token())["authorizationData"][0]
+    user, _, password = base64.b64decode(data["authorizationToken"]).decode().partition(":")
+    return RegistryClient(
+        ecr.registry_address, credentials=(user, password), plain_http=True, docker_config=False
+    )
+
+
+async def assert_image_in_ecr(
+    reader: RegistryClient, repository: str, reference: str, image: SeededImage
+) -> None:
+    """The manifest (by ``reference``) and every blob, byte for byte as seeded."""
+    manifest = await reader.get_manifest(
+        parse_reference(f"{reader.registry}/{repository}{reference}")
+    )
+    assert manifest.data == image.manifest
+    assert manifest.digest == image.digest
+    for descriptor in manifest_blobs(manifest):
+        async with await reader.open_blob(repository, descriptor.digest, descriptor.size) as blob:
+            data = bytearray()
+            buffer = bytearray(256 * 1024)
+            while count := await blob.readinto(memoryview(buffer)):
+                data += buffer[:count]
+        assert bytes(data) == image.blobs[descriptor.digest]
+
+
+def parts_by_upload(ecr: LocalEcr, after: int = 0) -> dict[str, list[tuple[int, int]]]:
+    """The UploadLayerPart byte ranges ECR applied, per upload id, in arrival order.
+
+    ``after``: only records with a later sequence number (those of a resume).
+    """
+    parts: dict[str, list[tuple[int, int]]] = {}
+    for record in ecr.requests("UploadLayerPart"):
+        if record.accepted and record.upload_id is not None and record.sequence > after:
+            assert record.part_first_byte is not None
+            assert record.part_last_byte is not None
+            parts.setdefault(record.upload_id, []).append(
+                (record.part_first_byte, record.part_last_byte)
+            )
+    return parts
+
+
+def last_sequence(ecr: LocalEcr) -> int:
+    return max((r.sequence for r in ecr.requests()), default=0)
+
+
+def assert_no_byte_sent_twice(ecr: LocalEcr) -> None:
+    """Each upload's applied parts, over the whole test, follow each other from byte 0."""
+    for upload_id, ranges in parts_by_upload(ecr).items():
+        expected = 0
+        for first, last in ranges:
+            assert first == expected, (upload_id, ranges)
+            expected = last + 1
+
+
+async def assert_copied(
+    ecr: LocalEcr, client: EcrClient, repository: str, reference: str, image: SeededImage
+) -> None:
+    """``image`` is in ``repository`` of the local ECR under ``reference`` (":tag" or
+    "@digest"), read back through its /v2/ API byte for byte."""
+    async with await ecr_reader(ecr, client) as reader:
+        await assert_image_in_ecr(reader, repository, reference, image)

@@ -26,7 +26,9 @@ from cli_run import (
     SECRET_ACCESS_KEY,
     assert_clean,
     cli,
+    ecrstream,
     error_line,
+    interrupt_at_part,
     make_env,
     make_layer,
     on,
@@ -392,23 +394,12 @@ def test_signal_writes_checkpoint_and_resume_command_finishes(
     layer = tmp_path / "layer.bin"
     digest = make_layer(layer, 20 * MIB)
     # Part 3 hangs in the endpoint: the moment to interrupt, with two parts committed.
-    ecr.faults.add(Operation.UPLOAD_LAYER_PART, FaultKind.DELAY, call=3, delay_seconds=60)
     args = ["upload-layer", str(layer), "--repository", repository, *on(ecr)]
-    with subprocess.Popen(
-        [sys.executable, "-m", "ecrstream", *args, "--part-size", "5MiB", "--json"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        stdin=subprocess.DEVNULL,
-        text=True,
-    ) as child:
-        ecr.wait_for_delay(Operation.UPLOAD_LAYER_PART, call=3, timeout=30)
-        child.send_signal(signum)
-        signaled = time.monotonic()
-        stdout, stderr = child.communicate(timeout=30)
-        stopped_after = time.monotonic() - signaled
+    command = ecrstream(*args, "--part-size", "5MiB", "--json")
+    stopped, stopped_after = interrupt_at_part(ecr, command, env, part=3, signum=signum, timeout=30)
+    stdout, stderr = stopped.stdout, stopped.stderr
 
-    assert child.returncode == 130, stderr
+    assert stopped.returncode == 130, stderr
     assert stopped_after < 2.0  # 0.1-0.3 s here; the slack is for loaded CI machines
     assert stdout == ""
     assert "Traceback" not in stderr

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shlex
 import uuid
 from pathlib import Path
 from typing import Any
 
 import botocore.session
 import pytest
-from cli_run import assert_clean, cli, error_line, make_env, on
+from cli_run import assert_clean, cli, error_line, go_on_command, make_env, on
+from helpers import assert_copied
 from registry_fixtures import (
     BASIC_PASSWORD,
     BASIC_USER,
@@ -22,7 +22,6 @@ from registry_fixtures import (
     Seeder,
     StorageServer,
 )
-from test_copy import assert_image_in_ecr, ecr_reader
 
 from ecrstream.client import EcrClient
 from ecrstream.local import LocalEcr
@@ -60,8 +59,7 @@ def test_copy_stopped_by_timeout_then_resumed(
     saved = json.loads(checkpoint.read_text())
     assert saved["source_digest"] == image.digest
     assert ecr.requests("PutImage") == []
-    lines = stopped.stderr.splitlines()
-    again = shlex.split(lines[lines.index("ecrstream copy: to go on, run:") + 1])
+    again = go_on_command(stopped.stderr)
     assert again[-2:] == ["--resume", str(checkpoint)]
     fault_proxy.reset()  # the stall ends
     resumed = cli(*again[3:], "--json", env=env)  # after "python -m ecrstream"
@@ -109,9 +107,7 @@ def seed_ecr_source(
 def read_back(ecr: LocalEcr, repository: str, reference: str, image: SeededImage) -> None:
     async def check() -> None:
         async with EcrClient.create(**ecr.client_kwargs()) as client:
-            reader = await ecr_reader(ecr, client)
-            async with reader:
-                await assert_image_in_ecr(reader, repository, reference, image)
+            await assert_copied(ecr, client, repository, reference, image)
 
     asyncio.run(check())
 

@@ -4,18 +4,14 @@ byte ECR holds with one ranged GET, and nothing is downloaded or sent twice."""
 from __future__ import annotations
 
 import json
-import shlex
-import signal
-import subprocess
-import sys
 import uuid
 from pathlib import Path
 
 import pytest
-from cli_run import assert_clean, cli, make_env, on
+from cli_run import assert_clean, cli, ecrstream, go_on_command, interrupt_at_part, make_env, on
 from registry_fixtures import FaultProxy, RegistryServer, Seeder
 
-from ecrstream.local import FaultKind, LocalEcr, Operation
+from ecrstream.local import LocalEcr
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -36,7 +32,6 @@ def test_ctrl_c_then_again_continues_the_blob_with_a_ranged_get(
     env = make_env(tmp_path)
     checkpoint = tmp_path / "copy.json"
     # One blob at a time, largest first: parts 1 and 2 are the layer's; stop during part 2.
-    ecr.faults.add(Operation.UPLOAD_LAYER_PART, FaultKind.DELAY, call=2, delay_seconds=60)
     args = [
         "copy",
         f"{fault_proxy.host}/{image.repository}:v1",
@@ -51,24 +46,14 @@ def test_ctrl_c_then_again_continues_the_blob_with_a_ranged_get(
         str(checkpoint),
         *on(ecr),
     ]
-    with subprocess.Popen(
-        [sys.executable, "-m", "ecrstream", *args],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        stdin=subprocess.DEVNULL,
-        text=True,
-    ) as child:
-        ecr.wait_for_delay(Operation.UPLOAD_LAYER_PART, call=2, timeout=60)
-        child.send_signal(signal.SIGINT)
-        _, stderr = child.communicate(timeout=60)
-    assert child.returncode == 130, stderr
+    stopped, _ = interrupt_at_part(ecr, ecrstream(*args), env, part=2)
+    stderr = stopped.stderr
+    assert stopped.returncode == 130, stderr
     saved = json.loads(checkpoint.read_text())
     assert saved["source_digest"] == image.digest
     assert saved["checkpoints"][layer]["bytes_committed"] == PART
     first_run = sum(g.served for g in fault_proxy.blob_gets(layer))
-    lines = stderr.splitlines()
-    again = shlex.split(lines[lines.index("ecrstream copy: to go on, run:") + 1])
+    again = go_on_command(stderr)
     assert again[-2:] == ["--resume", str(checkpoint)]
     ecr.wait_idle(timeout=60)  # the delayed part has ended with the child's connection
     ecr.faults.clear()
@@ -109,7 +94,6 @@ def test_the_command_to_go_on_does_not_print_the_source_password(
         if form == "separate"
         else [f"--src-creds=puller:{password}"]
     )
-    ecr.faults.add(Operation.UPLOAD_LAYER_PART, FaultKind.DELAY, call=1, delay_seconds=60)
     args = [
         "copy",
         f"{anon_registry.host}/{image.repository}:v1",
@@ -118,23 +102,13 @@ def test_the_command_to_go_on_does_not_print_the_source_password(
         *creds,
         *on(ecr),
     ]
-    with subprocess.Popen(
-        [sys.executable, "-m", "ecrstream", *args],
-        env=make_env(tmp_path),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        stdin=subprocess.DEVNULL,
-        text=True,
-    ) as child:
-        ecr.wait_for_delay(Operation.UPLOAD_LAYER_PART, call=1, timeout=60)
-        child.send_signal(signal.SIGINT)
-        stdout, stderr = child.communicate(timeout=60)
+    stopped, _ = interrupt_at_part(ecr, ecrstream(*args), make_env(tmp_path), part=1)
+    stdout, stderr = stopped.stdout, stopped.stderr
     ecr.wait_idle(timeout=60)
     ecr.faults.clear()
-    assert child.returncode == 130, stderr
+    assert stopped.returncode == 130, stderr
     assert f"puller:{password}" not in stdout + stderr
-    lines = stderr.splitlines()
-    again = shlex.split(lines[lines.index("ecrstream copy: to go on, run:") + 1])
+    again = go_on_command(stderr)
     # The user stays (the command still says whose credentials it needs), the password not.
     assert "puller:***" in " ".join(again)
     assert f"{anon_registry.host}/{image.repository}:v1" in again  # SOURCE as typed

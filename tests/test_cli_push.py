@@ -13,7 +13,6 @@ import os
 import random
 import re
 import shlex
-import signal
 import subprocess
 import sys
 import tarfile
@@ -23,10 +22,10 @@ from typing import Any
 
 import botocore.session
 import pytest
-from cli_run import error_line
+from cli_run import error_line, interrupt_at_part
 from terminal import run_on_terminal
 
-from ecrstream.local import FaultKind, LocalEcr, Operation
+from ecrstream.local import LocalEcr, Operation
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -326,22 +325,13 @@ def test_ctrl_c_says_what_is_committed_and_what_starts_over(
     path = tmp_path / "image.tar"
     _, (big, middle, _) = write_oci_tar(path, [12 * 1024 * 1024, 200_000, 3_000])
     # One blob at a time, largest first: parts 1-3 are the big layer, part 4 the middle one.
-    ecr.faults.add(Operation.UPLOAD_LAYER_PART, FaultKind.DELAY, call=4, delay_seconds=60)
     args = ["push", str(path), "--repository", repository, "--tag", "v1", "--part-size", "5MiB"]
     args += ["--max-concurrent-layers", "1"]
-    with subprocess.Popen(
-        push_command(*args, ecr=ecr),
-        env=push_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        stdin=subprocess.DEVNULL,
-        text=True,
-    ) as child:
-        ecr.wait_for_delay(Operation.UPLOAD_LAYER_PART, call=4, timeout=30)
-        child.send_signal(signal.SIGINT)
-        _, stderr = child.communicate(timeout=30)
+    command = push_command(*args, ecr=ecr)
+    stopped, _ = interrupt_at_part(ecr, command, push_env(), part=4, timeout=30)
+    stderr = stopped.stderr
 
-    assert child.returncode == 130, stderr
+    assert stopped.returncode == 130, stderr
     lines = stderr.splitlines()
     assert "Ctrl-C: stopping" in lines[0]
     assert lines[1] == (

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from cli_run import MIB, assert_clean, cli, make_env, make_layer, on
+from cli_run import MIB, assert_clean, cli, ecrstream, interrupt_at_part, make_env, make_layer, on
 
 from ecrstream import (
     CancellationTokenSource,
@@ -80,23 +80,14 @@ def test_gnu_timeout_mid_upload_writes_the_checkpoint(
     assert timeout is not None, "GNU coreutils' timeout is needed"
     layer = tmp_path / "layer.bin"
     make_layer(layer, 20 * MIB)
-    ecr.faults.add(Operation.UPLOAD_LAYER_PART, FaultKind.DELAY, call=3, delay_seconds=60)
     args = ["upload-layer", str(layer), "--repository", repository, *on(ecr), "--part-size", "5M"]
-    with subprocess.Popen(
-        [timeout, "-s", signal_name, "300", sys.executable, "-m", "ecrstream", *args],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        stdin=subprocess.DEVNULL,
-        text=True,
-    ) as child:
-        ecr.wait_for_delay(Operation.UPLOAD_LAYER_PART, call=3, timeout=30)
-        # Part 3 is in flight: the time is up. SIGALRM is what timeout's own timer sends it;
-        # it then does what it does at the end of its duration.
-        child.send_signal(signal.SIGALRM)
-        _, stderr = child.communicate(timeout=30)
+    # Part 3 is in flight: the time is up. SIGALRM is what timeout's own timer sends it; it
+    # then does what it does at the end of its duration.
+    command = [timeout, "-s", signal_name, "300", *ecrstream(*args)]
+    stopped, _ = interrupt_at_part(ecr, command, env, part=3, signum=signal.SIGALRM, timeout=30)
+    stderr = stopped.stderr
 
-    assert child.returncode == 124, stderr  # timeout's "the command timed out"
+    assert stopped.returncode == 124, stderr  # timeout's "the command timed out"
     assert "ecrstream: quit at once" not in stderr
     assert "interrupted; ECR holds 10.0 MiB of 20.0 MiB" in stderr
     assert stderr.count("stopping (press Ctrl-C again to quit at once)") == 1

@@ -8,13 +8,19 @@ from the local ECR's registry API (``/v2/``, with the password of GetAuthorizati
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import json
-import uuid
-from collections.abc import AsyncIterator
 
 import pytest
+from helpers import (
+    assert_copied,
+    assert_image_in_ecr,
+    assert_no_byte_sent_twice,
+    ecr_reader,
+    last_sequence,
+    parts_by_upload,
+    repo_name,
+)
 from registry_fixtures import (
     BASIC_PASSWORD,
     BASIC_USER,
@@ -23,7 +29,6 @@ from registry_fixtures import (
     Fault,
     FaultProxy,
     RegistryServer,
-    SeededImage,
     SeededIndex,
     Seeder,
     StorageServer,
@@ -46,7 +51,7 @@ from ecrstream.errors import (
 from ecrstream.image import PushProgress
 from ecrstream.local import FaultKind, LocalEcr, Operation
 from ecrstream.models import BatchGetImageRequest
-from ecrstream.registry import RegistryClient, manifest_blobs, parse_reference
+from ecrstream.registry import RegistryClient, parse_reference
 from ecrstream.retry import RetryPolicy
 from ecrstream.source import LayerSource
 
@@ -54,73 +59,6 @@ pytestmark = [pytest.mark.anyio, pytest.mark.timeout(120)]
 
 MIB = 1024 * 1024
 FAST = RetryPolicy(max_attempts=6, base_delay=0.01, max_delay=1.0)
-
-
-def repo_name(prefix: str = "src") -> str:
-    return f"{prefix}/app-{uuid.uuid4().hex[:10]}"
-
-
-@pytest.fixture
-async def client(ecr: LocalEcr, anyio_backend: str) -> AsyncIterator[EcrClient]:
-    async with EcrClient.create(**ecr.client_kwargs()) as connected:
-        yield connected
-
-
-async def ecr_reader(ecr: LocalEcr, client: EcrClient) -> RegistryClient:
-    """A RegistryClient on the local ECR's /v2/ API, logged in as docker would be."""
-    raw = client._client  # the aiobotocore client: GetAuthorizationToken is not wrapped
-    data = (await raw.get_authorization_token())["authorizationData"][0]
-    user, _, password = base64.b64decode(data["authorizationToken"]).decode().partition(":")
-    return RegistryClient(
-        ecr.registry_address, credentials=(user, password), plain_http=True, docker_config=False
-    )
-
-
-async def assert_image_in_ecr(
-    reader: RegistryClient, repository: str, reference: str, image: SeededImage
-) -> None:
-    """The manifest (by ``reference``) and every blob, byte for byte as seeded."""
-    manifest = await reader.get_manifest(
-        parse_reference(f"{reader.registry}/{repository}{reference}")
-    )
-    assert manifest.data == image.manifest
-    assert manifest.digest == image.digest
-    for descriptor in manifest_blobs(manifest):
-        async with await reader.open_blob(repository, descriptor.digest, descriptor.size) as blob:
-            data = bytearray()
-            buffer = bytearray(256 * 1024)
-            while count := await blob.readinto(memoryview(buffer)):
-                data += buffer[:count]
-        assert bytes(data) == image.blobs[descriptor.digest]
-
-
-def parts_by_upload(ecr: LocalEcr, after: int = 0) -> dict[str, list[tuple[int, int]]]:
-    """The UploadLayerPart byte ranges ECR applied, per upload id, in arrival order.
-
-    ``after``: only records with a later sequence number (those of a resume).
-    """
-    parts: dict[str, list[tuple[int, int]]] = {}
-    for record in ecr.requests("UploadLayerPart"):
-        if record.accepted and record.upload_id is not None and record.sequence > after:
-            assert record.part_first_byte is not None
-            assert record.part_last_byte is not None
-            parts.setdefault(record.upload_id, []).append(
-                (record.part_first_byte, record.part_last_byte)
-            )
-    return parts
-
-
-def last_sequence(ecr: LocalEcr) -> int:
-    return max((r.sequence for r in ecr.requests()), default=0)
-
-
-def assert_no_byte_sent_twice(ecr: LocalEcr) -> None:
-    """Each upload's applied parts, over the whole test, follow each other from byte 0."""
-    for upload_id, ranges in parts_by_upload(ecr).items():
-        expected = 0
-        for first, last in ranges:
-            assert first == expected, (upload_id, ranges)
-            expected = last + 1
 
 
 def test_exported_from_ecrstream() -> None:
@@ -245,8 +183,7 @@ async def test_copy_one_platform_of_an_index(
     assert result.manifest_digest == arm.digest
     assert result.source_digest == index.digest
     assert result.blobs_uploaded == 2
-    async with await ecr_reader(ecr, client) as reader:
-        await assert_image_in_ecr(reader, repository, ":arm", arm)
+    await assert_copied(ecr, client, repository, ":arm", arm)
     got = await client.batch_get_image(
         BatchGetImageRequest(repository_name=repository, image_ids=(index.digest,))
     )
@@ -303,8 +240,7 @@ async def test_ecr_to_ecr(
     downloads = ecr.requests("GetDownloadUrlForLayer")
     assert len(downloads) == 3  # one URL per blob
     assert len(ecr.requests("BatchGetImage")) == 1
-    async with await ecr_reader(ecr, client) as reader:
-        await assert_image_in_ecr(reader, target, ":copied", image)
+    await assert_copied(ecr, client, target, ":copied", image)
 
 
 async def test_cancel_mid_blob_then_resume_sends_no_byte_twice(
@@ -352,8 +288,7 @@ async def test_cancel_mid_blob_then_resume_sends_no_byte_twice(
     # Only blobs that had no upload yet start one.
     assert len(initiated) == len(stopped.pending_digests) - len(stopped.checkpoints)
     assert_no_byte_sent_twice(ecr)
-    async with await ecr_reader(ecr, client) as reader:
-        await assert_image_in_ecr(reader, repository, ":big", image)
+    await assert_copied(ecr, client, repository, ":big", image)
 
 
 async def test_a_resume_copies_the_pinned_digest_though_the_tag_moved(
@@ -377,8 +312,7 @@ async def test_a_resume_copies_the_pinned_digest_though_the_tag_moved(
     seeder.push_image(repo, "moving", (20_000,), seed=2)  # the tag moves meanwhile
     result = await copy_image(client, reference, repository, plain_http=True, resume=caught.value)
     assert result.manifest_digest == first.digest
-    async with await ecr_reader(ecr, client) as reader:
-        await assert_image_in_ecr(reader, repository, f"@{first.digest}", first)
+    await assert_copied(ecr, client, repository, f"@{first.digest}", first)
 
 
 @pytest.mark.parametrize(
@@ -420,8 +354,7 @@ async def test_source_faults_are_retried_without_resending_to_ecr(
         assert any(r.range is not None for r in fault_proxy.blob_gets())  # resumed by range
     assert_no_byte_sent_twice(ecr)
     assert len(ecr.requests("CompleteLayerUpload")) == 3
-    async with await ecr_reader(ecr, client) as reader:
-        await assert_image_in_ecr(reader, repository, ":f", image)
+    await assert_copied(ecr, client, repository, ":f", image)
 
 
 def in_flight_at_starts(events: list[PushProgress]) -> list[int]:
@@ -465,8 +398,7 @@ async def test_ecr_throttling_slows_the_copy_instead_of_failing_it(
     # start after them waits for a free place under the lowered limit.
     assert counts[4] <= 3
     assert 1 <= result.lowest_concurrency <= 3
-    async with await ecr_reader(ecr, client) as reader:
-        await assert_image_in_ecr(reader, repository, ":t", image)
+    await assert_copied(ecr, client, repository, ":t", image)
 
 
 async def test_a_stalled_source_body_times_out_and_resumes_from_the_byte_reached(
@@ -498,8 +430,7 @@ async def test_a_stalled_source_body_times_out_and_resumes_from_the_byte_reached
     assert gets[1].range is not None
     assert gets[1].range.startswith("bytes=400000-")
     assert_no_byte_sent_twice(ecr)
-    async with await ecr_reader(ecr, client) as reader:
-        await assert_image_in_ecr(reader, repository, ":stall", image)
+    await assert_copied(ecr, client, repository, ":stall", image)
 
 
 async def test_an_expired_download_url_is_asked_for_again(
@@ -539,8 +470,7 @@ async def test_an_expired_download_url_is_asked_for_again(
     ]
     assert all(r.status == 200 for r in asked)
     assert_no_byte_sent_twice(ecr)
-    async with await ecr_reader(ecr, client) as reader:
-        await assert_image_in_ecr(reader, target, ":v1", image)
+    await assert_copied(ecr, client, target, ":v1", image)
 
 
 @pytest.mark.parametrize("kind", ["replace", "short", "overrun"])
@@ -599,8 +529,7 @@ async def test_basic_auth_over_tls_source(
         verify=str(server.ca_path),
     )
     assert result.manifest_digest == image.digest
-    async with await ecr_reader(ecr, client) as reader:
-        await assert_image_in_ecr(reader, repository, ":tls", image)
+    await assert_copied(ecr, client, repository, ":tls", image)
 
 
 async def test_token_auth_source(
@@ -623,8 +552,7 @@ async def test_token_auth_source(
     )
     assert result.manifest_digest == image.digest
     assert {r.user for r in issuer.requests} == {TOKEN_USER}
-    async with await ecr_reader(ecr, client) as reader:
-        await assert_image_in_ecr(reader, repository, ":tok", image)
+    await assert_copied(ecr, client, repository, ":tok", image)
 
 
 async def test_a_missing_source_image_names_it(
@@ -685,8 +613,7 @@ async def test_an_ecr_registry_host_is_read_through_the_ecr_api(
     result = await copy_image(client, f"{host}/{repository}:v1", target, tags=["v1"])
     assert result.manifest_digest == image.digest
     assert len(ecr.requests("GetDownloadUrlForLayer")) == 2
-    async with await ecr_reader(ecr, client) as reader:
-        await assert_image_in_ecr(reader, target, ":v1", image)
+    await assert_copied(ecr, client, target, ":v1", image)
 
 
 async def test_a_cancel_with_several_blobs_in_flight_checkpoints_each(
@@ -726,8 +653,7 @@ async def test_a_cancel_with_several_blobs_in_flight_checkpoints_each(
         assert stopped.checkpoints[layer].upload_id in completed
     initiated = [r for r in ecr.requests("InitiateLayerUpload") if r.sequence > mark]
     assert len(initiated) == len(stopped.pending_digests) - len(stopped.checkpoints)
-    async with await ecr_reader(ecr, client) as reader:
-        await assert_image_in_ecr(reader, repository, f"@{image.digest}", image)
+    await assert_copied(ecr, client, repository, f"@{image.digest}", image)
 
 
 async def test_upload_source_refuses_what_is_not_a_layer_source(
@@ -766,8 +692,7 @@ async def test_an_image_of_many_layers_is_checked_in_batches_of_100(
         100,
         21,
     ]
-    async with await ecr_reader(ecr, client) as reader:
-        await assert_image_in_ecr(reader, repository, ":many", image)
+    await assert_copied(ecr, client, repository, ":many", image)
 
 
 async def test_a_manifest_over_4_mib_is_refused_before_any_upload(

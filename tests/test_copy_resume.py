@@ -9,18 +9,17 @@ committed, then resumes it, and reads the image back from the local ECR byte for
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 import pytest
-from registry_fixtures import Fault, FaultProxy, RegistryServer, SeededImage, Seeder
-from test_copy import (
-    assert_image_in_ecr,
+from helpers import (
+    assert_copied,
     assert_no_byte_sent_twice,
-    ecr_reader,
     last_sequence,
     parts_by_upload,
     repo_name,
 )
+from registry_fixtures import Fault, FaultProxy, RegistryServer, SeededImage, Seeder
 
 from ecrstream.cancellation import CancellationTokenSource
 from ecrstream.client import EcrClient
@@ -39,12 +38,6 @@ pytestmark = [pytest.mark.anyio, pytest.mark.timeout(120)]
 MIB = 1024 * 1024
 PART = 10 * MIB  # the part size the local ECR's InitiateLayerUpload returns, as ECR's
 SIZE = 25 * MIB  # three parts: 10 + 10 + 5 MiB
-
-
-@pytest.fixture
-async def ecr_client(ecr: LocalEcr, anyio_backend: str) -> AsyncIterator[EcrClient]:
-    async with EcrClient.create(**ecr.client_kwargs()) as connected:
-        yield connected
 
 
 async def stop_after_first_part(
@@ -74,6 +67,38 @@ async def stop_after_first_part(
     return stopped
 
 
+@dataclass
+class Stopped:
+    """A copy of a one-layer image stopped once its layer's first part was committed."""
+
+    image: SeededImage
+    layer: str
+    error: CopyCanceledError
+    checkpoint: UploadCheckpoint
+    first_run: int
+    """Bytes of the layer the stopped copy downloaded."""
+    mark: int
+    """The sequence of ECR's last record at the stop: the resume's records come after."""
+
+
+@pytest.fixture
+async def stopped(
+    fault_proxy: FaultProxy,
+    anon_registry: RegistryServer,
+    ecr: LocalEcr,
+    client: EcrClient,
+    repository: str,
+) -> Stopped:
+    """A SIZE layer's copy through the fault proxy, stopped after its first part; the proxy's
+    records and faults reset, for the resume's alone."""
+    image = Seeder(anon_registry).push_image(repo_name(), "v1", (SIZE,))
+    layer = image.layers[0]
+    error = await stop_after_first_part(client, fault_proxy, image, repository)
+    first_run = sum(r.served for r in fault_proxy.blob_gets(layer))
+    fault_proxy.reset()
+    return Stopped(image, layer, error, error.checkpoints[layer], first_run, last_sequence(ecr))
+
+
 async def resume(
     client: EcrClient,
     proxy: FaultProxy,
@@ -99,23 +124,32 @@ async def layer_in_ecr(client: EcrClient, repository: str, digest: str) -> bool:
     return digest in response.available_digests()
 
 
-async def test_a_resumed_blob_is_fetched_from_the_committed_byte_not_again_from_0(
-    fault_proxy: FaultProxy,
-    anon_registry: RegistryServer,
+async def assert_refused_here(
+    error: DigestMismatchError,
+    image: SeededImage,
     ecr: LocalEcr,
-    ecr_client: EcrClient,
+    client: EcrClient,
     repository: str,
 ) -> None:
-    image = Seeder(anon_registry).push_image(repo_name(), "v1", (SIZE,))
+    """The resume read the layer from byte 0 with byte 1000 corrupted and refused it here,
+    before any CompleteLayerUpload (the whole blob went through the hash): no layer in ECR."""
     layer = image.layers[0]
-    stopped = await stop_after_first_part(ecr_client, fault_proxy, image, repository)
-    first_run = sum(r.served for r in fault_proxy.blob_gets(layer))
-    assert first_run <= SIZE
-    checkpoint = stopped.checkpoints[layer]
-    fault_proxy.reset()  # the resume's records only
-    mark = last_sequence(ecr)
+    bad = bytearray(image.blobs[layer])
+    bad[1_000] ^= 0xFF
+    assert error.expected == layer
+    assert error.actual == "sha256:" + hashlib.sha256(bad).hexdigest()
+    assert not any(layer in r.layer_digests for r in ecr.requests("CompleteLayerUpload"))
+    assert not await layer_in_ecr(client, repository, layer)
 
-    await resume(ecr_client, fault_proxy, image, repository, stopped)
+
+async def test_a_resumed_blob_is_fetched_from_the_committed_byte_not_again_from_0(
+    fault_proxy: FaultProxy, ecr: LocalEcr, client: EcrClient, repository: str, stopped: Stopped
+) -> None:
+    image, layer, checkpoint, mark = stopped.image, stopped.layer, stopped.checkpoint, stopped.mark
+    first_run = stopped.first_run
+    assert first_run <= SIZE
+
+    await resume(client, fault_proxy, image, repository, stopped.error)
 
     gets = fault_proxy.blob_gets(layer)
     assert [g.range for g in gets] == [f"bytes={PART}-"]  # one GET, at the byte ECR holds
@@ -131,26 +165,16 @@ async def test_a_resumed_blob_is_fetched_from_the_committed_byte_not_again_from_
     ] == [
         ((layer,), True)  # with the descriptor's digest, which ECR checked
     ]
-    async with await ecr_reader(ecr, ecr_client) as reader:
-        await assert_image_in_ecr(reader, repository, ":v1", image)
+    await assert_copied(ecr, client, repository, ":v1", image)
 
 
 async def test_a_source_that_ignores_range_is_read_from_0_and_the_prefix_not_sent(
-    fault_proxy: FaultProxy,
-    anon_registry: RegistryServer,
-    ecr: LocalEcr,
-    ecr_client: EcrClient,
-    repository: str,
+    fault_proxy: FaultProxy, ecr: LocalEcr, client: EcrClient, repository: str, stopped: Stopped
 ) -> None:
-    image = Seeder(anon_registry).push_image(repo_name(), "v1", (SIZE,))
-    layer = image.layers[0]
-    stopped = await stop_after_first_part(ecr_client, fault_proxy, image, repository)
-    checkpoint = stopped.checkpoints[layer]
-    fault_proxy.reset()
+    image, layer, checkpoint, mark = stopped.image, stopped.layer, stopped.checkpoint, stopped.mark
     fault_proxy.add(Fault("ignore_range", where=layer, times=10))  # every GET of the layer
-    mark = last_sequence(ecr)
 
-    await resume(ecr_client, fault_proxy, image, repository, stopped)
+    await resume(client, fault_proxy, image, repository, stopped.error)
 
     gets = fault_proxy.blob_gets(layer)
     # Asked from the committed byte; answered 200 with the whole blob; its prefix dropped.
@@ -159,28 +183,18 @@ async def test_a_source_that_ignores_range_is_read_from_0_and_the_prefix_not_sen
     ]
     assert parts_by_upload(ecr, mark)[checkpoint.upload_id][0] == (PART, 2 * PART - 1)
     assert_no_byte_sent_twice(ecr)
-    async with await ecr_reader(ecr, ecr_client) as reader:
-        await assert_image_in_ecr(reader, repository, ":v1", image)
+    await assert_copied(ecr, client, repository, ":v1", image)
 
 
 async def test_a_suffix_changed_at_the_source_is_refused_by_ecrs_digest_check(
-    fault_proxy: FaultProxy,
-    anon_registry: RegistryServer,
-    ecr: LocalEcr,
-    ecr_client: EcrClient,
-    repository: str,
+    fault_proxy: FaultProxy, ecr: LocalEcr, client: EcrClient, repository: str, stopped: Stopped
 ) -> None:
-    image = Seeder(anon_registry).push_image(repo_name(), "v1", (SIZE,))
-    layer = image.layers[0]
-    stopped = await stop_after_first_part(ecr_client, fault_proxy, image, repository)
-    checkpoint = stopped.checkpoints[layer]
-    fault_proxy.reset()
+    image, layer, checkpoint, mark = stopped.image, stopped.layer, stopped.checkpoint, stopped.mark
     # The source now serves other bytes past the committed prefix (same size).
     fault_proxy.add(Fault("corrupt", where=layer, at_byte=PART + 3 * MIB, times=10))
-    mark = last_sequence(ecr)
 
     with pytest.raises(DigestMismatchError) as caught:
-        await resume(ecr_client, fault_proxy, image, repository, stopped)
+        await resume(client, fault_proxy, image, repository, stopped.error)
 
     error = caught.value
     assert error.expected == layer
@@ -196,43 +210,31 @@ async def test_a_suffix_changed_at_the_source_is_refused_by_ecrs_digest_check(
     ]
     assert completes == [((layer,), False)]
     assert ecr.upload(checkpoint.upload_id) is not None  # still open, never completed
-    assert not await layer_in_ecr(ecr_client, repository, layer)
+    assert not await layer_in_ecr(client, repository, layer)
     assert ecr.requests("PutImage") == []
 
 
 @pytest.mark.parametrize("corrupt", [False, True], ids=["intact", "corrupt-prefix"])
 async def test_an_upload_lost_on_resume_starts_over_and_is_hashed_locally(
     fault_proxy: FaultProxy,
-    anon_registry: RegistryServer,
     ecr: LocalEcr,
-    ecr_client: EcrClient,
+    client: EcrClient,
     repository: str,
+    stopped: Stopped,
     corrupt: bool,
 ) -> None:
-    image = Seeder(anon_registry).push_image(repo_name(), "v1", (SIZE,))
-    layer = image.layers[0]
-    stopped = await stop_after_first_part(ecr_client, fault_proxy, image, repository)
-    checkpoint = stopped.checkpoints[layer]
+    image, layer, checkpoint, mark = stopped.image, stopped.layer, stopped.checkpoint, stopped.mark
     assert ecr.forget_upload(checkpoint.upload_id)  # as when ECR expires an upload
-    fault_proxy.reset()
     if corrupt:  # a byte of the prefix: only a read from byte 0 sees it
         fault_proxy.add(Fault("corrupt", where=layer, at_byte=1_000, times=10))
-    mark = last_sequence(ecr)
 
     if not corrupt:
-        await resume(ecr_client, fault_proxy, image, repository, stopped)
-        async with await ecr_reader(ecr, ecr_client) as reader:
-            await assert_image_in_ecr(reader, repository, ":v1", image)
+        await resume(client, fault_proxy, image, repository, stopped.error)
+        await assert_copied(ecr, client, repository, ":v1", image)
     else:
         with pytest.raises(DigestMismatchError) as caught:
-            await resume(ecr_client, fault_proxy, image, repository, stopped)
-        bad = bytearray(image.blobs[layer])
-        bad[1_000] ^= 0xFF
-        # Checked here, before any CompleteLayerUpload: the whole blob went through the hash.
-        assert caught.value.expected == layer
-        assert caught.value.actual == "sha256:" + hashlib.sha256(bad).hexdigest()
-        assert not any(layer in r.layer_digests for r in ecr.requests("CompleteLayerUpload"))
-        assert not await layer_in_ecr(ecr_client, repository, layer)
+            await resume(client, fault_proxy, image, repository, stopped.error)
+        await assert_refused_here(caught.value, image, ecr, client, repository)
     # First the ranged GET of the resume, then, after UploadNotFound, the blob from byte 0.
     assert [g.range for g in fault_proxy.blob_gets(layer)] == [f"bytes={PART}-", None]
     if not corrupt:  # the layer's new upload, and the config's first
@@ -240,12 +242,12 @@ async def test_an_upload_lost_on_resume_starts_over_and_is_hashed_locally(
 
 
 async def test_ecr_to_ecr_resumes_from_the_committed_byte(
-    anon_registry: RegistryServer, ecr: LocalEcr, ecr_client: EcrClient, repository: str
+    anon_registry: RegistryServer, ecr: LocalEcr, client: EcrClient, repository: str
 ) -> None:
     """The download URL of GetDownloadUrlForLayer is read from the committed byte too."""
     image = Seeder(anon_registry).push_image(repo_name(), "v1", (SIZE,))
     await copy_image(
-        ecr_client,
+        client,
         f"{anon_registry.host}/{image.repository}:v1",
         repository,
         tags=["v1"],
@@ -263,11 +265,11 @@ async def test_ecr_to_ecr_resumes_from_the_committed_byte(
 
     with pytest.raises(CopyCanceledError) as caught:
         await copy_image(
-            ecr_client,
+            client,
             reference,
             target,
             tags=["v1"],
-            source_client=ecr_client,
+            source_client=client,
             max_concurrent_layers=1,
             cancellation_token=source.token,
             on_progress=cancel_after_first_part,
@@ -276,7 +278,7 @@ async def test_ecr_to_ecr_resumes_from_the_committed_byte(
     assert checkpoint.bytes_committed == PART
     mark = last_sequence(ecr)
     result = await copy_image(
-        ecr_client, reference, target, tags=["v1"], source_client=ecr_client, resume=caught.value
+        client, reference, target, tags=["v1"], source_client=client, resume=caught.value
     )
     assert result.manifest_digest == image.digest
     assert parts_by_upload(ecr, mark)[checkpoint.upload_id] == [
@@ -284,8 +286,7 @@ async def test_ecr_to_ecr_resumes_from_the_committed_byte(
         (2 * PART, SIZE - 1),
     ]
     assert_no_byte_sent_twice(ecr)
-    async with await ecr_reader(ecr, ecr_client) as reader:
-        await assert_image_in_ecr(reader, target, ":v1", image)
+    await assert_copied(ecr, client, target, ":v1", image)
 
 
 @pytest.mark.parametrize("corrupt", [False, True], ids=["intact", "corrupt-prefix"])
@@ -293,7 +294,7 @@ async def test_a_checkpoint_ahead_of_an_empty_upload_realigns_to_0_and_is_hashed
     fault_proxy: FaultProxy,
     anon_registry: RegistryServer,
     ecr: LocalEcr,
-    ecr_client: EcrClient,
+    client: EcrClient,
     repository: str,
     corrupt: bool,
 ) -> None:
@@ -302,7 +303,7 @@ async def test_a_checkpoint_ahead_of_an_empty_upload_realigns_to_0_and_is_hashed
     again, so a changed prefix is refused locally, before any CompleteLayerUpload."""
     image = Seeder(anon_registry).push_image(repo_name(), "v1", (SIZE,))
     layer = image.layers[0]
-    initiated = await ecr_client.initiate_layer_upload(
+    initiated = await client.initiate_layer_upload(
         InitiateLayerUploadRequest(repository_name=repository)
     )
     checkpoint = UploadCheckpoint(
@@ -321,7 +322,7 @@ async def test_a_checkpoint_ahead_of_an_empty_upload_realigns_to_0_and_is_hashed
 
     if not corrupt:
         result = await copy_image(
-            ecr_client,
+            client,
             f"{fault_proxy.host}/{image.repository}:v1",
             repository,
             tags=["v1"],
@@ -331,19 +332,13 @@ async def test_a_checkpoint_ahead_of_an_empty_upload_realigns_to_0_and_is_hashed
         assert result.manifest_digest == image.digest
         # Every blob byte went to ECR in this call: the checkpoint's prefix was not there.
         assert result.bytes_moved == sum(len(blob) for blob in image.blobs.values())
-        async with await ecr_reader(ecr, ecr_client) as reader:
-            await assert_image_in_ecr(reader, repository, ":v1", image)
+        await assert_copied(ecr, client, repository, ":v1", image)
         resumed_parts = parts_by_upload(ecr, mark)[initiated.upload_id]
         assert resumed_parts[-3:] == [(0, PART - 1), (PART, 2 * PART - 1), (2 * PART, SIZE - 1)]
     else:
         with pytest.raises(DigestMismatchError) as caught:
-            await resume(ecr_client, fault_proxy, image, repository, stopped)
-        bad = bytearray(image.blobs[layer])
-        bad[1_000] ^= 0xFF
-        assert caught.value.expected == layer
-        assert caught.value.actual == "sha256:" + hashlib.sha256(bad).hexdigest()
-        assert not any(layer in r.layer_digests for r in ecr.requests("CompleteLayerUpload"))
-        assert not await layer_in_ecr(ecr_client, repository, layer)
+            await resume(client, fault_proxy, image, repository, stopped)
+        await assert_refused_here(caught.value, image, ecr, client, repository)
     # The first GET at the checkpoint's byte, then, after ECR asked for byte 0, from byte 0.
     ranges = [g.range for g in fault_proxy.blob_gets(layer)]
     assert ranges[0] == f"bytes={PART}-"

@@ -14,7 +14,6 @@ import os
 import random
 import shutil
 import subprocess
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -46,12 +45,6 @@ def skopeo() -> str:
             "python3 run.py test installs it"
         )
     return found
-
-
-@pytest.fixture
-async def client(ecr: LocalEcr, anyio_backend: str) -> AsyncIterator[EcrClient]:
-    async with EcrClient.create(**ecr.client_kwargs()) as connected:
-        yield connected
 
 
 def write_oci_layout(folder: Path, layers: list[bytes]) -> tuple[bytes, bytes]:
