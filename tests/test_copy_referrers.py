@@ -20,7 +20,7 @@ from pathlib import Path
 import anyio
 import anyio.to_thread
 import pytest
-from cli_run import assert_clean, cli, make_env, on
+from cli_run import assert_clean, cli, error_line, make_env, on
 from registry_fixtures import Fault, FaultProxy, RegistryServer, SeededImage, Seeder, sha256_digest
 from test_copy import (
     assert_image_in_ecr,
@@ -32,7 +32,7 @@ from test_copy import (
 from ecrstream.cancellation import CancellationTokenSource
 from ecrstream.client import EcrClient
 from ecrstream.copy import CopyCanceledError, copy_image
-from ecrstream.copy.referrers import MAX_REFERRER_DEPTH
+from ecrstream.copy.referrers import MAX_REFERRER_DEPTH, REFERRERS_NOTE, referrers_notes
 from ecrstream.errors import InvalidArgumentError, ManifestInvalidError, RegistryNotFoundError
 from ecrstream.image import PushProgress
 from ecrstream.local import LocalEcr
@@ -652,6 +652,47 @@ async def test_from_ecr_the_tag_schema_and_cosign_tags_through_batch_get_image(
         )
 
 
+# -- running again --------------------------------------------------------------------------------
+
+
+async def test_a_second_run_uploads_nothing_and_puts_what_is_there_without_error(
+    anon_registry: RegistryServer, ecr: LocalEcr, client: EcrClient, repository: str
+) -> None:
+    seeder = Seeder(anon_registry)
+    name = repo_name()
+    index = seeder.push_index(name, "v1", (("linux", "amd64", None), ("linux", "arm64", "v8")))
+    top = SeededImage(name, "v1", index.media_type, index.manifest, index.digest, {}, ())
+    signature = push_referrer(seeder, name, top, SIGNATURE, b"signature of the index")
+    push_tag_index(seeder, name, index.digest, [signature])
+    child = index.children[0]
+    cosign = push_referrer(
+        seeder, name, None, SIGNATURE, b"cosign", tag=f"{schema_tag(child.digest)}.sig"
+    )
+    arguments = {"tags": ["v1"], "plain_http": True, "with_referrers": True}
+    source = f"{anon_registry.host}/{name}:v1"
+
+    first = await copy_image(client, source, repository, **arguments)  # type: ignore[arg-type]
+    ecr.reset()
+    second = await copy_image(client, source, repository, **arguments)  # type: ignore[arg-type]
+
+    assert first.referrer_digests == second.referrer_digests == (signature.digest, cosign.digest)
+    assert first.blobs_uploaded > 0
+    assert second.blobs_uploaded == 0
+    assert second.bytes_moved == 0
+    assert second.blobs_skipped == first.blobs_uploaded
+    assert ecr.requests("InitiateLayerUpload") == []
+    assert ecr.requests("UploadLayerPart") == []
+    async with await ecr_reader(ecr, client) as reader:
+        stored = await reader.get_manifest(parse_reference(f"{reader.registry}/{repository}:v1"))
+        assert stored.data == index.manifest
+        for platform in index.children:
+            await assert_image_in_ecr(reader, repository, f"@{platform.digest}", platform)
+        await assert_referrer_in_ecr(reader, repository, signature)
+        await assert_image_in_ecr(
+            reader, repository, f":{schema_tag(child.digest)}.sig", cosign.image
+        )
+
+
 # -- bad input and bad sources ---------------------------------------------------------------------
 
 
@@ -691,6 +732,9 @@ async def test_a_referrers_tag_that_is_no_index_is_a_clear_error(
         )
     assert schema_tag(image.digest) in str(caught.value)
     assert "must be an index" in str(caught.value)
+    assert referrers_notes(caught.value) == (
+        f"{REFERRERS_NOTE}: the image itself is in {repository}",
+    )
     async with await ecr_reader(ecr, client) as reader:  # the image itself went in first
         await assert_image_in_ecr(reader, repository, ":v1", image)
 
@@ -731,3 +775,40 @@ def test_cli_with_referrers_json_and_text(
     assert without.returncode == 0, without.stderr
     assert json.loads(without.stdout)["referrer_digests"] == []
     assert "referrer" not in cli(*base, env=env).stdout
+
+
+def test_cli_a_referrer_failure_is_one_line_saying_the_image_is_in(
+    tmp_path: Path,
+    fault_proxy: FaultProxy,
+    anon_registry: RegistryServer,
+    ecr: LocalEcr,
+    repository: str,
+) -> None:
+    seeder = Seeder(anon_registry)
+    name = repo_name("cli")
+    image = seeder.push_image(name, "v1", (40_000,))
+    signature = push_referrer(seeder, name, image, SIGNATURE, b"still there")
+    # The referrers API lists one the registry does not have (deleted since).
+    gone = SeededImage(name, None, OCI_MANIFEST, b"{}", "sha256:" + "0" * 64, {}, ())
+    serve_referrers_api(
+        fault_proxy, [image.digest], [signature, Seeded(gone, SIGNATURE, image.digest)]
+    )
+
+    failed = cli(
+        "copy",
+        f"{fault_proxy.host}/{name}:v1",
+        "--repository",
+        repository,
+        "--src-plain-http",
+        "--with-referrers",
+        *on(ecr),
+        env=make_env(tmp_path),
+    )
+
+    assert_clean(failed)
+    assert failed.returncode == 1
+    line = error_line(failed)
+    assert f"{gone.digest} is listed as a referrer of {image.digest}" in line
+    assert "the image itself is in" in line
+    assert "--with-referrers" in line
+    assert "check SOURCE's repository" not in line  # the image was found: not that hint

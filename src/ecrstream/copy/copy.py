@@ -12,11 +12,12 @@ from typing import Any, Final, Literal
 
 from ecrstream.cancellation import CancellationToken, OperationCanceledError
 from ecrstream.client import EcrClient
-from ecrstream.copy.referrers import Referrer, find_referrers
+from ecrstream.copy.referrers import REFERRERS_NOTE, Referrer, find_referrers
 from ecrstream.copy.source import EcrSource, ImageSource, RegistrySource, RemoteBlobSource
 from ecrstream.errors import (
     CopyCanceledError,
     DigestMismatchError,
+    EcrStreamError,
     ImageSelectionError,
     InvalidArgumentError,
     ManifestInvalidError,
@@ -465,6 +466,16 @@ async def _copy_referrers(
     image: _Copy, result: CopyImageResult, put_retry: RetryPolicy
 ) -> CopyImageResult:
     """Find the referrers of what ``image`` put, copy their blobs and put them."""
+    try:
+        return await _referrers_after(image, result, put_retry)
+    except EcrStreamError as exc:  # a stop (CopyCanceledError) is none: it resumes
+        exc.add_note(f"{REFERRERS_NOTE}: the image itself is in {image.uploader.repository_name}")
+        raise
+
+
+async def _referrers_after(
+    image: _Copy, result: CopyImageResult, put_retry: RetryPolicy
+) -> CopyImageResult:
     uploader = image.uploader
     # The checkpoints the image's copy did not use: a referrer's, from an earlier stop.
     resume = {d: c for d, c in image.resume.items() if d not in image.plan.blobs}
