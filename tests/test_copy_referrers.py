@@ -21,6 +21,7 @@ import anyio
 import anyio.to_thread
 import pytest
 from cli_run import assert_clean, cli, error_line, make_env, on
+from lying_ecr import Exchange, LyingEcr, Reply
 from registry_fixtures import Fault, FaultProxy, RegistryServer, SeededImage, Seeder, sha256_digest
 from test_copy import (
     assert_image_in_ecr,
@@ -33,7 +34,12 @@ from ecrstream.cancellation import CancellationTokenSource
 from ecrstream.client import EcrClient
 from ecrstream.copy import CopyCanceledError, copy_image
 from ecrstream.copy.referrers import MAX_REFERRER_DEPTH, REFERRERS_NOTE, referrers_notes
-from ecrstream.errors import InvalidArgumentError, ManifestInvalidError, RegistryNotFoundError
+from ecrstream.errors import (
+    InvalidArgumentError,
+    ManifestInvalidError,
+    RegistryError,
+    RegistryNotFoundError,
+)
 from ecrstream.image import PushProgress
 from ecrstream.local import LocalEcr
 from ecrstream.models import PutImageRequest
@@ -650,6 +656,49 @@ async def test_from_ecr_the_tag_schema_and_cosign_tags_through_batch_get_image(
         await assert_image_in_ecr(
             reader, repository, f":{schema_tag(image.digest)}.sig", cosign.image
         )
+
+
+async def test_from_ecr_a_tag_ecr_cannot_read_is_an_error_not_no_referrer(
+    anon_registry: RegistryServer, ecr: LocalEcr, client: EcrClient, repository: str
+) -> None:
+    seeder = Seeder(anon_registry)
+    name = repo_name()
+    image = seeder.push_image(name, "v1", (20_000,))
+    middle = f"ecr-src/{uuid.uuid4().hex[:10]}"
+    ecr.create_repository(middle)
+    await copy_image(
+        client, f"{anon_registry.host}/{name}:v1", middle, tags=["v1"], plain_http=True
+    )
+    att = f"{schema_tag(image.digest)}.att"
+
+    def kms_error_for_att(exchange: Exchange) -> Reply | None:
+        answer = exchange.answer or {}
+        failures = answer.get("failures", [])
+        if not any(f.get("imageId", {}).get("imageTag") == att for f in failures):
+            return None
+        for failure in failures:
+            if failure.get("imageId", {}).get("imageTag") == att:
+                failure["failureCode"] = "KmsError"
+                failure["failureReason"] = "the key is disabled"
+        return Reply(200, answer)
+
+    with LyingEcr(ecr) as liar:
+        liar.lie("BatchGetImage", kms_error_for_att, forward=True)
+        async with EcrClient.create(**liar.client_kwargs()) as lying:
+            with pytest.raises(RegistryError) as caught:
+                await copy_image(
+                    client,
+                    f"{ecr.registry_address}/{middle}:v1",
+                    repository,
+                    source_client=lying,
+                    with_referrers=True,
+                )
+
+    assert liar.told == 1, caught.value
+    assert f"could not read tag {att} (KmsError: the key is disabled)" in str(caught.value)
+    assert referrers_notes(caught.value)  # the image itself went in first
+    async with await ecr_reader(ecr, client) as reader:
+        await assert_image_in_ecr(reader, repository, f"@{image.digest}", image)
 
 
 # -- running again --------------------------------------------------------------------------------

@@ -390,32 +390,27 @@ class _Copy(BlobProgress):
         )
 
 
+def _put_request(
+    manifest: Manifest, repository_name: str, registry_id: str | None, tag: str | None = None
+) -> PutImageRequest:
+    """PutImage of ``manifest``, byte for byte, by its digest (and ``tag`` if given)."""
+    return PutImageRequest(
+        repository_name=repository_name,
+        image_manifest=manifest.data.decode(),
+        image_manifest_media_type=manifest.media_type,
+        image_tag=tag,
+        image_digest=manifest.digest,
+        registry_id=registry_id,
+    )
+
+
 def _put_requests(
     plan: _Plan, repository_name: str, registry_id: str | None, tags: tuple[str, ...]
 ) -> list[PutImageRequest]:
     """Child manifests by digest first, then the top one once per tag (untagged if none)."""
-    requests = [
-        PutImageRequest(
-            repository_name=repository_name,
-            image_manifest=child.data.decode(),
-            image_manifest_media_type=child.media_type,
-            image_digest=child.digest,
-            registry_id=registry_id,
-        )
-        for child in plan.children
-    ]
-    top = plan.top
+    requests = [_put_request(child, repository_name, registry_id) for child in plan.children]
     for tag in tags or (None,):
-        requests.append(
-            PutImageRequest(
-                repository_name=repository_name,
-                image_manifest=top.data.decode(),
-                image_manifest_media_type=top.media_type,
-                image_tag=tag,
-                image_digest=top.digest,
-                registry_id=registry_id,
-            )
-        )
+        requests.append(_put_request(plan.top, repository_name, registry_id, tag))
     return requests
 
 
@@ -438,27 +433,9 @@ def _referrer_puts(
     requests = []
     for referrer in found:
         for manifest in (*referrer.children, referrer.manifest):
-            requests.append(
-                PutImageRequest(
-                    repository_name=repository_name,
-                    image_manifest=manifest.data.decode(),
-                    image_manifest_media_type=manifest.media_type,
-                    image_digest=manifest.digest,
-                    registry_id=registry_id,
-                )
-            )
-        manifest = referrer.manifest
+            requests.append(_put_request(manifest, repository_name, registry_id))
         for tag in referrer.tags:
-            requests.append(
-                PutImageRequest(
-                    repository_name=repository_name,
-                    image_manifest=manifest.data.decode(),
-                    image_manifest_media_type=manifest.media_type,
-                    image_tag=tag,
-                    image_digest=manifest.digest,
-                    registry_id=registry_id,
-                )
-            )
+            requests.append(_put_request(referrer.manifest, repository_name, registry_id, tag))
     return requests
 
 
