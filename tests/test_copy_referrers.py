@@ -861,3 +861,32 @@ def test_cli_a_referrer_failure_is_one_line_saying_the_image_is_in(
     assert "the image itself is in" in line
     assert "--with-referrers" in line
     assert "check SOURCE's repository" not in line  # the image was found: not that hint
+
+
+def test_cli_text_names_five_referrers_and_counts_the_rest(
+    tmp_path: Path, anon_registry: RegistryServer, ecr: LocalEcr, repository: str
+) -> None:
+    seeder = Seeder(anon_registry)
+    name = repo_name("cli")
+    image = seeder.push_image(name, "v1", (10_000,))
+    signatures = [
+        push_referrer(seeder, name, image, SIGNATURE, f"signature {n}".encode()) for n in range(7)
+    ]
+    push_tag_index(seeder, name, image.digest, signatures)
+
+    copied = cli(
+        "copy",
+        f"{anon_registry.host}/{name}:v1",
+        "--repository",
+        repository,
+        "--src-plain-http",
+        "--with-referrers",
+        *on(ecr),
+        env=make_env(tmp_path),
+    )
+
+    assert_clean(copied)
+    assert copied.returncode == 0, copied.stderr
+    shown = ", ".join(s.digest for s in signatures[:5])
+    assert f"with 7 referrers: {shown} and 2 more (--json lists them all)" in copied.stdout
+    assert signatures[5].digest not in copied.stdout
