@@ -585,6 +585,8 @@ async def copy_image(
     referrers API, untagged, are not found. ``result.referrer_digests`` names those put. A
     stop while referrers are copied raises ``CopyCanceledError`` like any other: the resume
     finds the image in (nothing sent again) and goes on with the referrers' blobs.
+    Any other error met while copying referrers (the image is in by then) carries a note
+    starting with ``referrers.REFERRERS_NOTE`` (``referrers.referrers_notes`` finds it).
 
     Raises:
         InvalidArgumentError/TypeError: bad arguments (named), before any request.
