@@ -215,3 +215,16 @@ async def test_a_later_page_that_is_no_index_is_an_error(server: ReferrersServer
     async with server.client() as client:
         with pytest.raises(ManifestInvalidError, match=r"the page at .* is not an image index"):
             await client.get_referrers(REPOSITORY, SUBJECT)
+
+
+async def test_a_next_link_that_is_no_url_is_an_error_that_does_not_echo_it(
+    server: ReferrersServer,
+) -> None:
+    server.answers[API] = Answer(
+        body=page([1]), link='<http://[::1/v2/x?token=secret-in-link>; rel="next"'
+    )
+    async with server.client() as client:
+        with pytest.raises(RegistryError, match=r"next page is no URL") as caught:
+            await client.get_referrers(REPOSITORY, SUBJECT)
+    assert "secret-in-link" not in str(caught.value)
+    assert len(server.seen) == 1

@@ -283,7 +283,8 @@ class RegistryClient:
         try:
             url = base.join(URL(target))
         except ValueError:
-            raise RegistryError(f"{what}: its Link header names no URL ({target!r})") from None
+            # Not echoed: a URL's query may carry a token.
+            raise RegistryError(f"{what}: its Link header's next page is no URL") from None
         if url.origin() != base.origin():
             raise RegistryError(
                 f"{what}: its next page is on another host ({redacted_url(str(url.origin()))});"
