@@ -255,6 +255,9 @@ async def test_no_referrers_copies_nothing_more_and_asks_the_api_once(
         wanted = {f"/v2/{name}/manifests/{tag}{s}" for s in ("", ".sig", ".att", ".sbom")}
         assert wanted <= set(asked)
     assert len(asked) == 1 + 3 * 4
+    # The tags are looked up with HEADs (Docker Hub does not count them as pulls): no GET.
+    tag_lookups = [r for r in fault_proxy.requests if "/manifests/sha256-" in r.path]
+    assert {r.method for r in tag_lookups} == {"HEAD"}
 
 
 async def test_without_the_option_no_referrer_is_asked_for(

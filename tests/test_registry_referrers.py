@@ -1,4 +1,4 @@
-"""RegistryClient.get_referrers against real HTTP servers on 127.0.0.1.
+"""RegistryClient.get_referrers (and has_manifest) against real HTTP servers on 127.0.0.1.
 
 Each test serves its own referrers API (an aiohttp app on the fixtures' loop) with the pages,
 Link headers and failures the OCI distribution spec 1.1 allows or a broken registry sends,
@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 
 import pytest
 from aiohttp import web
-from registry_fixtures import LoopThread
+from registry_fixtures import FaultProxy, LoopThread, RegistryServer, Seeder
 
 from ecrstream.errors import ManifestInvalidError, RegistryError
-from ecrstream.registry import OCI_INDEX, OCI_MANIFEST, RegistryClient
+from ecrstream.registry import OCI_INDEX, OCI_MANIFEST, RegistryClient, parse_reference
 from ecrstream.retry import RetryPolicy
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
@@ -228,3 +228,19 @@ async def test_a_next_link_that_is_no_url_is_an_error_that_does_not_echo_it(
             await client.get_referrers(REPOSITORY, SUBJECT)
     assert "secret-in-link" not in str(caught.value)
     assert len(server.seen) == 1
+
+
+async def test_has_manifest_is_one_head_true_or_false(
+    fault_proxy: FaultProxy, anon_registry: RegistryServer
+) -> None:
+    seeder = Seeder(anon_registry)
+    image = seeder.push_image("heads/app", "v1", (1_000,))
+    async with RegistryClient(fault_proxy.host, plain_http=True, docker_config=False) as client:
+        for reference, expected in (
+            (":v1", True),
+            (f"@{image.digest}", True),
+            (":sha256-nothing.sig", False),
+        ):
+            named = parse_reference(f"{fault_proxy.host}/heads/app{reference}")
+            assert await client.has_manifest(named) is expected
+    assert [(r.method, r.served) for r in fault_proxy.requests] == [("HEAD", 0)] * 3

@@ -155,13 +155,13 @@ class RegistrySource:
 
     async def manifest(self, reference: str, token: CancellationToken) -> Manifest:
         """The manifest by tag or digest, from the registry."""
+        return await self._client.get_manifest(self._named(reference), cancellation_token=token)
+
+    def _named(self, reference: str) -> ImageReference:
         ref = self._reference
-        pinned = (
-            ImageReference(ref.registry, ref.repository, digest=reference)
-            if reference.startswith("sha256:")
-            else ImageReference(ref.registry, ref.repository, tag=reference)
-        )
-        return await self._client.get_manifest(pinned, cancellation_token=token)
+        if reference.startswith("sha256:"):
+            return ImageReference(ref.registry, ref.repository, digest=reference)
+        return ImageReference(ref.registry, ref.repository, tag=reference)
 
     async def open_blob(
         self, digest: str, size: int, offset: int, token: CancellationToken
@@ -184,13 +184,16 @@ class RegistrySource:
         return tuple(entry.digest for entry in found)
 
     async def tagged(self, tags: Sequence[str], token: CancellationToken) -> dict[str, Manifest]:
-        """One manifest GET per tag; a 404 leaves the tag out."""
+        """A HEAD per tag (most are absent; Docker Hub does not count a HEAD as a pull), then
+        a GET of each one there; a 404 leaves the tag out."""
         found: dict[str, Manifest] = {}
         for tag in tags:
+            if not await self._client.has_manifest(self._named(tag), cancellation_token=token):
+                continue
             try:
                 found[tag] = await self.manifest(tag, token)
             except RegistryNotFoundError:
-                continue
+                continue  # removed between the HEAD and the GET
         return found
 
     async def aclose(self) -> None:

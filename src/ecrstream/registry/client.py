@@ -158,15 +158,7 @@ class RegistryClient:
                 the registry's answer, after the retries.
             OperationCanceledError: the token was canceled.
         """
-        if not isinstance(reference, ImageReference):
-            raise InvalidArgumentError("reference", "must be an ImageReference")
-        if reference.registry != self.registry:
-            raise InvalidArgumentError(
-                "reference",
-                f"is in registry {reference.registry!r}; this client reads {self.registry!r}",
-            )
-        path = f"/v2/{reference.repository}/manifests/{reference.manifest_reference}"
-        scope = f"repository:{reference.repository}:pull"
+        path, scope = self._manifest_path(reference)
         async with cancellation_scope(cancellation_token):
             attempts = Attempts(self._retry, cancellation_token)
             while True:
@@ -184,6 +176,51 @@ class RegistryClient:
                     actual=digest,
                 )
         return Manifest(digest, media_type_of(data, content_type), data)
+
+    async def has_manifest(
+        self,
+        reference: ImageReference,
+        *,
+        cancellation_token: CancellationToken = CancellationToken.NONE,
+    ) -> bool:
+        """Whether the registry has the manifest ``reference`` names: one HEAD, no body.
+
+        For looking up tags that are mostly absent (cosign's, the referrers tag schema's):
+        Docker Hub counts a manifest GET against its pull rate limit, not a HEAD.
+
+        Raises:
+            InvalidArgumentError: ``reference`` is not an ImageReference of this registry.
+            RegistryAuthError, RegistryConnectionError, RegistryError: the registry's answer
+                (other than 404), after the retries.
+            OperationCanceledError: the token was canceled.
+        """
+        path, scope = self._manifest_path(reference)
+        async with cancellation_scope(cancellation_token):
+            attempts = Attempts(self._retry, cancellation_token)
+            while True:
+                try:
+                    response = await self._transport.send(
+                        "HEAD", path, scope=scope, headers={"Accept": _ACCEPT}
+                    )
+                except RegistryNotFoundError:
+                    return False
+                except TransientFault as fault:
+                    await attempts.failed(fault)
+                    continue
+                response.release()
+                return response.status == 200
+
+    def _manifest_path(self, reference: object) -> tuple[str, str]:
+        """The manifest path of ``reference`` and its pull scope; checks it is ours."""
+        if not isinstance(reference, ImageReference):
+            raise InvalidArgumentError("reference", "must be an ImageReference")
+        if reference.registry != self.registry:
+            raise InvalidArgumentError(
+                "reference",
+                f"is in registry {reference.registry!r}; this client reads {self.registry!r}",
+            )
+        path = f"/v2/{reference.repository}/manifests/{reference.manifest_reference}"
+        return path, f"repository:{reference.repository}:pull"
 
     async def get_referrers(
         self,
