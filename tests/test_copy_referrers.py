@@ -20,7 +20,8 @@ from pathlib import Path
 import anyio
 import anyio.to_thread
 import pytest
-from cli_run import assert_clean, cli, make_env, on
+from cli_run import assert_clean, cli, error_line, make_env, on
+from lying_ecr import Exchange, LyingEcr, Reply
 from registry_fixtures import Fault, FaultProxy, RegistryServer, SeededImage, Seeder, sha256_digest
 from test_copy import (
     assert_image_in_ecr,
@@ -32,8 +33,13 @@ from test_copy import (
 from ecrstream.cancellation import CancellationTokenSource
 from ecrstream.client import EcrClient
 from ecrstream.copy import CopyCanceledError, copy_image
-from ecrstream.copy.referrers import MAX_REFERRER_DEPTH
-from ecrstream.errors import InvalidArgumentError, ManifestInvalidError, RegistryNotFoundError
+from ecrstream.copy.referrers import MAX_REFERRER_DEPTH, REFERRERS_NOTE, referrers_notes
+from ecrstream.errors import (
+    InvalidArgumentError,
+    ManifestInvalidError,
+    RegistryError,
+    RegistryNotFoundError,
+)
 from ecrstream.image import PushProgress
 from ecrstream.local import LocalEcr
 from ecrstream.models import PutImageRequest
@@ -249,6 +255,9 @@ async def test_no_referrers_copies_nothing_more_and_asks_the_api_once(
         wanted = {f"/v2/{name}/manifests/{tag}{s}" for s in ("", ".sig", ".att", ".sbom")}
         assert wanted <= set(asked)
     assert len(asked) == 1 + 3 * 4
+    # The tags are looked up with HEADs (Docker Hub does not count them as pulls): no GET.
+    tag_lookups = [r for r in fault_proxy.requests if "/manifests/sha256-" in r.path]
+    assert {r.method for r in tag_lookups} == {"HEAD"}
 
 
 async def test_without_the_option_no_referrer_is_asked_for(
@@ -652,6 +661,90 @@ async def test_from_ecr_the_tag_schema_and_cosign_tags_through_batch_get_image(
         )
 
 
+async def test_from_ecr_a_tag_ecr_cannot_read_is_an_error_not_no_referrer(
+    anon_registry: RegistryServer, ecr: LocalEcr, client: EcrClient, repository: str
+) -> None:
+    seeder = Seeder(anon_registry)
+    name = repo_name()
+    image = seeder.push_image(name, "v1", (20_000,))
+    middle = f"ecr-src/{uuid.uuid4().hex[:10]}"
+    ecr.create_repository(middle)
+    await copy_image(
+        client, f"{anon_registry.host}/{name}:v1", middle, tags=["v1"], plain_http=True
+    )
+    att = f"{schema_tag(image.digest)}.att"
+
+    def kms_error_for_att(exchange: Exchange) -> Reply | None:
+        answer = exchange.answer or {}
+        failures = answer.get("failures", [])
+        if not any(f.get("imageId", {}).get("imageTag") == att for f in failures):
+            return None
+        for failure in failures:
+            if failure.get("imageId", {}).get("imageTag") == att:
+                failure["failureCode"] = "KmsError"
+                failure["failureReason"] = "the key is disabled"
+        return Reply(200, answer)
+
+    with LyingEcr(ecr) as liar:
+        liar.lie("BatchGetImage", kms_error_for_att, forward=True)
+        async with EcrClient.create(**liar.client_kwargs()) as lying:
+            with pytest.raises(RegistryError) as caught:
+                await copy_image(
+                    client,
+                    f"{ecr.registry_address}/{middle}:v1",
+                    repository,
+                    source_client=lying,
+                    with_referrers=True,
+                )
+
+    assert liar.told == 1, caught.value
+    assert f"could not read tag {att} (KmsError: the key is disabled)" in str(caught.value)
+    assert referrers_notes(caught.value)  # the image itself went in first
+    async with await ecr_reader(ecr, client) as reader:
+        await assert_image_in_ecr(reader, repository, f"@{image.digest}", image)
+
+
+# -- running again --------------------------------------------------------------------------------
+
+
+async def test_a_second_run_uploads_nothing_and_puts_what_is_there_without_error(
+    anon_registry: RegistryServer, ecr: LocalEcr, client: EcrClient, repository: str
+) -> None:
+    seeder = Seeder(anon_registry)
+    name = repo_name()
+    index = seeder.push_index(name, "v1", (("linux", "amd64", None), ("linux", "arm64", "v8")))
+    top = SeededImage(name, "v1", index.media_type, index.manifest, index.digest, {}, ())
+    signature = push_referrer(seeder, name, top, SIGNATURE, b"signature of the index")
+    push_tag_index(seeder, name, index.digest, [signature])
+    child = index.children[0]
+    cosign = push_referrer(
+        seeder, name, None, SIGNATURE, b"cosign", tag=f"{schema_tag(child.digest)}.sig"
+    )
+    arguments = {"tags": ["v1"], "plain_http": True, "with_referrers": True}
+    source = f"{anon_registry.host}/{name}:v1"
+
+    first = await copy_image(client, source, repository, **arguments)  # type: ignore[arg-type]
+    ecr.reset()
+    second = await copy_image(client, source, repository, **arguments)  # type: ignore[arg-type]
+
+    assert first.referrer_digests == second.referrer_digests == (signature.digest, cosign.digest)
+    assert first.blobs_uploaded > 0
+    assert second.blobs_uploaded == 0
+    assert second.bytes_moved == 0
+    assert second.blobs_skipped == first.blobs_uploaded
+    assert ecr.requests("InitiateLayerUpload") == []
+    assert ecr.requests("UploadLayerPart") == []
+    async with await ecr_reader(ecr, client) as reader:
+        stored = await reader.get_manifest(parse_reference(f"{reader.registry}/{repository}:v1"))
+        assert stored.data == index.manifest
+        for platform in index.children:
+            await assert_image_in_ecr(reader, repository, f"@{platform.digest}", platform)
+        await assert_referrer_in_ecr(reader, repository, signature)
+        await assert_image_in_ecr(
+            reader, repository, f":{schema_tag(child.digest)}.sig", cosign.image
+        )
+
+
 # -- bad input and bad sources ---------------------------------------------------------------------
 
 
@@ -691,6 +784,9 @@ async def test_a_referrers_tag_that_is_no_index_is_a_clear_error(
         )
     assert schema_tag(image.digest) in str(caught.value)
     assert "must be an index" in str(caught.value)
+    assert referrers_notes(caught.value) == (
+        f"{REFERRERS_NOTE}: the image itself is in {repository}",
+    )
     async with await ecr_reader(ecr, client) as reader:  # the image itself went in first
         await assert_image_in_ecr(reader, repository, ":v1", image)
 
@@ -731,3 +827,69 @@ def test_cli_with_referrers_json_and_text(
     assert without.returncode == 0, without.stderr
     assert json.loads(without.stdout)["referrer_digests"] == []
     assert "referrer" not in cli(*base, env=env).stdout
+
+
+def test_cli_a_referrer_failure_is_one_line_saying_the_image_is_in(
+    tmp_path: Path,
+    fault_proxy: FaultProxy,
+    anon_registry: RegistryServer,
+    ecr: LocalEcr,
+    repository: str,
+) -> None:
+    seeder = Seeder(anon_registry)
+    name = repo_name("cli")
+    image = seeder.push_image(name, "v1", (40_000,))
+    signature = push_referrer(seeder, name, image, SIGNATURE, b"still there")
+    # The referrers API lists one the registry does not have (deleted since).
+    gone = SeededImage(name, None, OCI_MANIFEST, b"{}", "sha256:" + "0" * 64, {}, ())
+    serve_referrers_api(
+        fault_proxy, [image.digest], [signature, Seeded(gone, SIGNATURE, image.digest)]
+    )
+
+    failed = cli(
+        "copy",
+        f"{fault_proxy.host}/{name}:v1",
+        "--repository",
+        repository,
+        "--src-plain-http",
+        "--with-referrers",
+        *on(ecr),
+        env=make_env(tmp_path),
+    )
+
+    assert_clean(failed)
+    assert failed.returncode == 1
+    line = error_line(failed)
+    assert f"{gone.digest} is listed as a referrer of {image.digest}" in line
+    assert "the image itself is in" in line
+    assert "--with-referrers" in line
+    assert "check SOURCE's repository" not in line  # the image was found: not that hint
+
+
+def test_cli_text_names_five_referrers_and_counts_the_rest(
+    tmp_path: Path, anon_registry: RegistryServer, ecr: LocalEcr, repository: str
+) -> None:
+    seeder = Seeder(anon_registry)
+    name = repo_name("cli")
+    image = seeder.push_image(name, "v1", (10_000,))
+    signatures = [
+        push_referrer(seeder, name, image, SIGNATURE, f"signature {n}".encode()) for n in range(7)
+    ]
+    push_tag_index(seeder, name, image.digest, signatures)
+
+    copied = cli(
+        "copy",
+        f"{anon_registry.host}/{name}:v1",
+        "--repository",
+        repository,
+        "--src-plain-http",
+        "--with-referrers",
+        *on(ecr),
+        env=make_env(tmp_path),
+    )
+
+    assert_clean(copied)
+    assert copied.returncode == 0, copied.stderr
+    shown = ", ".join(s.digest for s in signatures[:5])
+    assert f"with 7 referrers: {shown} and 2 more (--json lists them all)" in copied.stdout
+    assert signatures[5].digest not in copied.stdout

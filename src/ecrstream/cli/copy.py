@@ -127,6 +127,21 @@ class _Copied:
     seconds: float
 
 
+#: The most referrer digests the text output names (--json names them all).
+_REFERRERS_SHOWN: Final = 5
+
+
+def _referrers_line(found: Sequence[str]) -> str:
+    """``with N referrers: d1, d2...``, naming at most _REFERRERS_SHOWN of them."""
+    line = f"with {plural(len(found), 'referrer')}"
+    if not found:
+        return line + " (none found)"
+    line += ": " + ", ".join(found[:_REFERRERS_SHOWN])
+    if len(found) > _REFERRERS_SHOWN:
+        line += f" and {len(found) - _REFERRERS_SHOWN} more (--json lists them all)"
+    return line
+
+
 def _done(options: CopyOptions, copied: _Copied) -> int:
     result, seconds = copied.result, copied.seconds
     rate = mb_per_s(result.bytes_moved, seconds)
@@ -159,12 +174,7 @@ def _done(options: CopyOptions, copied: _Copied) -> int:
             flush=True,
         )
         if options.with_referrers:
-            found = result.referrer_digests
-            print(
-                f"with {plural(len(found), 'referrer')}"
-                + (": " + ", ".join(found) if found else " (none found)"),
-                flush=True,
-            )
+            print(_referrers_line(result.referrer_digests), flush=True)
     return EXIT_OK
 
 

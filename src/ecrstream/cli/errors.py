@@ -363,6 +363,22 @@ def _source_failed(exc: RegistryError, context: Context) -> Explanation:
     return f"the source registry {host} refused a request: {exc}", EXIT_FAILURE
 
 
+def _referrers_failed(
+    exc: BaseException, notes: tuple[str, ...], usual: Explanation
+) -> Explanation:
+    """``copy --with-referrers`` failed after the image was in: say so, and what the
+    referrer was (the notes); a missing or invalid manifest is the referrer's, not SOURCE's
+    (the usual hint about SOURCE's tag would mislead)."""
+    message, code = usual
+    if isinstance(exc, RegistryNotFoundError | ManifestInvalidError):
+        message = str(exc)
+    return (
+        f"{message} ({'; '.join(notes)}): run the command again to retry the referrers, or"
+        " without --with-referrers to copy the image alone",
+        code,
+    )
+
+
 def _kept_failing(exc: ServerError | ThrottlingError, context: Context) -> Explanation:
     return (
         f"ECR kept failing after retries ({exc.code}: {exc.message}): try again later",
@@ -413,7 +429,14 @@ def explain(exc: BaseException, context: Context) -> Explanation:
     exc = _leaf(exc)
     for kind, handler in _HANDLERS:
         if isinstance(exc, kind):
-            return handler(exc, context)
+            if not getattr(exc, "__notes__", None):
+                return handler(exc, context)
+            from ecrstream.copy.referrers import referrers_notes  # not at start: aiobotocore
+
+            notes = referrers_notes(exc)
+            if not notes:
+                return handler(exc, context)
+            return _referrers_failed(exc, notes, handler(exc, context))
     return (
         f"unexpected error: {type(exc).__name__}: {exc} (run with --debug for the traceback,"
         " and please report it)",

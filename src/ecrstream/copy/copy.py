@@ -12,11 +12,12 @@ from typing import Any, Final, Literal
 
 from ecrstream.cancellation import CancellationToken, OperationCanceledError
 from ecrstream.client import EcrClient
-from ecrstream.copy.referrers import Referrer, find_referrers
+from ecrstream.copy.referrers import REFERRERS_NOTE, Referrer, find_referrers
 from ecrstream.copy.source import EcrSource, ImageSource, RegistrySource, RemoteBlobSource
 from ecrstream.errors import (
     CopyCanceledError,
     DigestMismatchError,
+    EcrStreamError,
     ImageSelectionError,
     InvalidArgumentError,
     ManifestInvalidError,
@@ -389,32 +390,27 @@ class _Copy(BlobProgress):
         )
 
 
+def _put_request(
+    manifest: Manifest, repository_name: str, registry_id: str | None, tag: str | None = None
+) -> PutImageRequest:
+    """PutImage of ``manifest``, byte for byte, by its digest (and ``tag`` if given)."""
+    return PutImageRequest(
+        repository_name=repository_name,
+        image_manifest=manifest.data.decode(),
+        image_manifest_media_type=manifest.media_type,
+        image_tag=tag,
+        image_digest=manifest.digest,
+        registry_id=registry_id,
+    )
+
+
 def _put_requests(
     plan: _Plan, repository_name: str, registry_id: str | None, tags: tuple[str, ...]
 ) -> list[PutImageRequest]:
     """Child manifests by digest first, then the top one once per tag (untagged if none)."""
-    requests = [
-        PutImageRequest(
-            repository_name=repository_name,
-            image_manifest=child.data.decode(),
-            image_manifest_media_type=child.media_type,
-            image_digest=child.digest,
-            registry_id=registry_id,
-        )
-        for child in plan.children
-    ]
-    top = plan.top
+    requests = [_put_request(child, repository_name, registry_id) for child in plan.children]
     for tag in tags or (None,):
-        requests.append(
-            PutImageRequest(
-                repository_name=repository_name,
-                image_manifest=top.data.decode(),
-                image_manifest_media_type=top.media_type,
-                image_tag=tag,
-                image_digest=top.digest,
-                registry_id=registry_id,
-            )
-        )
+        requests.append(_put_request(plan.top, repository_name, registry_id, tag))
     return requests
 
 
@@ -437,27 +433,9 @@ def _referrer_puts(
     requests = []
     for referrer in found:
         for manifest in (*referrer.children, referrer.manifest):
-            requests.append(
-                PutImageRequest(
-                    repository_name=repository_name,
-                    image_manifest=manifest.data.decode(),
-                    image_manifest_media_type=manifest.media_type,
-                    image_digest=manifest.digest,
-                    registry_id=registry_id,
-                )
-            )
-        manifest = referrer.manifest
+            requests.append(_put_request(manifest, repository_name, registry_id))
         for tag in referrer.tags:
-            requests.append(
-                PutImageRequest(
-                    repository_name=repository_name,
-                    image_manifest=manifest.data.decode(),
-                    image_manifest_media_type=manifest.media_type,
-                    image_tag=tag,
-                    image_digest=manifest.digest,
-                    registry_id=registry_id,
-                )
-            )
+            requests.append(_put_request(referrer.manifest, repository_name, registry_id, tag))
     return requests
 
 
@@ -465,6 +443,16 @@ async def _copy_referrers(
     image: _Copy, result: CopyImageResult, put_retry: RetryPolicy
 ) -> CopyImageResult:
     """Find the referrers of what ``image`` put, copy their blobs and put them."""
+    try:
+        return await _referrers_after(image, result, put_retry)
+    except EcrStreamError as exc:  # a stop (CopyCanceledError) is none: it resumes
+        exc.add_note(f"{REFERRERS_NOTE}: the image itself is in {image.uploader.repository_name}")
+        raise
+
+
+async def _referrers_after(
+    image: _Copy, result: CopyImageResult, put_retry: RetryPolicy
+) -> CopyImageResult:
     uploader = image.uploader
     # The checkpoints the image's copy did not use: a referrer's, from an earlier stop.
     resume = {d: c for d, c in image.resume.items() if d not in image.plan.blobs}
@@ -597,6 +585,8 @@ async def copy_image(
     referrers API, untagged, are not found. ``result.referrer_digests`` names those put. A
     stop while referrers are copied raises ``CopyCanceledError`` like any other: the resume
     finds the image in (nothing sent again) and goes on with the referrers' blobs.
+    Any other error met while copying referrers (the image is in by then) carries a note
+    starting with ``referrers.REFERRERS_NOTE`` (``referrers.referrers_notes`` finds it).
 
     Raises:
         InvalidArgumentError/TypeError: bad arguments (named), before any request.

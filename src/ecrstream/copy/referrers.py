@@ -27,21 +27,38 @@ from typing import Final
 
 from ecrstream.cancellation import CancellationToken
 from ecrstream.copy.source import ImageSource
-from ecrstream.errors import ManifestInvalidError
+from ecrstream.errors import DigestMismatchError, ManifestInvalidError, RegistryError
 from ecrstream.registry.manifest import Manifest, index_children
 
 __all__ = [
     "COSIGN_TAG_SUFFIXES",
     "MAX_REFERRER_DEPTH",
+    "REFERRERS_NOTE",
     "Referrer",
     "fallback_tag",
     "find_referrers",
+    "referrers_notes",
 ]
 
 #: cosign's legacy tags for the manifest ``sha256:<hex>``: ``sha256-<hex>`` + one of these.
 COSIGN_TAG_SUFFIXES: Final = (".sig", ".att", ".sbom")
 #: How many levels of referrers are followed below the image (referrers of referrers...).
 MAX_REFERRER_DEPTH: Final = 4
+#: How the note starts that copy_image adds to an error met while copying the referrers
+#: (the image itself is in by then): ``referrers_notes`` finds it.
+REFERRERS_NOTE: Final = "while copying the referrers (with_referrers)"
+
+
+def referrers_notes(exc: BaseException) -> tuple[str, ...]:
+    """The notes of ``exc`` if it was met while copying referrers (its REFERRERS_NOTE
+    last), else ()."""
+    notes = tuple(getattr(exc, "__notes__", ()))
+    if not any(note.startswith(REFERRERS_NOTE) for note in notes):
+        return ()
+    return (
+        *(n for n in notes if not n.startswith(REFERRERS_NOTE)),
+        *(n for n in notes if n.startswith(REFERRERS_NOTE)),
+    )
 
 
 @dataclass(slots=True)
@@ -146,7 +163,7 @@ async def _referrers_of(
         if referrer_digest not in seen:
             try:
                 listed_manifest = await source.manifest(referrer_digest, token)
-            except ManifestInvalidError as exc:
+            except (RegistryError, DigestMismatchError) as exc:
                 exc.add_note(f"{referrer_digest} is listed as a referrer of {digest}")
                 raise
             await add(listed_manifest)

@@ -30,7 +30,12 @@ from ecrstream.errors import (
     RegistryError,
     RegistryNotFoundError,
 )
-from ecrstream.models import BatchGetImageRequest, GetDownloadUrlForLayerRequest
+from ecrstream.models import (
+    BatchGetImageRequest,
+    BatchGetImageResponse,
+    GetDownloadUrlForLayerRequest,
+    Image,
+)
 from ecrstream.registry.auth import redacted_url
 from ecrstream.registry.blob import BlobReader
 from ecrstream.registry.client import DEFAULT_REGISTRY_RETRY, RegistryClient
@@ -150,13 +155,13 @@ class RegistrySource:
 
     async def manifest(self, reference: str, token: CancellationToken) -> Manifest:
         """The manifest by tag or digest, from the registry."""
+        return await self._client.get_manifest(self._named(reference), cancellation_token=token)
+
+    def _named(self, reference: str) -> ImageReference:
         ref = self._reference
-        pinned = (
-            ImageReference(ref.registry, ref.repository, digest=reference)
-            if reference.startswith("sha256:")
-            else ImageReference(ref.registry, ref.repository, tag=reference)
-        )
-        return await self._client.get_manifest(pinned, cancellation_token=token)
+        if reference.startswith("sha256:"):
+            return ImageReference(ref.registry, ref.repository, digest=reference)
+        return ImageReference(ref.registry, ref.repository, tag=reference)
 
     async def open_blob(
         self, digest: str, size: int, offset: int, token: CancellationToken
@@ -179,13 +184,16 @@ class RegistrySource:
         return tuple(entry.digest for entry in found)
 
     async def tagged(self, tags: Sequence[str], token: CancellationToken) -> dict[str, Manifest]:
-        """One manifest GET per tag; a 404 leaves the tag out."""
+        """A HEAD per tag (most are absent; Docker Hub does not count a HEAD as a pull), then
+        a GET of each one there; a 404 leaves the tag out."""
         found: dict[str, Manifest] = {}
         for tag in tags:
+            if not await self._client.has_manifest(self._named(tag), cancellation_token=token):
+                continue
             try:
                 found[tag] = await self.manifest(tag, token)
             except RegistryNotFoundError:
-                continue
+                continue  # removed between the HEAD and the GET
         return found
 
     async def aclose(self) -> None:
@@ -293,29 +301,10 @@ class EcrSource:
 
     async def manifest(self, reference: str, token: CancellationToken) -> Manifest:
         """BatchGetImage of one tag or digest; its bytes hashed and checked."""
-        response = await self._client.batch_get_image(
-            BatchGetImageRequest(
-                repository_name=self.repository_name,
-                image_ids=(reference,),
-                accepted_media_types=ACCEPTED_MEDIA_TYPES,
-                registry_id=self.registry_id,
-            ),
-            token,
-        )
+        response = await self._batch_get_image((reference,), token)
         for image in response.images:
-            if image.image_manifest is None:
-                continue
-            data = image.image_manifest.encode()
-            digest = "sha256:" + hashlib.sha256(data).hexdigest()
-            for expected in (image.image_digest, reference):
-                if expected is not None and expected.startswith("sha256:") and expected != digest:
-                    raise DigestMismatchError(
-                        f"{self.description}: the manifest BatchGetImage returned for"
-                        f" {reference} hashes to {digest}, not {expected}",
-                        expected=expected,
-                        actual=digest,
-                    )
-            return Manifest(digest, media_type_of(data, image.image_manifest_media_type), data)
+            if image.image_manifest is not None:
+                return self._checked(image, image.image_manifest, reference)
         reasons = "; ".join(
             f"{failure.get('failureCode')}: {failure.get('failureReason')}"
             for failure in response.failures
@@ -329,36 +318,56 @@ class EcrSource:
         return None
 
     async def tagged(self, tags: Sequence[str], token: CancellationToken) -> dict[str, Manifest]:
-        """One BatchGetImage of all ``tags``; those ECR does not find are left out."""
+        """One BatchGetImage of all ``tags``; those ECR does not have are left out.
+
+        Raises:
+            RegistryError: ECR could not read one of them for another reason than its absence
+                (KmsError, a pull-through cache's upstream failing...): a referrer may be there.
+            DigestMismatchError: a manifest that does not hash to the digest ECR gave.
+        """
         if not tags:
             return {}
-        response = await self._client.batch_get_image(
+        response = await self._batch_get_image(tuple(tags), token)
+        for failure in response.failures:
+            if failure.get("failureCode") != "ImageNotFound":
+                tag = (failure.get("imageId") or {}).get("imageTag", "?")
+                raise RegistryError(
+                    f"{self.description}: BatchGetImage could not read tag {tag}"
+                    f" ({failure.get('failureCode')}: {failure.get('failureReason')})"
+                )
+        found: dict[str, Manifest] = {}
+        for image in response.images:
+            tag = image.image_tag
+            if image.image_manifest is not None and tag is not None and tag in tags:
+                found[tag] = self._checked(image, image.image_manifest, tag)
+        return found
+
+    async def _batch_get_image(
+        self, image_ids: tuple[str, ...], token: CancellationToken
+    ) -> BatchGetImageResponse:
+        return await self._client.batch_get_image(
             BatchGetImageRequest(
                 repository_name=self.repository_name,
-                image_ids=tuple(tags),
+                image_ids=image_ids,
                 accepted_media_types=ACCEPTED_MEDIA_TYPES,
                 registry_id=self.registry_id,
             ),
             token,
         )
-        found: dict[str, Manifest] = {}
-        for image in response.images:
-            tag = image.image_tag
-            if image.image_manifest is None or tag is None or tag not in tags:
-                continue
-            data = image.image_manifest.encode()
-            digest = "sha256:" + hashlib.sha256(data).hexdigest()
-            if image.image_digest is not None and image.image_digest != digest:
+
+    def _checked(self, image: Image, manifest: str, reference: str) -> Manifest:
+        """``image``'s manifest, its digest checked against ECR's and a digest reference."""
+        data = manifest.encode()
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        for expected in (image.image_digest, reference):
+            if expected is not None and expected.startswith("sha256:") and expected != digest:
                 raise DigestMismatchError(
                     f"{self.description}: the manifest BatchGetImage returned for"
-                    f" {tag} hashes to {digest}, not {image.image_digest}",
-                    expected=image.image_digest,
+                    f" {reference} hashes to {digest}, not {expected}",
+                    expected=expected,
                     actual=digest,
                 )
-            found[tag] = Manifest(
-                digest, media_type_of(data, image.image_manifest_media_type), data
-            )
-        return found
+        return Manifest(digest, media_type_of(data, image.image_manifest_media_type), data)
 
     async def open_blob(
         self, digest: str, size: int, offset: int, token: CancellationToken

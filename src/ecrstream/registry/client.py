@@ -19,6 +19,7 @@ from ecrstream.errors import (
     DigestMismatchError,
     InvalidArgumentError,
     ManifestInvalidError,
+    RegistryError,
     RegistryNotFoundError,
 )
 from ecrstream.registry.auth import redacted_url
@@ -157,15 +158,7 @@ class RegistryClient:
                 the registry's answer, after the retries.
             OperationCanceledError: the token was canceled.
         """
-        if not isinstance(reference, ImageReference):
-            raise InvalidArgumentError("reference", "must be an ImageReference")
-        if reference.registry != self.registry:
-            raise InvalidArgumentError(
-                "reference",
-                f"is in registry {reference.registry!r}; this client reads {self.registry!r}",
-            )
-        path = f"/v2/{reference.repository}/manifests/{reference.manifest_reference}"
-        scope = f"repository:{reference.repository}:pull"
+        path, scope = self._manifest_path(reference)
         async with cancellation_scope(cancellation_token):
             attempts = Attempts(self._retry, cancellation_token)
             while True:
@@ -184,6 +177,51 @@ class RegistryClient:
                 )
         return Manifest(digest, media_type_of(data, content_type), data)
 
+    async def has_manifest(
+        self,
+        reference: ImageReference,
+        *,
+        cancellation_token: CancellationToken = CancellationToken.NONE,
+    ) -> bool:
+        """Whether the registry has the manifest ``reference`` names: one HEAD, no body.
+
+        For looking up tags that are mostly absent (cosign's, the referrers tag schema's):
+        Docker Hub counts a manifest GET against its pull rate limit, not a HEAD.
+
+        Raises:
+            InvalidArgumentError: ``reference`` is not an ImageReference of this registry.
+            RegistryAuthError, RegistryConnectionError, RegistryError: the registry's answer
+                (other than 404), after the retries.
+            OperationCanceledError: the token was canceled.
+        """
+        path, scope = self._manifest_path(reference)
+        async with cancellation_scope(cancellation_token):
+            attempts = Attempts(self._retry, cancellation_token)
+            while True:
+                try:
+                    response = await self._transport.send(
+                        "HEAD", path, scope=scope, headers={"Accept": _ACCEPT}
+                    )
+                except RegistryNotFoundError:
+                    return False
+                except TransientFault as fault:
+                    await attempts.failed(fault)
+                    continue
+                response.release()
+                return response.status == 200
+
+    def _manifest_path(self, reference: object) -> tuple[str, str]:
+        """The manifest path of ``reference`` and its pull scope; checks it is ours."""
+        if not isinstance(reference, ImageReference):
+            raise InvalidArgumentError("reference", "must be an ImageReference")
+        if reference.registry != self.registry:
+            raise InvalidArgumentError(
+                "reference",
+                f"is in registry {reference.registry!r}; this client reads {self.registry!r}",
+            )
+        path = f"/v2/{reference.repository}/manifests/{reference.manifest_reference}"
+        return path, f"repository:{reference.repository}:pull"
+
     async def get_referrers(
         self,
         repository: str,
@@ -194,70 +232,103 @@ class RegistryClient:
         """The manifests that refer to ``digest`` (OCI 1.1 referrers API), or None without it.
 
         ``GET /v2/<repository>/referrers/<digest>``: the answer is an OCI image index whose
-        ``manifests`` are the referrers' descriptors (pages linked by ``Link: <...>;
-        rel="next"`` are followed). None means the registry lacks the API: it answered 404
-        (a registry with the API never does) or something that is not an image index; then
-        the referrers tag schema (tag ``sha256-<hex>``) is where to look.
+        ``manifests`` are the referrers' descriptors, each digest once. Pages linked by
+        ``Link: <URL>; rel="next"`` (relative or absolute) are followed on this registry
+        only; a link back to a page already read ends the list. None means the registry
+        lacks the API: its first answer is a 404 (a registry with the API never answers
+        one) or something that is not an image index; then the referrers tag schema (tag
+        ``sha256-<hex>``) is where to look. A 200 with an empty index is the API's answer:
+        no referrers (the tag schema is then not looked at).
 
         Raises:
             InvalidArgumentError: a bad repository or digest (named).
-            RegistryAuthError, RegistryConnectionError, RegistryError: the registry's answer,
-                after the retries.
+            ManifestInvalidError: a page over ``max_manifest_size``, or a later page that is
+                no image index.
+            RegistryError: a next page on another host (not asked: the credentials are this
+                registry's), more than 100 pages, or a later page that is a 404.
+            RegistryAuthError, RegistryConnectionError: the registry's answer, after the
+                retries.
             OperationCanceledError: the token was canceled.
         """
-        if not isinstance(repository, str):
-            raise InvalidArgumentError("repository", "must be a string")
-        check_repository("repository", repository)
-        if not isinstance(digest, str):
-            raise InvalidArgumentError("digest", "must be a string")
-        check_digest("digest", digest)
+        _check_repository_and_digest(repository, digest)
         path: str | None = f"/v2/{repository}/referrers/{digest}"
         scope = f"repository:{repository}:pull"
-        found: list[IndexChild] = []
-        pages = 0
+        what = f"the referrers list of {digest} in {self.registry}/{repository}"
+        found: dict[str, IndexChild] = {}
+        visited: set[str] = set()
         async with cancellation_scope(cancellation_token):
-            while path is not None and pages < _MAX_REFERRER_PAGES:
-                pages += 1
+            while path is not None:
+                if path in visited:
+                    break  # a Link back to a page already read: every page is in
+                if len(visited) == _MAX_REFERRER_PAGES:
+                    raise RegistryError(
+                        f"{what} has more than {_MAX_REFERRER_PAGES} pages (Link rel=next);"
+                        " ecrstream stops there rather than copy only some referrers"
+                    )
+                first = not visited
+                visited.add(path)
                 attempts = Attempts(self._retry, cancellation_token)
                 while True:
                     try:
-                        data, content_type, _, _, link = await self._fetch(
+                        data, content_type, _, where, link = await self._fetch(
                             path, scope, accept=OCI_INDEX
                         )
                         break
                     except RegistryNotFoundError:
-                        return None
+                        if first:
+                            return None  # the spec's sign of a registry without the API
+                        raise
                     except ManifestInvalidError as exc:
-                        if exc.status == 200:
-                            raise  # over the size limit: a real answer, too big
-                        return None  # 2xx other than 200: not the API's answer
+                        if exc.status != 200 and first:
+                            return None  # 2xx other than 200: not the API's answer
+                        # Over the size limit (a real answer, too big), or a later page
+                        # that is no answer of the API.
+                        raise ManifestInvalidError(
+                            f"{what}: {exc}", status=exc.status, url=exc.url
+                        ) from None
                     except TransientFault as fault:
                         await attempts.failed(fault)
                 try:
                     page = Manifest("", media_type_of(data, content_type), data)
                     entries = index_children(page)
-                except ManifestInvalidError:
-                    return None
-                found.extend(e for e in entries if e not in found)
-                path = self._next_page(link)
-        return tuple(found)
+                except ManifestInvalidError as exc:
+                    if first:
+                        return None  # not an image index: not the referrers API
+                    raise ManifestInvalidError(
+                        f"{what}: the page at {where} is not an image index ({exc})",
+                        status=200,
+                        url=where,
+                    ) from None
+                for entry in entries:
+                    found.setdefault(entry.digest, entry)
+                path = self._next_page(link, what)
+        return tuple(found.values())
 
-    def _next_page(self, link: str | None) -> str | None:
-        """The path (and query) of a ``Link: <URL>; rel="next"`` on this registry, or None."""
+    def _next_page(self, link: str | None, what: str) -> str | None:
+        """The path (and query) of a ``Link: <URL>; rel="next"`` on this registry, or None.
+
+        Raises:
+            RegistryError: the next page is on another host (or scheme, or port): it is not
+                asked, as it would be with this registry's credentials.
+        """
         from yarl import URL
 
-        if not link:
+        target = _next_link(link)
+        if target is None:
             return None
-        for part in link.split(","):
-            target, _, params = part.partition(";")
-            target = target.strip()
-            if "next" not in params or not (target.startswith("<") and target.endswith(">")):
-                continue
-            url = URL(self._transport.base_url).join(URL(target[1:-1]))
-            if url.origin() != URL(self._transport.base_url).origin():
-                return None  # only this registry is asked, with its credentials
-            return url.path_qs
-        return None
+        base = URL(self._transport.base_url)
+        try:
+            url = base.join(URL(target))
+        except ValueError:
+            # Not echoed: a URL's query may carry a token.
+            raise RegistryError(f"{what}: its Link header's next page is no URL") from None
+        if url.origin() != base.origin():
+            raise RegistryError(
+                f"{what}: its next page is on another host ({redacted_url(str(url.origin()))});"
+                " ecrstream does not follow it (this registry's credentials stay with it)",
+                url=redacted_url(str(url)),
+            )
+        return url.path_qs
 
     async def _fetch(
         self, path: str, scope: str, *, accept: str = _ACCEPT
@@ -329,12 +400,7 @@ class RegistryClient:
                 RegistryError: the registry's answer, after the retries.
             OperationCanceledError: the token was canceled.
         """
-        if not isinstance(repository, str):
-            raise InvalidArgumentError("repository", "must be a string")
-        check_repository("repository", repository)
-        if not isinstance(digest, str):
-            raise InvalidArgumentError("digest", "must be a string")
-        check_digest("digest", digest)
+        _check_repository_and_digest(repository, digest)
         if not isinstance(size, int) or isinstance(size, bool) or size < 0:
             raise InvalidArgumentError("size", "must be an integer >= 0 (bytes)")
         if not isinstance(offset, int) or isinstance(offset, bool) or not 0 <= offset <= size:
@@ -348,3 +414,41 @@ class RegistryClient:
             await reader.aclose()
             raise
         return reader
+
+
+def _check_repository_and_digest(repository: object, digest: object) -> None:
+    if not isinstance(repository, str):
+        raise InvalidArgumentError("repository", "must be a string")
+    check_repository("repository", repository)
+    if not isinstance(digest, str):
+        raise InvalidArgumentError("digest", "must be a string")
+    check_digest("digest", digest)
+
+
+def _next_link(link: str | None) -> str | None:
+    """The URL (as written) of the ``rel="next"`` link of a Link header (RFC 8288), or None.
+
+    ``<URL>; rel="next"`` (the relation quoted or not, possibly among others: ``rel="next
+    last"``); commas inside ``<...>`` belong to the URL.
+    """
+    if not link:
+        return None
+    rest = link
+    while True:
+        start = rest.find("<")
+        end = rest.find(">", start + 1)
+        if start < 0 or end < 0:
+            return None
+        target = rest[start + 1 : end].strip()
+        following = rest[end + 1 :]
+        upto = following.find("<")
+        params = following if upto < 0 else following[:upto]
+        for param in params.split(";"):
+            name, _, value = param.strip().partition("=")
+            if name.strip().lower() == "rel":
+                relations = value.strip().strip(",").strip().strip('"').lower().split()
+                if "next" in relations:
+                    return target
+        if upto < 0:
+            return None
+        rest = following[upto:]
