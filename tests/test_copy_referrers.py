@@ -16,23 +16,19 @@ import uuid
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import anyio
 import anyio.to_thread
 import pytest
 from cli_run import assert_clean, cli, error_line, make_env, on
+from helpers import assert_image_in_ecr, assert_no_byte_sent_twice, ecr_reader, repo_name
 from lying_ecr import Exchange, LyingEcr, Reply
 from registry_fixtures import Fault, FaultProxy, RegistryServer, SeededImage, Seeder, sha256_digest
-from test_copy import (
-    assert_image_in_ecr,
-    assert_no_byte_sent_twice,
-    ecr_reader,
-    repo_name,
-)
 
 from ecrstream.cancellation import CancellationTokenSource
 from ecrstream.client import EcrClient
-from ecrstream.copy import CopyCanceledError, copy_image
+from ecrstream.copy import CopyCanceledError, CopyImageResult, copy_image
 from ecrstream.copy.referrers import MAX_REFERRER_DEPTH, REFERRERS_NOTE, referrers_notes
 from ecrstream.errors import (
     InvalidArgumentError,
@@ -183,6 +179,20 @@ def referrer_requests(proxy: FaultProxy) -> list[str]:
     ]
 
 
+async def copy_with_referrers(
+    client: EcrClient, source_host: str, name: str, repository: str, tag: str = "v1", **options: Any
+) -> CopyImageResult:
+    """copy_image of ``source_host/name:tag`` (plain HTTP) into ``repository``, with referrers."""
+    return await copy_image(
+        client,
+        f"{source_host}/{name}:{tag}",
+        repository,
+        plain_http=True,
+        with_referrers=True,
+        **options,
+    )
+
+
 # -- the tag schema (distribution 2.8 has no referrers API) ----------------------------------------
 
 
@@ -238,9 +248,7 @@ async def test_no_referrers_copies_nothing_more_and_asks_the_api_once(
     name = repo_name()
     index = seeder.push_index(name, "v1", (("linux", "amd64", None), ("linux", "arm64", "v8")))
 
-    result = await copy_image(
-        client, f"{fault_proxy.host}/{name}:v1", repository, plain_http=True, with_referrers=True
-    )
+    result = await copy_with_referrers(client, fault_proxy.host, name, repository)
 
     assert result.manifest_digest == index.digest
     assert result.referrer_digests == ()
@@ -385,9 +393,7 @@ async def test_cosign_tags_are_copied_and_tagged_again(
         seeder, name, None, SIGNATURE, b"sig of att", tag=f"{schema_tag(att.digest)}.sig"
     )
 
-    result = await copy_image(
-        client, f"{anon_registry.host}/{name}:v1", repository, plain_http=True, with_referrers=True
-    )
+    result = await copy_with_referrers(client, anon_registry.host, name, repository)
 
     assert result.referrer_digests == (sig.digest, att.digest, att_sig.digest)
     async with await ecr_reader(ecr, client) as reader:
@@ -420,9 +426,7 @@ async def test_an_index_referrer_brings_its_manifests(
     index = Seeded(SeededImage(name, None, OCI_INDEX, data, index_digest, {}, ()), ATTESTATION, "")
     push_tag_index(seeder, name, image.digest, [index])
 
-    result = await copy_image(
-        client, f"{anon_registry.host}/{name}:v1", repository, plain_http=True, with_referrers=True
-    )
+    result = await copy_with_referrers(client, anon_registry.host, name, repository)
 
     assert result.referrer_digests == (parts[0].digest, parts[1].digest, index_digest)
     async with await ecr_reader(ecr, client) as reader:
@@ -452,9 +456,7 @@ async def test_a_cycle_of_tag_indexes_ends(
     as_referrer = Seeded(image, SIGNATURE, None)
     push_tag_index(seeder, name, second.digest, [first, second, as_referrer])
 
-    result = await copy_image(
-        client, f"{anon_registry.host}/{name}:v1", repository, plain_http=True, with_referrers=True
-    )
+    result = await copy_with_referrers(client, anon_registry.host, name, repository)
 
     assert result.referrer_digests == (first.digest, second.digest)
     assert len([r for r in ecr.requests("PutImage") if r.status == 200]) == 3
@@ -474,9 +476,7 @@ async def test_referrers_are_followed_down_to_the_depth_limit(
         chain.append(referrer)
         parent = referrer
 
-    result = await copy_image(
-        client, f"{anon_registry.host}/{name}:v1", repository, plain_http=True, with_referrers=True
-    )
+    result = await copy_with_referrers(client, anon_registry.host, name, repository)
 
     assert result.referrer_digests == tuple(r.digest for r in chain[:MAX_REFERRER_DEPTH])
     async with await ecr_reader(ecr, client) as reader:
@@ -570,13 +570,8 @@ async def test_a_stop_while_looking_for_referrers_resumes(
 
     async def run() -> None:
         try:
-            await copy_image(
-                client,
-                f"{fault_proxy.host}/{name}:v1",
-                repository,
-                plain_http=True,
-                with_referrers=True,
-                cancellation_token=source.token,
+            await copy_with_referrers(
+                client, fault_proxy.host, name, repository, cancellation_token=source.token
             )
         except CopyCanceledError as error:
             caught.append(error)
@@ -591,14 +586,7 @@ async def test_a_stop_while_looking_for_referrers_resumes(
     assert set(image.blobs) <= set(stopped.committed_digests)
     fault_proxy.reset()
 
-    result = await copy_image(
-        client,
-        f"{fault_proxy.host}/{name}:v1",
-        repository,
-        plain_http=True,
-        with_referrers=True,
-        resume=stopped,
-    )
+    result = await copy_with_referrers(client, fault_proxy.host, name, repository, resume=stopped)
 
     assert result.referrer_digests == (signature.digest,)
     assert result.blobs_skipped == len(image.blobs)
