@@ -234,6 +234,31 @@ def _add_upload_layer(commands: argparse._SubParsersAction[_Parser]) -> None:
     _add_output_options(upload)
 
 
+def _add_image_target(command: argparse.ArgumentParser) -> None:
+    """Where push and copy put the image: ``--repository`` and ``--tag``s."""
+    command.add_argument("--repository", required=True, metavar="NAME", help="ECR repository")
+    command.add_argument(
+        "--tag", action="append", default=[], metavar="TAG", help="image tag (repeatable)"
+    )
+
+
+def _add_concurrency_options(group: argparse._ArgumentGroup, what: str) -> None:
+    """push's and copy's ``--max-concurrent-layers`` (``what`` go at once) and ``--part-size``."""
+    group.add_argument(
+        "--max-concurrent-layers",
+        type=_positive_int_argument,
+        default=4,
+        metavar="N",
+        help=f"{what} uploaded at once (default 4)",
+    )
+    group.add_argument(
+        "--part-size",
+        type=_part_size_argument,
+        metavar="SIZE",
+        help="bytes per part, 5MiB to 20MiB (default: the partSize ECR returns, 10 MiB)",
+    )
+
+
 def _add_push(commands: argparse._SubParsersAction[_Parser]) -> None:
     push = _subcommand(
         commands,
@@ -245,25 +270,10 @@ def _add_push(commands: argparse._SubParsersAction[_Parser]) -> None:
     push.add_argument(
         "source", metavar="SOURCE", help="OCI image layout (folder or tar) or docker save archive"
     )
-    push.add_argument("--repository", required=True, metavar="NAME", help="ECR repository")
-    push.add_argument(
-        "--tag", action="append", default=[], metavar="TAG", help="image tag (repeatable)"
-    )
+    _add_image_target(push)
     _add_aws_options(push)
     options = push.add_argument_group("push")
-    options.add_argument(
-        "--max-concurrent-layers",
-        type=_positive_int_argument,
-        default=4,
-        metavar="N",
-        help="layers uploaded at once (default 4)",
-    )
-    options.add_argument(
-        "--part-size",
-        type=_part_size_argument,
-        metavar="SIZE",
-        help="bytes per part, 5MiB to 20MiB (default: the partSize ECR returns, 10 MiB)",
-    )
+    _add_concurrency_options(options, "layers")
     options.add_argument(
         "--image-ref",
         metavar="REF",
@@ -290,10 +300,7 @@ def _add_copy(commands: argparse._SubParsersAction[_Parser]) -> None:
     copy.add_argument(
         "source", metavar="SOURCE", help="image reference (host/repo:tag or host/repo@sha256:...)"
     )
-    copy.add_argument("--repository", required=True, metavar="NAME", help="ECR repository")
-    copy.add_argument(
-        "--tag", action="append", default=[], metavar="TAG", help="image tag (repeatable)"
-    )
+    _add_image_target(copy)
     copy.add_argument(
         "--platform",
         action="append",
@@ -346,19 +353,7 @@ def _add_copy(commands: argparse._SubParsersAction[_Parser]) -> None:
         help="also copy the signatures, SBOMs and attestations that refer to the image (the"
         " referrers API, else the sha256-<hex> tag; cosign's .sig/.att/.sbom tags too)",
     )
-    options.add_argument(
-        "--max-concurrent-layers",
-        type=_positive_int_argument,
-        default=4,
-        metavar="N",
-        help="blobs uploaded at once (default 4)",
-    )
-    options.add_argument(
-        "--part-size",
-        type=_part_size_argument,
-        metavar="SIZE",
-        help="bytes per part, 5MiB to 20MiB (default: the partSize ECR returns, 10 MiB)",
-    )
+    _add_concurrency_options(options, "blobs")
     options.add_argument(
         "--timeout",
         type=_timeout_argument,
