@@ -7,6 +7,11 @@ API path runs through the fault proxy, a real HTTP server on 127.0.0.1 in front 
 registry, answering ``/v2/<name>/referrers/<digest>`` with the index of the seeded referrers
 whose ``subject`` is that digest (everything else is forwarded to the registry). Each copy
 is read back from the local ECR's registry API, byte for byte, ``subject`` included.
+
+An ECR source (the local ECR, filled by a first copy) is asked on its registry endpoint's
+referrers API, which the local ECR serves as ECR does; the cases where that endpoint has no
+such API, refuses the login or needs a CA bundle point GetAuthorizationToken's
+``proxyEndpoint`` elsewhere (``LyingEcr``): a fault proxy answering 404, the TLS registry.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from registry_fixtures import (
     RegistryServer,
     SeededImage,
     Seeder,
+    StorageServer,
     sha256_digest,
 )
 
@@ -43,6 +49,7 @@ from ecrstream.errors import (
     InvalidArgumentError,
     ManifestInvalidError,
     RegistryAuthError,
+    RegistryConnectionError,
     RegistryError,
     RegistryNotFoundError,
 )
@@ -801,6 +808,52 @@ async def test_from_ecr_a_refused_login_is_a_registry_auth_error_without_the_pas
     assert not [secret for secret in secrets if secret in shown]
     async with await ecr_reader(ecr, client) as reader:
         await assert_image_in_ecr(reader, repository, f"@{image.digest}", image)
+
+
+async def test_from_ecr_the_registry_endpoints_tls_is_checked_as_the_sources(
+    anon_registry: RegistryServer,
+    basic_registry: tuple[RegistryServer, StorageServer],
+    ecr: LocalEcr,
+    client: EcrClient,
+    repository: str,
+) -> None:
+    # An HTTPS endpoint whose certificate only the test CA vouches for: the TLS registry
+    # (distribution 2.8, which answers the referrers route 404 before any auth).
+    tls, _ = basic_registry
+    middle, image, _, _, cosign, decoy = await seed_ecr_source(anon_registry, ecr, client)
+    with LyingEcr(ecr) as liar:
+        liar.lie(
+            "GetAuthorizationToken",
+            login_lie(lambda login: login.update(proxyEndpoint=tls.base_url)),
+            forward=True,
+        )
+        async with EcrClient.create(**liar.client_kwargs()) as lying:
+            with pytest.raises(RegistryConnectionError) as caught:
+                await copy_image(
+                    client,
+                    ecr_source_ecr(middle, ecr),
+                    repository,
+                    source_client=lying,
+                    with_referrers=True,
+                )
+            result = await copy_image(
+                client,
+                ecr_source_ecr(middle, ecr),
+                repository,
+                source_client=lying,
+                verify=tls.ca,
+                with_referrers=True,
+            )
+
+    assert liar.told == 2
+    assert f"TLS with https://{tls.host}" in str(caught.value)
+    assert referrers_notes(caught.value)  # the image went in first
+    # Trusted with the CA bundle; its 404 falls back to the tag schema, whose index in the
+    # source lists v2 (the decoy: only a tag schema lookup takes it for a referrer).
+    assert result.referrer_digests == (decoy.digest, cosign.digest)
+    async with await ecr_reader(ecr, client) as reader:
+        await assert_image_in_ecr(reader, repository, f"@{image.digest}", image)
+        await assert_image_in_ecr(reader, repository, f"@{decoy.digest}", decoy)
 
 
 async def test_from_ecr_a_tag_ecr_cannot_read_is_an_error_not_no_referrer(
