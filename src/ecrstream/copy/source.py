@@ -390,7 +390,10 @@ class EcrSource:
             raise RegistryAuthError(
                 f"{self.description}: GetAuthorizationToken's token is not base64 of USER:PASSWORD"
             )
-        endpoint = URL(login.proxy_endpoint)
+        try:
+            endpoint = URL(login.proxy_endpoint)
+        except ValueError:
+            endpoint = URL()
         if endpoint.scheme not in ("https", "http") or not endpoint.host:
             raise RegistryError(
                 f"{self.description}: GetAuthorizationToken's proxyEndpoint is no http(s) URL"
