@@ -7,13 +7,19 @@ API path runs through the fault proxy, a real HTTP server on 127.0.0.1 in front 
 registry, answering ``/v2/<name>/referrers/<digest>`` with the index of the seeded referrers
 whose ``subject`` is that digest (everything else is forwarded to the registry). Each copy
 is read back from the local ECR's registry API, byte for byte, ``subject`` included.
+
+An ECR source (the local ECR, filled by a first copy) is asked on its registry endpoint's
+referrers API, which the local ECR serves as ECR does; the cases where that endpoint has no
+such API, refuses the login or needs a CA bundle point GetAuthorizationToken's
+``proxyEndpoint`` elsewhere (``LyingEcr``): a fault proxy answering 404, the TLS registry.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import uuid
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +30,16 @@ import pytest
 from cli_run import assert_clean, cli, error_line, make_env, on
 from helpers import assert_image_in_ecr, assert_no_byte_sent_twice, ecr_reader, repo_name
 from lying_ecr import Exchange, LyingEcr, Reply
-from registry_fixtures import Fault, FaultProxy, RegistryServer, SeededImage, Seeder, sha256_digest
+from registry_fixtures import (
+    Fault,
+    FaultProxy,
+    LoopThread,
+    RegistryServer,
+    SeededImage,
+    Seeder,
+    StorageServer,
+    sha256_digest,
+)
 
 from ecrstream.cancellation import CancellationTokenSource
 from ecrstream.client import EcrClient
@@ -33,6 +48,8 @@ from ecrstream.copy.referrers import MAX_REFERRER_DEPTH, REFERRERS_NOTE, referre
 from ecrstream.errors import (
     InvalidArgumentError,
     ManifestInvalidError,
+    RegistryAuthError,
+    RegistryConnectionError,
     RegistryError,
     RegistryNotFoundError,
 )
@@ -597,19 +614,30 @@ async def test_a_stop_while_looking_for_referrers_resumes(
 # -- an ECR source ---------------------------------------------------------------------------------
 
 
-async def test_from_ecr_the_tag_schema_and_cosign_tags_through_batch_get_image(
-    anon_registry: RegistryServer, ecr: LocalEcr, client: EcrClient, repository: str
-) -> None:
+async def seed_ecr_source(
+    anon_registry: RegistryServer, ecr: LocalEcr, client: EcrClient
+) -> tuple[str, SeededImage, Seeded, Seeded, Seeded, SeededImage]:
+    """An ECR repository with an image (``v1``), its signature and a signature of that, both
+    untagged with ``subject`` (as notation pushes them), a cosign ``.sig``, and a decoy: a
+    ``sha256-<hex>`` tag schema index of the image that lists another image (``v2``), which
+    only a tag schema lookup would take for a referrer."""
     seeder = Seeder(anon_registry)
     name = repo_name()
     image = seeder.push_image(name, "v1", (70_000,))
-    signature = push_referrer(seeder, name, image, SIGNATURE, b"oci 1.1 signature")
+    decoy = seeder.push_image(name, "v2", (30_000,))
+    signature = push_referrer(seeder, name, image, SIGNATURE, b"notation signature")
+    countersigned = push_referrer(seeder, name, signature, SIGNATURE, b"countersignature")
     cosign = push_referrer(
         seeder, name, None, SIGNATURE, b"cosign", tag=f"{schema_tag(image.digest)}.sig"
     )
+    # distribution 2.8 has no referrers API: the first copy finds them by the tag schema.
     push_tag_index(seeder, name, image.digest, [signature])
+    push_tag_index(seeder, name, signature.digest, [countersigned])
     middle = f"ecr-src/{uuid.uuid4().hex[:10]}"
     ecr.create_repository(middle)
+    await copy_image(
+        client, f"{anon_registry.host}/{name}:v2", middle, tags=["v2"], plain_http=True
+    )
     first = await copy_image(
         client,
         f"{anon_registry.host}/{name}:v1",
@@ -618,27 +646,122 @@ async def test_from_ecr_the_tag_schema_and_cosign_tags_through_batch_get_image(
         plain_http=True,
         with_referrers=True,
     )
-    assert first.referrer_digests == (signature.digest, cosign.digest)
-    # ECR as a source finds referrers by tag: give it the tag schema's index too.
+    assert first.referrer_digests == (signature.digest, cosign.digest, countersigned.digest)
+    decoy_index = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_INDEX,
+            "manifests": [
+                {"mediaType": OCI_MANIFEST, "digest": decoy.digest, "size": len(decoy.manifest)}
+            ],
+        }
+    )
     await client.put_image(
         PutImageRequest(
             repository_name=middle,
-            image_manifest=referrers_index([signature]).decode(),
+            image_manifest=decoy_index,
+            image_manifest_media_type=OCI_INDEX,
+            image_tag=schema_tag(image.digest),
+        )
+    )
+    return middle, image, signature, countersigned, cosign, decoy
+
+
+def ecr_source_ecr(middle: str, ecr: LocalEcr) -> str:
+    return f"{ecr.registry_address}/{middle}:v1"
+
+
+async def test_from_ecr_untagged_referrers_through_its_registry_referrers_api(
+    anon_registry: RegistryServer, ecr: LocalEcr, client: EcrClient, repository: str
+) -> None:
+    middle, image, signature, countersigned, cosign, decoy = await seed_ecr_source(
+        anon_registry, ecr, client
+    )
+    ecr.reset()
+
+    result = await copy_image(
+        client, ecr_source_ecr(middle, ecr), repository, source_client=client, with_referrers=True
+    )
+
+    # From the referrers API (the countersignature a level below), then cosign's tag; the
+    # tag schema's index is not looked at (its decoy is not taken for a referrer).
+    assert result.referrer_digests == (signature.digest, cosign.digest, countersigned.digest)
+    assert len(ecr.requests("GetAuthorizationToken")) == 1  # one login for the whole copy
+    # Per manifest, one BatchGetImage of cosign's three tags; one more per referrer listed.
+    assert len(ecr.requests("BatchGetImage")) == 1 + 4 + 2
+    async with await ecr_reader(ecr, client) as reader:
+        await assert_image_in_ecr(reader, repository, f"@{image.digest}", image)
+        await assert_referrer_in_ecr(reader, repository, signature)
+        await assert_referrer_in_ecr(reader, repository, countersigned)
+        await assert_image_in_ecr(
+            reader, repository, f":{schema_tag(image.digest)}.sig", cosign.image
+        )
+        await assert_not_in_ecr(reader, repository, f"@{decoy.digest}")
+        # ECR lists the copies from their subjects, as the source did.
+        listed = await reader.get_referrers(repository, image.digest)
+    assert listed is not None
+    assert [entry.digest for entry in listed] == [signature.digest]
+
+
+def login_lie(change: Callable[[dict[str, Any]], None]) -> Callable[[Exchange], Reply | None]:
+    """A lie told after GetAuthorizationToken reached ECR: its answer's login changed."""
+
+    def lie(exchange: Exchange) -> Reply | None:
+        answer = exchange.answer or {}
+        for login in answer.get("authorizationData", []):
+            change(login)
+        return Reply(200, answer)
+
+    return lie
+
+
+async def test_from_ecr_without_the_referrers_api_the_tag_schema_and_cosign_tags(
+    anon_registry: RegistryServer,
+    ecr: LocalEcr,
+    client: EcrClient,
+    repository: str,
+    fixture_loop: LoopThread,
+) -> None:
+    middle, image, signature, countersigned, cosign, _ = await seed_ecr_source(
+        anon_registry, ecr, client
+    )
+    # As it was before ECR took OCI 1.1: a 404 to the referrers API. Its registry endpoint
+    # is behind a proxy that says so; GetAuthorizationToken points to the proxy.
+    proxy = FaultProxy(fixture_loop, ecr.endpoint_url)
+    proxy.add(Fault("status", where="/referrers/", status=404, times=100))
+    tag_index = referrers_index([signature])
+    await client.put_image(
+        PutImageRequest(
+            repository_name=middle,
+            image_manifest=tag_index.decode(),
             image_manifest_media_type=OCI_INDEX,
             image_tag=schema_tag(image.digest),
         )
     )
     ecr.reset()
+    try:
+        with LyingEcr(ecr) as liar:
+            liar.lie(
+                "GetAuthorizationToken",
+                login_lie(lambda login: login.update(proxyEndpoint=f"http://{proxy.host}")),
+                forward=True,
+            )
+            async with EcrClient.create(**liar.client_kwargs()) as lying:
+                result = await copy_image(
+                    client,
+                    ecr_source_ecr(middle, ecr),
+                    repository,
+                    source_client=lying,
+                    with_referrers=True,
+                )
+    finally:
+        fixture_loop.run(proxy.close())
 
-    result = await copy_image(
-        client,
-        f"{ecr.registry_address}/{middle}:v1",
-        repository,
-        source_client=client,
-        with_referrers=True,
-    )
-
+    # The tag schema's index (the signature), cosign's tag; not the countersignature, which
+    # only the referrers API lists (the signature has no tag schema index in ECR).
     assert result.referrer_digests == (signature.digest, cosign.digest)
+    assert [r.path for r in proxy.requests] == [f"/v2/{middle}/referrers/{image.digest}"]
+    assert liar.told == 1
     # Per manifest, one BatchGetImage for all four tags; one more per referrer by digest.
     gets = ecr.requests("BatchGetImage")
     assert len(gets) == 1 + 3 + 1  # the image; its tags, the signature's, cosign's; signature
@@ -647,6 +770,90 @@ async def test_from_ecr_the_tag_schema_and_cosign_tags_through_batch_get_image(
         await assert_image_in_ecr(
             reader, repository, f":{schema_tag(image.digest)}.sig", cosign.image
         )
+        await assert_not_in_ecr(reader, repository, f"@{countersigned.digest}")
+
+
+async def test_from_ecr_a_refused_login_is_a_registry_auth_error_without_the_password(
+    anon_registry: RegistryServer, ecr: LocalEcr, client: EcrClient, repository: str
+) -> None:
+    middle, image, *_ = await seed_ecr_source(anon_registry, ecr, client)
+    wrong = "not-the-password-" + uuid.uuid4().hex
+    token = base64.b64encode(f"AWS:{wrong}".encode()).decode()
+    real = (await client.get_authorization_token()).authorization_data[0].authorization_token
+    ecr.reset()
+
+    with LyingEcr(ecr) as liar:
+        liar.lie(
+            "GetAuthorizationToken",
+            login_lie(lambda login: login.update(authorizationToken=token)),
+            forward=True,
+        )
+        async with EcrClient.create(**liar.client_kwargs()) as lying:
+            with pytest.raises(RegistryAuthError) as caught:
+                await copy_image(
+                    client,
+                    ecr_source_ecr(middle, ecr),
+                    repository,
+                    source_client=lying,
+                    with_referrers=True,
+                )
+
+    text = str(caught.value)
+    assert "refused the login GetAuthorizationToken gave" in text, text
+    assert ecr.registry_address in text
+    assert caught.value.status == 401
+    assert referrers_notes(caught.value)  # the image itself went in first
+    shown = "\n".join([text, repr(caught.value), *referrers_notes(caught.value)])
+    secrets = (wrong, token, real, base64.b64decode(real).decode().partition(":")[2])
+    assert not [secret for secret in secrets if secret in shown]
+    async with await ecr_reader(ecr, client) as reader:
+        await assert_image_in_ecr(reader, repository, f"@{image.digest}", image)
+
+
+async def test_from_ecr_the_registry_endpoints_tls_is_checked_as_the_sources(
+    anon_registry: RegistryServer,
+    basic_registry: tuple[RegistryServer, StorageServer],
+    ecr: LocalEcr,
+    client: EcrClient,
+    repository: str,
+) -> None:
+    # An HTTPS endpoint whose certificate only the test CA vouches for: the TLS registry
+    # (distribution 2.8, which answers the referrers route 404 before any auth).
+    tls, _ = basic_registry
+    middle, image, _, _, cosign, decoy = await seed_ecr_source(anon_registry, ecr, client)
+    with LyingEcr(ecr) as liar:
+        liar.lie(
+            "GetAuthorizationToken",
+            login_lie(lambda login: login.update(proxyEndpoint=tls.base_url)),
+            forward=True,
+        )
+        async with EcrClient.create(**liar.client_kwargs()) as lying:
+            with pytest.raises(RegistryConnectionError) as caught:
+                await copy_image(
+                    client,
+                    ecr_source_ecr(middle, ecr),
+                    repository,
+                    source_client=lying,
+                    with_referrers=True,
+                )
+            result = await copy_image(
+                client,
+                ecr_source_ecr(middle, ecr),
+                repository,
+                source_client=lying,
+                verify=tls.ca,
+                with_referrers=True,
+            )
+
+    assert liar.told == 2
+    assert f"TLS with https://{tls.host}" in str(caught.value)
+    assert referrers_notes(caught.value)  # the image went in first
+    # Trusted with the CA bundle; its 404 falls back to the tag schema, whose index in the
+    # source lists v2 (the decoy: only a tag schema lookup takes it for a referrer).
+    assert result.referrer_digests == (decoy.digest, cosign.digest)
+    async with await ecr_reader(ecr, client) as reader:
+        await assert_image_in_ecr(reader, repository, f"@{image.digest}", image)
+        await assert_image_in_ecr(reader, repository, f"@{decoy.digest}", decoy)
 
 
 async def test_from_ecr_a_tag_ecr_cannot_read_is_an_error_not_no_referrer(

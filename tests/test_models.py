@@ -8,10 +8,12 @@ would reach the proxy (and come back as a service error, not a ValueError).
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import hashlib
 import json
 import re
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -31,6 +33,7 @@ from ecrstream.models import (
     BatchCheckLayerAvailabilityResponse,
     BatchGetImageRequest,
     CompleteLayerUploadRequest,
+    GetAuthorizationTokenRequest,
     Image,
     InitiateLayerUploadRequest,
     InitiateLayerUploadResponse,
@@ -285,6 +288,41 @@ async def test_registry_id_must_be_12_digits(
 def test_registry_id_may_be_12_digits_or_none() -> None:
     assert InitiateLayerUploadRequest("repo", "000000000000").registry_id == "000000000000"
     assert InitiateLayerUploadRequest("repo").registry_id is None
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("registry_ids", "field"),
+    [
+        (("12345678901",), "registry_ids[0]"),
+        (("123456789012", "x"), "registry_ids[1]"),
+        ("123456789012", "registry_ids"),
+        ((None,), "registry_ids[0]"),
+    ],
+    ids=["11 digits", "second not digits", "a string", "none"],
+)
+async def test_authorization_token_registry_ids_must_be_12_digits(
+    ecr: LocalEcr, client: EcrClient, repository: str, registry_ids: Any, field: str
+) -> None:
+    def send(client: EcrClient, repository: str) -> Awaitable[object]:
+        return client.get_authorization_token(GetAuthorizationTokenRequest(registry_ids))
+
+    await assert_refused_before_sending(ecr, client, repository, send, field, "account id")
+
+
+@pytest.mark.anyio
+async def test_authorization_token_gives_the_registry_and_a_login_its_repr_hides(
+    ecr: LocalEcr, client: EcrClient
+) -> None:
+    for request in (None, GetAuthorizationTokenRequest(("123456789012",))):
+        answer = await client.get_authorization_token(request)
+        [login] = answer.authorization_data
+        assert login.proxy_endpoint == ecr.endpoint_url
+        assert base64.b64decode(login.authorization_token).startswith(b"AWS:")
+        assert login.expires_at is not None
+        assert login.expires_at > time.time()
+        assert login.authorization_token not in repr(answer)
+    assert [r.operation for r in ecr.requests()] == [Operation.GET_AUTHORIZATION_TOKEN] * 2
 
 
 # -- upload id: UUID form --------------------------------------------------------------------

@@ -63,12 +63,15 @@ from ecrstream.cancellation import (
 from ecrstream.errors import EcrServiceError, InvalidArgumentError, map_botocore_errors
 from ecrstream.models import (
     MAX_PART_SIZE,
+    AuthorizationData,
     BatchCheckLayerAvailabilityRequest,
     BatchCheckLayerAvailabilityResponse,
     BatchGetImageRequest,
     BatchGetImageResponse,
     CompleteLayerUploadRequest,
     CompleteLayerUploadResponse,
+    GetAuthorizationTokenRequest,
+    GetAuthorizationTokenResponse,
     GetDownloadUrlForLayerRequest,
     GetDownloadUrlForLayerResponse,
     Image,
@@ -612,3 +615,42 @@ class EcrClient:
         return GetDownloadUrlForLayerResponse(
             download_url=str(data.get("downloadUrl", "")), layer_digest=data.get("layerDigest")
         )
+
+    async def get_authorization_token(
+        self,
+        request: GetAuthorizationTokenRequest | None = None,
+        cancellation_token: CancellationToken = _NONE,
+        *,
+        retry: RetryPolicy | None = None,
+    ) -> GetAuthorizationTokenResponse:
+        """A login for the registry API (``/v2/``) of the client's registry, or of those
+        ``request`` names: Basic auth, user ``AWS``, the password in the token (never logged)."""
+        request = request or GetAuthorizationTokenRequest()
+        params: dict[str, Any] = {}
+        if request.registry_ids:
+            params["registryIds"] = list(request.registry_ids)
+        data = await self._call(
+            "GetAuthorizationToken",
+            self._client.get_authorization_token,
+            params,
+            cancellation_token,
+            retry,
+        )
+        return GetAuthorizationTokenResponse(
+            authorization_data=tuple(
+                AuthorizationData(
+                    authorization_token=str(item.get("authorizationToken", "")),
+                    expires_at=_timestamp(item.get("expiresAt")),
+                    proxy_endpoint=str(item.get("proxyEndpoint", "")),
+                )
+                for item in data.get("authorizationData", ())
+            )
+        )
+
+
+def _timestamp(value: object) -> float | None:
+    """botocore's datetime (or a number of seconds) as seconds since the epoch."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    timestamp = getattr(value, "timestamp", None)
+    return float(timestamp()) if callable(timestamp) else None

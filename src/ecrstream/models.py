@@ -24,6 +24,9 @@ __all__ = [
     "BatchCheckLayerAvailabilityResponse",
     "BatchGetImageRequest",
     "BatchGetImageResponse",
+    "AuthorizationData",
+    "GetAuthorizationTokenRequest",
+    "GetAuthorizationTokenResponse",
     "GetDownloadUrlForLayerRequest",
     "GetDownloadUrlForLayerResponse",
     "CompleteLayerUploadRequest",
@@ -371,6 +374,42 @@ class GetDownloadUrlForLayerResponse:
 
     download_url: str = field(repr=False)
     layer_digest: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class GetAuthorizationTokenRequest:
+    """Ask for a registry login token: of the client's own registry, or of ``registry_ids``
+    (12-digit account ids; ECR still honours the field, deprecated as it is)."""
+
+    registry_ids: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if isinstance(self.registry_ids, str):
+            raise _fail("registry_ids", self.registry_ids, "must be a sequence of account ids")
+        ids = tuple(self.registry_ids)
+        for i, value in enumerate(ids):
+            validate_registry_id(value, f"registry_ids[{i}]")
+            if value is None:
+                raise _fail(f"registry_ids[{i}]", value, "must be a 12-digit AWS account id")
+        object.__setattr__(self, "registry_ids", ids)
+
+
+@dataclass(frozen=True, slots=True)
+class AuthorizationData:
+    """One registry's login: ``authorization_token`` is base64 of ``AWS:<password>`` (a
+    secret: not in the repr), valid until ``expires_at`` (seconds since the epoch, if given),
+    for the registry at ``proxy_endpoint`` (``https://ACCOUNT.dkr.ecr.REGION.amazonaws.com``)."""
+
+    authorization_token: str = field(repr=False)
+    expires_at: float | None
+    proxy_endpoint: str
+
+
+@dataclass(frozen=True, slots=True)
+class GetAuthorizationTokenResponse:
+    """The logins ECR gave, one per registry asked for (one when none was named)."""
+
+    authorization_data: tuple[AuthorizationData, ...]
 
 
 @dataclass(frozen=True, slots=True)

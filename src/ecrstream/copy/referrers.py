@@ -6,10 +6,10 @@ level 2), each digest once (a listing that names a manifest already found, or th
 itself, is not followed again: no cycle). For each digest it asks, in this order:
 
 1. The OCI 1.1 referrers API (``GET /v2/<name>/referrers/<digest>``, an image index of the
-   referrers' descriptors), where the source has it.
-2. Where it does not (a 404, or an answer that is no index; ECR's API has no such call), the
-   referrers tag schema: the tag ``sha256-<hex>`` points to an index of the referrers; a
-   missing tag means none.
+   referrers' descriptors), where the source has it (an ECR source: on its registry
+   endpoint, logged in through GetAuthorizationToken).
+2. Where it does not (a 404, or an answer that is no index), the referrers tag schema: the
+   tag ``sha256-<hex>`` points to an index of the referrers; a missing tag means none.
 3. Always, cosign's tags ``sha256-<hex>.sig``, ``.att`` and ``.sbom``: plain manifests
    without ``subject`` (cosign's default storage), found by tag only, so they keep their tag
    on the destination.

@@ -13,10 +13,24 @@ Source faults are retried inside ``BlobReader`` from the byte reached.
 readers. ``RegistrySource`` reads any OCI distribution registry (``RegistryClient``);
 ``EcrSource`` reads ECR through its API (BatchGetImage, GetDownloadUrlForLayer) and reuses
 ``BlobReader`` on the download URL, fetching a fresh URL when one expires.
+
+Its referrers come from ECR's registry endpoint, not from the ECR API: ECR has served the
+OCI 1.1 referrers API (``GET /v2/<name>/referrers/<digest>``) since it took OCI Image and
+Distribution 1.1 (announced 27 June 2024,
+https://aws.amazon.com/about-aws/whats-new/2024/06/amazon-ecr-oci-image-distribution-version-1-1/;
+how it works:
+https://aws.amazon.com/blogs/opensource/diving-into-oci-image-and-distribution-1-1-support-in-amazon-ecr/).
+That endpoint takes docker's login: Basic auth, user ``AWS``, the password inside
+GetAuthorizationToken's token, at its ``proxyEndpoint``
+(``https://ACCOUNT.dkr.ecr.REGION.amazonaws.com``). The ECR API has since gained a call of its
+own (ListImageReferrers); the registry route is used as every OCI client does, and an ECR
+(or an emulator) without it answers 404, which falls back to tags as for a registry.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import os
 from collections.abc import Awaitable, Callable, Sequence
@@ -33,13 +47,14 @@ from ecrstream.errors import (
 from ecrstream.models import (
     BatchGetImageRequest,
     BatchGetImageResponse,
+    GetAuthorizationTokenRequest,
     GetDownloadUrlForLayerRequest,
     Image,
 )
 from ecrstream.registry.auth import redacted_url
 from ecrstream.registry.blob import BlobReader
 from ecrstream.registry.client import DEFAULT_REGISTRY_RETRY, RegistryClient
-from ecrstream.registry.credentials import credential_provider
+from ecrstream.registry.credentials import RegistryCredentials, credential_provider
 from ecrstream.registry.manifest import ACCEPTED_MEDIA_TYPES, Manifest, media_type_of
 from ecrstream.registry.reference import ImageReference
 from ecrstream.registry.transport import TransientFault, Transport
@@ -294,10 +309,16 @@ class EcrSource:
         self.repository_name = repository_name
         self.registry_id = registry_id
         self._retry = retry
+        self._verify = verify
+        self._read_timeout = read_timeout
         self._transport = _DownloadUrlTransport(
             client, repository_name, registry_id, verify=verify, read_timeout=read_timeout
         )
         self.description = f"ECR {registry_id or '(default registry)'}/{repository_name}"
+        #: The client of the registry endpoint (the referrers API), made when first needed.
+        self._registry: RegistryClient | None = None
+        #: False once the registry endpoint answered 404 to the referrers API.
+        self._referrers_api = True
 
     async def manifest(self, reference: str, token: CancellationToken) -> Manifest:
         """BatchGetImage of one tag or digest; its bytes hashed and checked."""
@@ -314,8 +335,85 @@ class EcrSource:
         )
 
     async def referrers(self, digest: str, token: CancellationToken) -> tuple[str, ...] | None:
-        """None: the ECR API has no referrers call (the tag schema is looked up instead)."""
-        return None
+        """The referrers API of the registry endpoint (see the module notes), logged in with
+        GetAuthorizationToken; None (then and after) if it answers 404: no such API there,
+        the tag schema is looked up instead.
+
+        Raises:
+            RegistryAuthError: the endpoint refused the login (no credential in the text).
+            RegistryError (and subclasses), ManifestInvalidError: its other failures.
+            EcrServiceError, EcrConnectionError: GetAuthorizationToken's.
+        """
+        if not self._referrers_api:
+            return None
+        registry = await self._registry_client(token)
+        try:
+            found = await registry.get_referrers(
+                self.repository_name, digest, cancellation_token=token
+            )
+        except RegistryAuthError as exc:
+            raise RegistryAuthError(
+                f"{self.description}: the registry endpoint {registry.registry} (where ECR"
+                f" serves the referrers API) refused the login GetAuthorizationToken gave: {exc}",
+                status=exc.status,
+                url=exc.url,
+            ) from None
+        if found is None:
+            self._referrers_api = False
+            return None
+        return tuple(entry.digest for entry in found)
+
+    async def _registry_client(self, token: CancellationToken) -> RegistryClient:
+        """The registry endpoint's client: its address and login from GetAuthorizationToken
+        (of ``registry_id``'s registry), this source's TLS setting and retries."""
+        if self._registry is not None:
+            return self._registry
+        from yarl import URL
+
+        answer = await self._client.get_authorization_token(
+            GetAuthorizationTokenRequest(
+                registry_ids=(self.registry_id,) if self.registry_id else ()
+            ),
+            token,
+        )
+        if not answer.authorization_data:
+            raise RegistryAuthError(f"{self.description}: GetAuthorizationToken gave no login")
+        login = answer.authorization_data[0]
+        try:
+            user, colon, password = (
+                base64.b64decode(login.authorization_token, validate=True).decode().partition(":")
+            )
+        except (binascii.Error, UnicodeDecodeError):
+            user, colon, password = "", "", ""
+        if not colon or not user or not password:
+            # Not quoted: it is the secret.
+            raise RegistryAuthError(
+                f"{self.description}: GetAuthorizationToken's token is not base64 of USER:PASSWORD"
+            )
+        try:
+            endpoint = URL(login.proxy_endpoint)
+        except ValueError:
+            endpoint = URL()
+        if endpoint.scheme not in ("https", "http") or not endpoint.host:
+            raise RegistryError(
+                f"{self.description}: GetAuthorizationToken's proxyEndpoint is no http(s) URL"
+                f" ({redacted_url(login.proxy_endpoint)})"
+            )
+        host = (
+            endpoint.host
+            if endpoint.explicit_port is None
+            else (f"{endpoint.host}:{endpoint.explicit_port}")
+        )
+        self._registry = RegistryClient(
+            host,
+            credentials=RegistryCredentials(username=user, password=password),
+            docker_config=False,
+            plain_http=endpoint.scheme == "http",
+            verify=self._verify,
+            retry=self._retry,
+            read_timeout=self._read_timeout,
+        )
+        return self._registry
 
     async def tagged(self, tags: Sequence[str], token: CancellationToken) -> dict[str, Manifest]:
         """One BatchGetImage of all ``tags``; those ECR does not have are left out.
@@ -385,5 +483,11 @@ class EcrSource:
         return reader
 
     async def aclose(self) -> None:
-        """Close the download session (the ECR client is the caller's)."""
-        await self._transport.close()
+        """Close the download session and the registry endpoint's client (the ECR client is
+        the caller's)."""
+        registry, self._registry = self._registry, None
+        try:
+            await self._transport.close()
+        finally:
+            if registry is not None:
+                await registry.aclose()

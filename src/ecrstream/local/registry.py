@@ -7,6 +7,11 @@ So real clients (skopeo, docker, crane, oras) can pull what was pushed::
                                                Docker-Content-Digest
     GET|HEAD /v2/<name>/blobs/<digest>         the layer's bytes (Range as S3 answers it)
     GET /v2/<name>/tags/list                   {"name": ..., "tags": [...]}
+    GET /v2/<name>/referrers/<digest>          the OCI 1.1 referrers API: an image index of
+                                               the repository's manifests whose
+                                               ``subject.digest`` is <digest> (empty: none);
+                                               ``?artifactType=`` filters it (then the header
+                                               ``OCI-Filters-Applied: artifactType``)
     GET|HEAD /_layers/<digest>?X-Amz-...       a GetDownloadUrlForLayer URL (Range too)
 
 ``/v2/`` takes ECR's Basic auth: user ``AWS``, the password of a GetAuthorizationToken
@@ -15,6 +20,12 @@ download URL is signed (HMAC with the endpoint's secret) and expires like a pres
 it needs no other credential. These reads are not ECR API calls: they are not recorded and
 no fault applies to them. Images, tags and which layers a repository holds come from moto; the
 bytes from the store.
+
+The referrers list is worked out on each request, as ECR's registry endpoint answers it
+since ECR took OCI 1.1 (June 2024): the repository's images (ListImages, every page, tagged
+or not), their manifests (BatchGetImage, 100 at a time), and those whose ``subject`` names
+the digest, each once, in ListImages' order. A descriptor carries the manifest's media type,
+digest and size, its ``artifactType`` (else its config's media type) and its annotations.
 """
 
 from __future__ import annotations
@@ -48,6 +59,9 @@ DOWNLOAD_URL_SECONDS: Final = 3600
 TOKEN_SECONDS: Final = 12 * 3600
 """How long an authorization token is said to be valid (ECR's: 12 hours)."""
 _REGISTRY_HEADERS: Final = {"Docker-Distribution-API-Version": "registry/2.0"}
+_OCI_INDEX: Final = "application/vnd.oci.image.index.v1+json"
+_BATCH: Final = 100
+"""The most image ids one BatchGetImage takes."""
 
 
 class Access:
@@ -234,6 +248,8 @@ class Registry:
             return await self._blob(request, name, reference)
         if kind == "tags":
             return await self._tags(name)
+        if kind == "referrers":
+            return await self._referrers(request, name, reference)
         return self._error(404, "NOT_FOUND", "Not found")
 
     async def _ask(self, operation: str, payload: dict[str, Any]) -> tuple[int, dict[str, Any]]:
@@ -310,10 +326,82 @@ class Registry:
             {"name": name, "tags": sorted(set(tags))}, headers=_REGISTRY_HEADERS
         )
 
+    async def _referrers(self, request: web.Request, name: str, digest: str) -> web.Response:
+        if not _DIGEST.fullmatch(digest):
+            return self._error(400, "DIGEST_INVALID", "invalid digest", digest=digest)
+        digests: dict[str, None] = {}
+        payload: dict[str, Any] = {"repositoryName": name, "filter": {"tagStatus": "ANY"}}
+        while True:
+            status, answer = await self._ask("ListImages", payload)
+            if status != 200:
+                return self._upstream_error(answer, name)
+            for image_id in answer.get("imageIds") or []:
+                if isinstance(image_id.get("imageDigest"), str):
+                    digests[image_id["imageDigest"]] = None
+            token = answer.get("nextToken")
+            if not token:
+                break
+            payload = {**payload, "nextToken": token}
+        wanted = request.query.get("artifactType")
+        found: dict[str, dict[str, Any]] = {}
+        listed = list(digests)
+        for start in range(0, len(listed), _BATCH):
+            ids = [{"imageDigest": d} for d in listed[start : start + _BATCH]]
+            status, answer = await self._ask(
+                "BatchGetImage", {"repositoryName": name, "imageIds": ids}
+            )
+            if status != 200:
+                return self._upstream_error(answer, name)
+            for image in answer.get("images") or []:
+                described = _descriptor(image)
+                if described is None or described[0] != digest:
+                    continue
+                descriptor = described[1]
+                if wanted is not None and descriptor.get("artifactType") != wanted:
+                    continue
+                found.setdefault(descriptor["digest"], descriptor)
+        headers = {**_REGISTRY_HEADERS, "Content-Type": _OCI_INDEX}
+        if wanted is not None:
+            headers["OCI-Filters-Applied"] = "artifactType"
+        index = {"schemaVersion": 2, "mediaType": _OCI_INDEX, "manifests": list(found.values())}
+        return web.Response(body=json.dumps(index).encode(), headers=headers)
+
+
+def _descriptor(image: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
+    """The subject digest of a stored manifest and its descriptor in a referrers list, or None
+    if it has no ``subject`` (or is no JSON object)."""
+    manifest = str(image.get("imageManifest", "")).encode()
+    try:
+        document = json.loads(manifest)
+    except ValueError:
+        return None
+    if not isinstance(document, dict):
+        return None
+    subject = document.get("subject")
+    target = subject.get("digest") if isinstance(subject, dict) else None
+    if not isinstance(target, str):
+        return None
+    descriptor: dict[str, Any] = {
+        "mediaType": _media_type(image, manifest),
+        "digest": "sha256:" + hashlib.sha256(manifest).hexdigest(),
+        "size": len(manifest),
+    }
+    artifact_type = document.get("artifactType")
+    if not isinstance(artifact_type, str) or not artifact_type:
+        config = document.get("config")
+        artifact_type = config.get("mediaType") if isinstance(config, dict) else None
+    if isinstance(artifact_type, str) and artifact_type:
+        descriptor["artifactType"] = artifact_type
+    annotations = document.get("annotations")
+    if isinstance(annotations, dict) and annotations:
+        descriptor["annotations"] = annotations
+    return target, descriptor
+
 
 def _split(path: str) -> tuple[str, str, str]:
-    """``<name>/manifests/<ref>``, ``<name>/blobs/<digest>``, ``<name>/tags/list``."""
-    for kind in ("manifests", "blobs"):
+    """``<name>/manifests/<ref>``, ``<name>/blobs/<digest>``, ``<name>/referrers/<digest>``,
+    ``<name>/tags/list``."""
+    for kind in ("manifests", "blobs", "referrers"):
         name, marker, reference = path.rpartition(f"/{kind}/")
         if marker and name and reference and "/" not in reference:
             return name, kind, reference
