@@ -8,10 +8,13 @@ registry, answering ``/v2/<name>/referrers/<digest>`` with the index of the seed
 whose ``subject`` is that digest (everything else is forwarded to the registry). Each copy
 is read back from the local ECR's registry API, byte for byte, ``subject`` included.
 
-An ECR source (the local ECR, filled by a first copy) is asked on its registry endpoint's
-referrers API, which the local ECR serves as ECR does; the cases where that endpoint has no
-such API, refuses the login or needs a CA bundle point GetAuthorizationToken's
-``proxyEndpoint`` elsewhere (``LyingEcr``): a fault proxy answering 404, the TLS registry.
+An ECR source (the local ECR, filled by a first copy) is asked through ListImageReferrers,
+which the local ECR answers as ECR does. Where that call is unknown (``LyingEcr`` answers
+UnknownOperationException; or botocore's model lacks it, through AWS_DATA_PATH), it is asked
+on its registry endpoint's referrers API, which the local ECR serves too; the cases where
+that endpoint has no such API, refuses the login or needs a CA bundle point
+GetAuthorizationToken's ``proxyEndpoint`` elsewhere (``LyingEcr``): a fault proxy answering
+404, the TLS registry.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import anyio.to_thread
 import pytest
 from cli_run import assert_clean, cli, error_line, make_env, on
 from helpers import assert_image_in_ecr, assert_no_byte_sent_twice, ecr_reader, repo_name
-from lying_ecr import Exchange, LyingEcr, Reply
+from lying_ecr import Exchange, Lie, LyingEcr, Reply
 from registry_fixtures import (
     Fault,
     FaultProxy,
@@ -42,12 +45,14 @@ from registry_fixtures import (
 )
 
 from ecrstream.cancellation import CancellationTokenSource
-from ecrstream.client import EcrClient
+from ecrstream.client import UNKNOWN_OPERATION, EcrClient
 from ecrstream.copy import CopyCanceledError, CopyImageResult, copy_image
 from ecrstream.copy.referrers import MAX_REFERRER_DEPTH, REFERRERS_NOTE, referrers_notes
 from ecrstream.errors import (
+    EcrServiceError,
     InvalidArgumentError,
     ManifestInvalidError,
+    ProtocolViolationError,
     RegistryAuthError,
     RegistryConnectionError,
     RegistryError,
@@ -55,7 +60,7 @@ from ecrstream.errors import (
 )
 from ecrstream.image import PushProgress
 from ecrstream.local import LocalEcr
-from ecrstream.models import PutImageRequest
+from ecrstream.models import ListImageReferrersRequest, PutImageRequest
 from ecrstream.registry import OCI_INDEX, OCI_MANIFEST, RegistryClient, parse_reference
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(120)]
@@ -671,7 +676,7 @@ def ecr_source_ecr(middle: str, ecr: LocalEcr) -> str:
     return f"{ecr.registry_address}/{middle}:v1"
 
 
-async def test_from_ecr_untagged_referrers_through_its_registry_referrers_api(
+async def test_from_ecr_untagged_referrers_through_list_image_referrers(
     anon_registry: RegistryServer, ecr: LocalEcr, client: EcrClient, repository: str
 ) -> None:
     middle, image, signature, countersigned, cosign, decoy = await seed_ecr_source(
@@ -683,9 +688,59 @@ async def test_from_ecr_untagged_referrers_through_its_registry_referrers_api(
         client, ecr_source_ecr(middle, ecr), repository, source_client=client, with_referrers=True
     )
 
-    # From the referrers API (the countersignature a level below), then cosign's tag; the
+    # From ListImageReferrers (the countersignature a level below), then cosign's tag; the
     # tag schema's index is not looked at (its decoy is not taken for a referrer).
     assert result.referrer_digests == (signature.digest, cosign.digest, countersigned.digest)
+    # One listing per manifest walked (the image; the signature and cosign's; the
+    # countersignature), the ECR API's own: no login to the registry endpoint.
+    assert len(ecr.requests("ListImageReferrers")) == 4
+    assert ecr.requests("GetAuthorizationToken") == []
+    # Per manifest, one BatchGetImage of cosign's three tags; one more per referrer listed.
+    assert len(ecr.requests("BatchGetImage")) == 1 + 4 + 2
+    async with await ecr_reader(ecr, client) as reader:
+        await assert_image_in_ecr(reader, repository, f"@{image.digest}", image)
+        await assert_referrer_in_ecr(reader, repository, signature)
+        await assert_referrer_in_ecr(reader, repository, countersigned)
+        await assert_not_in_ecr(reader, repository, f"@{decoy.digest}")
+
+
+def unknown_operation(exchange: Exchange) -> Reply:
+    """What an endpoint without the operation answers (an older ECR-compatible service)."""
+    return Reply(
+        400,
+        {"__type": "UnknownOperationException", "message": f"Unknown {exchange.operation}"},
+    )
+
+
+def without_list_image_referrers(liar: LyingEcr) -> Lie:
+    """Make ``liar``'s endpoint one that lacks ListImageReferrers (never forwarded)."""
+    return liar.lie("ListImageReferrers", unknown_operation)
+
+
+async def test_from_ecr_untagged_referrers_through_its_registry_referrers_api(
+    anon_registry: RegistryServer, ecr: LocalEcr, client: EcrClient, repository: str
+) -> None:
+    middle, image, signature, countersigned, cosign, decoy = await seed_ecr_source(
+        anon_registry, ecr, client
+    )
+    ecr.reset()
+
+    with LyingEcr(ecr) as liar:
+        unknown = without_list_image_referrers(liar)
+        async with EcrClient.create(**liar.client_kwargs()) as lacking:
+            result = await copy_image(
+                client,
+                ecr_source_ecr(middle, ecr),
+                repository,
+                source_client=lacking,
+                with_referrers=True,
+            )
+
+    # From the registry endpoint's referrers API (the countersignature a level below), then
+    # cosign's tag; the tag schema's index is not looked at (its decoy is not taken).
+    assert result.referrer_digests == (signature.digest, cosign.digest, countersigned.digest)
+    assert unknown.told == 1  # asked once: its answer is remembered for the whole copy
+    assert ecr.requests("ListImageReferrers") == []
     assert len(ecr.requests("GetAuthorizationToken")) == 1  # one login for the whole copy
     # Per manifest, one BatchGetImage of cosign's three tags; one more per referrer listed.
     assert len(ecr.requests("BatchGetImage")) == 1 + 4 + 2
@@ -701,6 +756,82 @@ async def test_from_ecr_untagged_referrers_through_its_registry_referrers_api(
         listed = await reader.get_referrers(repository, image.digest)
     assert listed is not None
     assert [entry.digest for entry in listed] == [signature.digest]
+
+
+@pytest.fixture
+def model_without_list_image_referrers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """botocore's ECR model as releases before ListImageReferrers had it: a copy without that
+    operation, found first through AWS_DATA_PATH (botocore's own override of its models)."""
+    import gzip
+
+    import botocore
+
+    shipped = Path(botocore.__file__).parent / "data" / "ecr" / "2015-09-21" / "service-2.json.gz"
+    model = json.loads(gzip.decompress(shipped.read_bytes()))
+    del model["operations"]["ListImageReferrers"]
+    folder = tmp_path / "models" / "ecr" / "2015-09-21"
+    folder.mkdir(parents=True)
+    (folder / "service-2.json").write_text(json.dumps(model))
+    monkeypatch.setenv("AWS_DATA_PATH", str(tmp_path / "models"))
+
+
+@pytest.mark.usefixtures("model_without_list_image_referrers")
+async def test_from_ecr_with_a_botocore_that_lacks_list_image_referrers(
+    anon_registry: RegistryServer, ecr: LocalEcr, client: EcrClient, repository: str
+) -> None:
+    middle, image, signature, countersigned, cosign, _ = await seed_ecr_source(
+        anon_registry, ecr, client
+    )
+    ecr.reset()
+
+    async with EcrClient.create(**ecr.client_kwargs()) as older:
+        with pytest.raises(EcrServiceError) as caught:
+            await older.list_image_referrers(ListImageReferrersRequest(middle, image.digest))
+        assert ecr.requests() == []  # refused before sending
+        result = await copy_image(
+            client,
+            ecr_source_ecr(middle, ecr),
+            repository,
+            source_client=older,
+            with_referrers=True,
+        )
+
+    assert (caught.value.code, caught.value.status_code) == (UNKNOWN_OPERATION, None)
+    assert "botocore" in str(caught.value)
+    # The registry endpoint's referrers API instead, logged in once.
+    assert result.referrer_digests == (signature.digest, cosign.digest, countersigned.digest)
+    assert ecr.requests("ListImageReferrers") == []
+    assert len(ecr.requests("GetAuthorizationToken")) == 1
+
+
+async def test_from_ecr_a_list_image_referrers_that_never_ends_is_a_protocol_violation(
+    anon_registry: RegistryServer, ecr: LocalEcr, client: EcrClient, repository: str
+) -> None:
+    middle, image, *_ = await seed_ecr_source(anon_registry, ecr, client)
+
+    def again(exchange: Exchange) -> Reply:
+        answer = dict(exchange.answer or {})
+        answer["nextToken"] = "the-same-token"
+        return Reply(200, answer)
+
+    with LyingEcr(ecr) as liar:
+        endless = liar.lie("ListImageReferrers", again, forward=True)
+        async with EcrClient.create(**liar.client_kwargs()) as lying:
+            with pytest.raises(ProtocolViolationError) as caught:
+                await copy_image(
+                    client,
+                    ecr_source_ecr(middle, ecr),
+                    repository,
+                    source_client=lying,
+                    with_referrers=True,
+                )
+
+    assert endless.told == 2  # the first page, then the token repeated: stopped there
+    assert "the same nextToken came back twice" in str(caught.value)
+    assert caught.value.operation == "ListImageReferrers"
+    assert referrers_notes(caught.value)  # the image itself went in first
+    async with await ecr_reader(ecr, client) as reader:
+        await assert_image_in_ecr(reader, repository, f"@{image.digest}", image)
 
 
 def login_lie(change: Callable[[dict[str, Any]], None]) -> Callable[[Exchange], Reply | None]:
@@ -741,7 +872,8 @@ async def test_from_ecr_without_the_referrers_api_the_tag_schema_and_cosign_tags
     ecr.reset()
     try:
         with LyingEcr(ecr) as liar:
-            liar.lie(
+            without_list_image_referrers(liar)
+            login = liar.lie(
                 "GetAuthorizationToken",
                 login_lie(lambda login: login.update(proxyEndpoint=f"http://{proxy.host}")),
                 forward=True,
@@ -761,7 +893,7 @@ async def test_from_ecr_without_the_referrers_api_the_tag_schema_and_cosign_tags
     # only the referrers API lists (the signature has no tag schema index in ECR).
     assert result.referrer_digests == (signature.digest, cosign.digest)
     assert [r.path for r in proxy.requests] == [f"/v2/{middle}/referrers/{image.digest}"]
-    assert liar.told == 1
+    assert login.told == 1
     # Per manifest, one BatchGetImage for all four tags; one more per referrer by digest.
     gets = ecr.requests("BatchGetImage")
     assert len(gets) == 1 + 3 + 1  # the image; its tags, the signature's, cosign's; signature
@@ -783,6 +915,7 @@ async def test_from_ecr_a_refused_login_is_a_registry_auth_error_without_the_pas
     ecr.reset()
 
     with LyingEcr(ecr) as liar:
+        without_list_image_referrers(liar)
         liar.lie(
             "GetAuthorizationToken",
             login_lie(lambda login: login.update(authorizationToken=token)),
@@ -822,7 +955,8 @@ async def test_from_ecr_the_registry_endpoints_tls_is_checked_as_the_sources(
     tls, _ = basic_registry
     middle, image, _, _, cosign, decoy = await seed_ecr_source(anon_registry, ecr, client)
     with LyingEcr(ecr) as liar:
-        liar.lie(
+        without_list_image_referrers(liar)
+        login = liar.lie(
             "GetAuthorizationToken",
             login_lie(lambda login: login.update(proxyEndpoint=tls.base_url)),
             forward=True,
@@ -845,7 +979,7 @@ async def test_from_ecr_the_registry_endpoints_tls_is_checked_as_the_sources(
                 with_referrers=True,
             )
 
-    assert liar.told == 2
+    assert login.told == 2
     assert f"TLS with https://{tls.host}" in str(caught.value)
     assert referrers_notes(caught.value)  # the image went in first
     # Trusted with the CA bundle; its 404 falls back to the tag schema, whose index in the

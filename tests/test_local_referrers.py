@@ -1,4 +1,6 @@
-"""The local ECR's OCI 1.1 referrers API: ``GET /v2/<name>/referrers/<digest>`` over real HTTP.
+"""The local ECR's referrers, listed both ways ECR lists them, over real HTTP: the OCI 1.1
+referrers API (``GET /v2/<name>/referrers/<digest>``) and the ECR API's ListImageReferrers
+(``EcrClient.list_image_referrers``, through aiobotocore).
 
 Manifests are put through the ECR API (PutImage by digest, untagged, as notation's and oras'
 referrers land in ECR); the list is read back with aiohttp (the exact index, headers and
@@ -20,9 +22,20 @@ import pytest
 from helpers import digest_of, push_layer
 
 from ecrstream.client import EcrClient
-from ecrstream.errors import LayerAlreadyExistsError
-from ecrstream.local import LocalEcr
-from ecrstream.models import GetAuthorizationTokenRequest, PutImageRequest
+from ecrstream.errors import (
+    InvalidArgumentError,
+    InvalidParameterError,
+    LayerAlreadyExistsError,
+    RepositoryNotFoundError,
+)
+from ecrstream.local import LocalEcr, Operation
+from ecrstream.models import (
+    GetAuthorizationTokenRequest,
+    ImageReferrer,
+    ListImageReferrersRequest,
+    ListImageReferrersResponse,
+    PutImageRequest,
+)
 from ecrstream.registry import OCI_INDEX, OCI_MANIFEST, RegistryClient
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
@@ -256,3 +269,142 @@ async def test_it_needs_the_login_a_known_repository_and_a_digest(
     assert (status, answer["errors"][0]["code"]) == (404, "NAME_UNKNOWN")
     status, _, answer = await referrers_of(http, ecr, repository, "sha256:not-hex")
     assert (status, answer["errors"][0]["code"]) == (400, "DIGEST_INVALID")
+
+
+# -- ListImageReferrers: the ECR API's listing (moto lacks it; the proxy answers it) ---------
+
+
+def listed(page: ListImageReferrersResponse) -> list[str]:
+    return [referrer.digest for referrer in page.referrers]
+
+
+async def test_list_image_referrers_gives_the_same_list_in_ecrs_shape(
+    ecr: LocalEcr, client: EcrClient, repository: str, seeded: Seeded
+) -> None:
+    page = await client.list_image_referrers(
+        ListImageReferrersRequest(repository, seeded.image.digest)
+    )
+
+    assert page.next_token is None
+    assert page.referrers == (
+        ImageReferrer(
+            digest=seeded.signature.digest,
+            media_type=OCI_MANIFEST,
+            size=len(seeded.signature.data),
+            artifact_type=SIGNATURE,
+            annotations={"io.cncf.notary.x509chain.thumbprint#S256": "[]"},
+            artifact_status="ACTIVE",
+        ),
+        ImageReferrer(seeded.sbom.digest, OCI_MANIFEST, len(seeded.sbom.data), SBOM, {}, "ACTIVE"),
+        ImageReferrer(
+            seeded.plain.digest, OCI_MANIFEST, len(seeded.plain.data), IMAGE_CONFIG, {}, "ACTIVE"
+        ),
+    )
+    below = await client.list_image_referrers(
+        ListImageReferrersRequest(repository, seeded.signature.digest)
+    )
+    assert listed(below) == [seeded.of_signature.digest]
+    nothing = await client.list_image_referrers(
+        ListImageReferrersRequest(repository, digest_of(b"nothing refers to this"))
+    )
+    assert nothing == ListImageReferrersResponse((), None)
+    assert {r.operation for r in ecr.requests()} >= {Operation.LIST_IMAGE_REFERRERS}
+
+
+async def test_list_image_referrers_filters_by_artifact_type_and_status(
+    client: EcrClient, repository: str, seeded: Seeded
+) -> None:
+    async def digests(**fields: Any) -> list[str]:
+        request = ListImageReferrersRequest(repository, seeded.image.digest, **fields)
+        return listed(await client.list_image_referrers(request))
+
+    assert await digests(artifact_types=(SBOM,)) == [seeded.sbom.digest]
+    assert await digests(artifact_types=(SBOM, SIGNATURE)) == [
+        seeded.signature.digest,
+        seeded.sbom.digest,
+    ]
+    assert await digests(artifact_types=("application/none",)) == []
+    everything = [seeded.signature.digest, seeded.sbom.digest, seeded.plain.digest]
+    assert await digests(artifact_status="ANY") == everything
+    assert await digests(artifact_status="ACTIVE") == everything
+    assert await digests(artifact_status="ARCHIVED") == []  # nothing here is ever archived
+
+
+async def test_list_image_referrers_pages_of_20_or_max_results_follow_next_token(
+    client: EcrClient, repository: str
+) -> None:
+    image = await put_artifact(client, repository, None, b"many referrers", artifact_type=None)
+    config = await blob(client, repository, b"{}")
+    puts = []
+    for number in range(23):
+        document = {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "artifactType": SIGNATURE,
+            "config": {"mediaType": EMPTY_TYPE, "digest": config, "size": 2},
+            "layers": [{"mediaType": EMPTY_TYPE, "digest": config, "size": 2}],
+            "subject": {"mediaType": OCI_MANIFEST, "digest": image.digest, "size": 1},
+            "annotations": {"number": str(number)},
+        }
+        puts.append((await put_manifest(client, repository, document)).digest)
+
+    first = await client.list_image_referrers(ListImageReferrersRequest(repository, image.digest))
+    assert len(first.referrers) == 20
+    assert first.next_token is not None
+    rest = await client.list_image_referrers(
+        ListImageReferrersRequest(repository, image.digest, next_token=first.next_token)
+    )
+    assert rest.next_token is None
+    assert sorted(listed(first) + listed(rest)) == sorted(puts)
+
+    pages, token = [], None
+    while True:
+        page = await client.list_image_referrers(
+            ListImageReferrersRequest(repository, image.digest, max_results=7, next_token=token)
+        )
+        pages.append(len(page.referrers))
+        token = page.next_token
+        if token is None:
+            break
+    assert pages == [7, 7, 7, 2]
+
+
+async def test_list_image_referrers_refuses_a_foreign_token_and_an_unknown_repository(
+    client: EcrClient, repository: str, seeded: Seeded
+) -> None:
+    with pytest.raises(InvalidParameterError, match="nextToken"):
+        await client.list_image_referrers(
+            ListImageReferrersRequest(repository, seeded.image.digest, next_token="not-ours")
+        )
+    with pytest.raises(RepositoryNotFoundError):
+        await client.list_image_referrers(
+            ListImageReferrersRequest("no/such-repo", seeded.image.digest)
+        )
+
+
+@pytest.mark.parametrize(
+    ("fields", "field", "rule"),
+    [
+        ({"subject_digest": "sha256:not-hex"}, "subject_digest", "64 lowercase hex"),
+        ({"artifact_types": ("a",) * 6}, "artifact_types", "at most 5"),
+        ({"artifact_types": ("",)}, "artifact_types[0]", "1 to 255 characters"),
+        ({"artifact_types": SBOM}, "artifact_types", "sequence"),
+        ({"artifact_status": "DELETED"}, "artifact_status", "one of ACTIVE"),
+        ({"max_results": 0}, "max_results", ">= 1"),
+        ({"max_results": 51}, "max_results", "at most 50"),
+        ({"next_token": ""}, "next_token", "previous page"),
+    ],
+    ids=lambda value: value if isinstance(value, str) else "-",
+)
+def test_list_image_referrers_request_names_the_bad_field(
+    fields: dict[str, Any], field: str, rule: str
+) -> None:
+    values: dict[str, Any] = {
+        "repository_name": "repo",
+        "subject_digest": digest_of(b"subject"),
+        **fields,
+    }
+    with pytest.raises(InvalidArgumentError) as caught:
+        ListImageReferrersRequest(**values)
+    assert caught.value.field == field
+    assert rule in str(caught.value)

@@ -39,6 +39,7 @@ from ecrstream.models import (
     InitiateLayerUploadResponse,
     Layer,
     LayerFailure,
+    ListImageReferrersRequest,
     PutImageRequest,
     UploadCheckpoint,
     UploadLayerPartRequest,
@@ -184,6 +185,14 @@ def send_get_image(**fields: Any) -> Send:
     return send
 
 
+def send_list_referrers(**fields: Any) -> Send:
+    def send(client: EcrClient, repository: str) -> Awaitable[object]:
+        values: dict[str, Any] = {"repository_name": repository, "subject_digest": DIGEST, **fields}
+        return client.list_image_referrers(ListImageReferrersRequest(**values))
+
+    return send
+
+
 EVERY_REQUEST = {
     "initiate": send_initiate,
     "part": send_part,
@@ -191,6 +200,7 @@ EVERY_REQUEST = {
     "check": send_check,
     "put_image": send_put_image,
     "get_image": send_get_image,
+    "list_referrers": send_list_referrers,
 }
 
 

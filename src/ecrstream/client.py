@@ -75,10 +75,13 @@ from ecrstream.models import (
     GetDownloadUrlForLayerRequest,
     GetDownloadUrlForLayerResponse,
     Image,
+    ImageReferrer,
     InitiateLayerUploadRequest,
     InitiateLayerUploadResponse,
     Layer,
     LayerFailure,
+    ListImageReferrersRequest,
+    ListImageReferrersResponse,
     PutImageRequest,
     PutImageResponse,
     UploadLayerPartRequest,
@@ -89,7 +92,11 @@ from ecrstream.retry import RetryPolicy, call_with_retries
 if TYPE_CHECKING:
     from types_aiobotocore_ecr import ECRClient
 
-__all__ = ["EcrClient"]
+__all__ = ["UNKNOWN_OPERATION", "EcrClient"]
+
+#: The error code of an endpoint that lacks an operation (EcrServiceError.code); also raised
+#: without a request where the installed botocore lacks it (``list_image_referrers``).
+UNKNOWN_OPERATION: Final = "UnknownOperationException"
 
 logger = logging.getLogger("ecrstream")
 
@@ -645,6 +652,62 @@ class EcrClient:
                 )
                 for item in data.get("authorizationData", ())
             )
+        )
+
+    async def list_image_referrers(
+        self,
+        request: ListImageReferrersRequest,
+        cancellation_token: CancellationToken = _NONE,
+        *,
+        retry: RetryPolicy | None = None,
+    ) -> ListImageReferrersResponse:
+        """One page of the artifacts whose ``subject`` is the image (follow ``next_token``).
+
+        Raises:
+            EcrServiceError: code ``UnknownOperationException`` where the endpoint lacks the
+                operation, and also (nothing sent, ``status_code`` None) where the installed
+                botocore predates it; RepositoryNotFoundError; the usual others.
+        """
+        if "ListImageReferrers" not in self._client.meta.service_model.operation_names:
+            raise EcrServiceError(
+                "this botocore has no ListImageReferrers (a newer aiobotocore has it)",
+                code=UNKNOWN_OPERATION,
+                operation="ListImageReferrers",
+            )
+        params: dict[str, Any] = {
+            "repositoryName": request.repository_name,
+            "subjectId": {"imageDigest": request.subject_digest},
+        }
+        _opt(request.registry_id, "registryId", params)
+        given: dict[str, Any] = {}
+        if request.artifact_types:
+            given["artifactTypes"] = list(request.artifact_types)
+        _opt(request.artifact_status, "artifactStatus", given)
+        if given:
+            params["filter"] = given
+        if request.max_results is not None:
+            params["maxResults"] = request.max_results
+        _opt(request.next_token, "nextToken", params)
+        data = await self._call(
+            "ListImageReferrers",
+            self._client.list_image_referrers,
+            params,
+            cancellation_token,
+            retry,
+        )
+        return ListImageReferrersResponse(
+            referrers=tuple(
+                ImageReferrer(
+                    digest=str(item.get("digest", "")),
+                    media_type=str(item.get("mediaType", "")),
+                    size=int(item.get("size", 0)),
+                    artifact_type=item.get("artifactType"),
+                    annotations=dict(item.get("annotations") or {}),
+                    artifact_status=item.get("artifactStatus"),
+                )
+                for item in data.get("referrers", ())
+            ),
+            next_token=data.get("nextToken") or None,
         )
 
 

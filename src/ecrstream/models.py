@@ -16,6 +16,7 @@ from typing import Any
 from ecrstream.errors import InvalidArgumentError
 
 __all__ = [
+    "ARTIFACT_STATUSES",
     "MAX_LAYER_PARTS",
     "MAX_MANIFEST_BYTES",
     "MAX_PART_SIZE",
@@ -32,11 +33,14 @@ __all__ = [
     "CompleteLayerUploadRequest",
     "CompleteLayerUploadResponse",
     "Image",
+    "ImageReferrer",
     "InitiateLayerUploadRequest",
     "InitiateLayerUploadResponse",
     "Layer",
     "LayerFailure",
     "LayerUploadResult",
+    "ListImageReferrersRequest",
+    "ListImageReferrersResponse",
     "PutImageRequest",
     "PutImageResponse",
     "UploadCheckpoint",
@@ -410,6 +414,75 @@ class GetAuthorizationTokenResponse:
     """The logins ECR gave, one per registry asked for (one when none was named)."""
 
     authorization_data: tuple[AuthorizationData, ...]
+
+
+#: ListImageReferrers' artifact statuses to filter on (ECR lists ACTIVE ones unless asked).
+ARTIFACT_STATUSES = ("ACTIVE", "ARCHIVED", "ACTIVATING", "ANY")
+
+
+@dataclass(frozen=True, slots=True)
+class ListImageReferrersRequest:
+    """List one page of the artifacts (signatures, SBOMs, attestations) whose ``subject`` is
+    the image ``subject_digest``: up to ``max_results`` (1 to 50; ECR's default is 20), from
+    ``next_token`` (a previous page's), only those of ``artifact_types`` (at most 5) when
+    given, and of ``artifact_status`` (one of ARTIFACT_STATUSES; ECR's default: ACTIVE)."""
+
+    repository_name: str
+    subject_digest: str
+    artifact_types: tuple[str, ...] = ()
+    artifact_status: str | None = None
+    max_results: int | None = None
+    next_token: str | None = None
+    registry_id: str | None = None
+
+    def __post_init__(self) -> None:
+        validate_repository_name(self.repository_name)
+        validate_registry_id(self.registry_id)
+        validate_digest(self.subject_digest, "subject_digest")
+        if isinstance(self.artifact_types, str) or not isinstance(self.artifact_types, Sequence):
+            raise _fail("artifact_types", self.artifact_types, "must be a sequence of strings")
+        types = tuple(self.artifact_types)
+        if len(types) > 5:
+            raise _fail("artifact_types", types, "must hold at most 5 artifact types")
+        for i, value in enumerate(types):
+            if not isinstance(value, str) or not 1 <= len(value) <= 255:
+                raise _fail(f"artifact_types[{i}]", value, "must be 1 to 255 characters")
+        object.__setattr__(self, "artifact_types", types)
+        if self.artifact_status is not None and self.artifact_status not in ARTIFACT_STATUSES:
+            raise _fail(
+                "artifact_status",
+                self.artifact_status,
+                "must be one of " + ", ".join(ARTIFACT_STATUSES),
+            )
+        if self.max_results is not None:
+            _check_int(self.max_results, "max_results", 1)
+            if self.max_results > 50:
+                raise _fail("max_results", self.max_results, "must be at most 50")
+        if self.next_token is not None and (
+            not isinstance(self.next_token, str) or not self.next_token
+        ):
+            raise _fail("next_token", self.next_token, "must be a previous page's nextToken")
+
+
+@dataclass(frozen=True, slots=True)
+class ImageReferrer:
+    """One artifact ListImageReferrers lists: its manifest's digest, media type and size, its
+    ``artifact_type``, ``annotations`` and ``artifact_status`` (ACTIVE, ARCHIVED, ACTIVATING)."""
+
+    digest: str
+    media_type: str
+    size: int
+    artifact_type: str | None = None
+    annotations: dict[str, str] = field(default_factory=dict)
+    artifact_status: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ListImageReferrersResponse:
+    """One page of referrers; ``next_token`` asks for the next page (None: this was the last)."""
+
+    referrers: tuple[ImageReferrer, ...]
+    next_token: str | None
 
 
 @dataclass(frozen=True, slots=True)

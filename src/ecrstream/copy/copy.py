@@ -580,10 +580,12 @@ async def copy_image(
     ``subject`` fields, so the tag schema's index is not copied (it would go stale as
     referrers are added). Cosign's tags are put again on the destination (cosign's
     manifests have no ``subject``; their tag is what finds them). An ECR source's referrers
-    API is its registry endpoint's (ECR serves OCI 1.1 there): the endpoint and its login
-    come from one GetAuthorizationToken of ``source_client`` (for ``source_registry_id``),
-    its TLS checked per ``verify``; a 404 there falls back to the tag schema, and cosign's
-    tags are read with one BatchGetImage per digest. ``result.referrer_digests`` names those
+    come from ListImageReferrers of ``source_client`` (every page, ACTIVE ones); where that
+    call is unknown (to the endpoint or to botocore), from its registry endpoint's referrers
+    API (ECR serves OCI 1.1 there): the endpoint and its login come from one
+    GetAuthorizationToken (for ``source_registry_id``), its TLS checked per ``verify``; a 404
+    there falls back to the tag schema. Cosign's tags are read with one BatchGetImage per
+    digest. ``result.referrer_digests`` names those
     put. A
     stop while referrers are copied raises ``CopyCanceledError`` like any other: the resume
     finds the image in (nothing sent again) and goes on with the referrers' blobs.

@@ -6,8 +6,9 @@ level 2), each digest once (a listing that names a manifest already found, or th
 itself, is not followed again: no cycle). For each digest it asks, in this order:
 
 1. The OCI 1.1 referrers API (``GET /v2/<name>/referrers/<digest>``, an image index of the
-   referrers' descriptors), where the source has it (an ECR source: on its registry
-   endpoint, logged in through GetAuthorizationToken).
+   referrers' descriptors), where the source has it (an ECR source: ListImageReferrers, or
+   where that call is unknown, its registry endpoint's API, logged in through
+   GetAuthorizationToken).
 2. Where it does not (a 404, or an answer that is no index), the referrers tag schema: the
    tag ``sha256-<hex>`` points to an index of the referrers; a missing tag means none.
 3. Always, cosign's tags ``sha256-<hex>.sig``, ``.att`` and ``.sbom``: plain manifests

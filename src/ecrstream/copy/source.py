@@ -14,17 +14,20 @@ readers. ``RegistrySource`` reads any OCI distribution registry (``RegistryClien
 ``EcrSource`` reads ECR through its API (BatchGetImage, GetDownloadUrlForLayer) and reuses
 ``BlobReader`` on the download URL, fetching a fresh URL when one expires.
 
-Its referrers come from ECR's registry endpoint, not from the ECR API: ECR has served the
-OCI 1.1 referrers API (``GET /v2/<name>/referrers/<digest>``) since it took OCI Image and
-Distribution 1.1 (announced 27 June 2024,
+An ECR source's referrers come from ListImageReferrers, the ECR API's own listing (every
+page; ACTIVE artifacts only, ECR's default: an archived one cannot be pulled until restored).
+Where the endpoint or the installed botocore lacks that call (``UnknownOperationException``:
+an older ECR-compatible service, an emulator, an old botocore), they come from ECR's registry
+endpoint, as every OCI client reads them: ECR has served the OCI 1.1 referrers API
+(``GET /v2/<name>/referrers/<digest>``) since it took OCI Image and Distribution 1.1
+(announced 27 June 2024,
 https://aws.amazon.com/about-aws/whats-new/2024/06/amazon-ecr-oci-image-distribution-version-1-1/;
 how it works:
 https://aws.amazon.com/blogs/opensource/diving-into-oci-image-and-distribution-1-1-support-in-amazon-ecr/).
 That endpoint takes docker's login: Basic auth, user ``AWS``, the password inside
 GetAuthorizationToken's token, at its ``proxyEndpoint``
-(``https://ACCOUNT.dkr.ecr.REGION.amazonaws.com``). The ECR API has since gained a call of its
-own (ListImageReferrers); the registry route is used as every OCI client does, and an ECR
-(or an emulator) without it answers 404, which falls back to tags as for a registry.
+(``https://ACCOUNT.dkr.ecr.REGION.amazonaws.com``); one that answers 404 there has no
+referrers API, and the tags are looked up instead, as for a registry.
 """
 
 from __future__ import annotations
@@ -37,9 +40,11 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 from ecrstream.cancellation import CancellationToken
-from ecrstream.client import EcrClient
+from ecrstream.client import UNKNOWN_OPERATION, EcrClient
 from ecrstream.errors import (
     DigestMismatchError,
+    EcrServiceError,
+    ProtocolViolationError,
     RegistryAuthError,
     RegistryError,
     RegistryNotFoundError,
@@ -50,6 +55,7 @@ from ecrstream.models import (
     GetAuthorizationTokenRequest,
     GetDownloadUrlForLayerRequest,
     Image,
+    ListImageReferrersRequest,
 )
 from ecrstream.registry.auth import redacted_url
 from ecrstream.registry.blob import BlobReader
@@ -319,6 +325,8 @@ class EcrSource:
         self._registry: RegistryClient | None = None
         #: False once the registry endpoint answered 404 to the referrers API.
         self._referrers_api = True
+        #: False once ListImageReferrers turned out unknown (to the endpoint or botocore).
+        self._list_referrers = True
 
     async def manifest(self, reference: str, token: CancellationToken) -> Manifest:
         """BatchGetImage of one tag or digest; its bytes hashed and checked."""
@@ -335,15 +343,24 @@ class EcrSource:
         )
 
     async def referrers(self, digest: str, token: CancellationToken) -> tuple[str, ...] | None:
-        """The referrers API of the registry endpoint (see the module notes), logged in with
-        GetAuthorizationToken; None (then and after) if it answers 404: no such API there,
-        the tag schema is looked up instead.
+        """ListImageReferrers' digests, every page; where it is unknown, the referrers API of
+        the registry endpoint (see the module notes), logged in with GetAuthorizationToken;
+        None (then and after) if that answers 404: no such API there, the tag schema is looked
+        up instead.
 
         Raises:
+            EcrServiceError, EcrConnectionError: ListImageReferrers' or GetAuthorizationToken's.
+            ProtocolViolationError: ListImageReferrers gave the same nextToken twice.
             RegistryAuthError: the endpoint refused the login (no credential in the text).
             RegistryError (and subclasses), ManifestInvalidError: its other failures.
-            EcrServiceError, EcrConnectionError: GetAuthorizationToken's.
         """
+        if self._list_referrers:
+            try:
+                return await self._listed_referrers(digest, token)
+            except EcrServiceError as exc:
+                if exc.code != UNKNOWN_OPERATION:
+                    raise
+                self._list_referrers = False
         if not self._referrers_api:
             return None
         registry = await self._registry_client(token)
@@ -362,6 +379,34 @@ class EcrSource:
             self._referrers_api = False
             return None
         return tuple(entry.digest for entry in found)
+
+    async def _listed_referrers(self, digest: str, token: CancellationToken) -> tuple[str, ...]:
+        """Every page of ListImageReferrers for ``digest`` (50 a page), each digest once."""
+        found: dict[str, None] = {}
+        next_token: str | None = None
+        asked: set[str] = set()
+        while True:
+            page = await self._client.list_image_referrers(
+                ListImageReferrersRequest(
+                    repository_name=self.repository_name,
+                    subject_digest=digest,
+                    registry_id=self.registry_id,
+                    max_results=50,
+                    next_token=next_token,
+                ),
+                token,
+            )
+            found.update(dict.fromkeys(referrer.digest for referrer in page.referrers))
+            next_token = page.next_token
+            if next_token is None:
+                return tuple(found)
+            if next_token in asked:
+                raise ProtocolViolationError(
+                    f"{self.description}: the same nextToken came back twice (a listing that"
+                    " never ends)",
+                    operation="ListImageReferrers",
+                )
+            asked.add(next_token)
 
     async def _registry_client(self, token: CancellationToken) -> RegistryClient:
         """The registry endpoint's client: its address and login from GetAuthorizationToken

@@ -36,6 +36,7 @@ class Operation(enum.StrEnum):
     BATCH_GET_IMAGE = "BatchGetImage"
     GET_DOWNLOAD_URL_FOR_LAYER = "GetDownloadUrlForLayer"
     GET_AUTHORIZATION_TOKEN = "GetAuthorizationToken"
+    LIST_IMAGE_REFERRERS = "ListImageReferrers"
 
 
 class FaultKind(enum.Enum):

@@ -26,6 +26,7 @@ since ECR took OCI 1.1 (June 2024): the repository's images (ListImages, every p
 or not), their manifests (BatchGetImage, 100 at a time), and those whose ``subject`` names
 the digest, each once, in ListImages' order. A descriptor carries the manifest's media type,
 digest and size, its ``artifactType`` (else its config's media type) and its annotations.
+``referrer_descriptors`` works it out; rules.py answers ListImageReferrers with it too.
 """
 
 from __future__ import annotations
@@ -40,12 +41,14 @@ import os
 import re
 import secrets
 import time
+from collections.abc import Awaitable, Callable, Collection
 from pathlib import Path
 from typing import Any, Final, Literal
 from urllib.parse import quote
 
 from aiohttp import web
 
+from ecrstream.local.protocol import Reply
 from ecrstream.local.store import BlobStore
 from ecrstream.local.upstream import Upstream
 
@@ -254,11 +257,7 @@ class Registry:
 
     async def _ask(self, operation: str, payload: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         reply = await self._upstream.call(operation, payload, self._region_name)
-        try:
-            answer = json.loads(reply.body)
-        except ValueError:
-            answer = {}
-        return reply.status, answer if isinstance(answer, dict) else {}
+        return reply.status, _answer_of(reply)
 
     def _upstream_error(self, answer: dict[str, Any], name: str) -> web.Response:
         code = str(answer.get("__type", "")).rsplit("#", 1)[-1]
@@ -329,42 +328,80 @@ class Registry:
     async def _referrers(self, request: web.Request, name: str, digest: str) -> web.Response:
         if not _DIGEST.fullmatch(digest):
             return self._error(400, "DIGEST_INVALID", "invalid digest", digest=digest)
-        digests: dict[str, None] = {}
-        payload: dict[str, Any] = {"repositoryName": name, "filter": {"tagStatus": "ANY"}}
-        while True:
-            status, answer = await self._ask("ListImages", payload)
-            if status != 200:
-                return self._upstream_error(answer, name)
-            for image_id in answer.get("imageIds") or []:
-                if isinstance(image_id.get("imageDigest"), str):
-                    digests[image_id["imageDigest"]] = None
-            token = answer.get("nextToken")
-            if not token:
-                break
-            payload = {**payload, "nextToken": token}
         wanted = request.query.get("artifactType")
-        found: dict[str, dict[str, Any]] = {}
-        listed = list(digests)
-        for start in range(0, len(listed), _BATCH):
-            ids = [{"imageDigest": d} for d in listed[start : start + _BATCH]]
-            status, answer = await self._ask(
-                "BatchGetImage", {"repositoryName": name, "imageIds": ids}
-            )
-            if status != 200:
-                return self._upstream_error(answer, name)
-            for image in answer.get("images") or []:
-                described = _descriptor(image)
-                if described is None or described[0] != digest:
-                    continue
-                descriptor = described[1]
-                if wanted is not None and descriptor.get("artifactType") != wanted:
-                    continue
-                found.setdefault(descriptor["digest"], descriptor)
+
+        async def ask(operation: str, payload: dict[str, Any]) -> Reply:
+            return await self._upstream.call(operation, payload, self._region_name)
+
+        found = await referrer_descriptors(
+            ask, name, digest, artifact_types=None if wanted is None else (wanted,)
+        )
+        if isinstance(found, Reply):
+            return self._upstream_error(_answer_of(found), name)
         headers = {**_REGISTRY_HEADERS, "Content-Type": _OCI_INDEX}
         if wanted is not None:
             headers["OCI-Filters-Applied"] = "artifactType"
-        index = {"schemaVersion": 2, "mediaType": _OCI_INDEX, "manifests": list(found.values())}
+        index = {"schemaVersion": 2, "mediaType": _OCI_INDEX, "manifests": found}
         return web.Response(body=json.dumps(index).encode(), headers=headers)
+
+
+async def referrer_descriptors(
+    ask: Callable[[str, dict[str, Any]], Awaitable[Reply]],
+    name: str,
+    digest: str,
+    *,
+    artifact_types: Collection[str] | None = None,
+    registry_id: str | None = None,
+) -> list[dict[str, Any]] | Reply:
+    """The descriptors of the manifests of repository ``name`` whose ``subject`` is
+    ``digest``, each once, in ListImages' order (see the module notes); only those whose
+    artifactType is one of ``artifact_types`` when given. The referrers API lists them, and so
+    does ListImageReferrers (rules.py). ``ask`` makes one moto request; a refusal (an unknown
+    repository, say) is returned as moto's Reply."""
+    digests: dict[str, None] = {}
+    payload: dict[str, Any] = {"repositoryName": name, "filter": {"tagStatus": "ANY"}}
+    if registry_id is not None:
+        payload["registryId"] = registry_id
+    while True:
+        reply = await ask("ListImages", payload)
+        if reply.status != 200:
+            return reply
+        answer = _answer_of(reply)
+        for image_id in answer.get("imageIds") or []:
+            if isinstance(image_id.get("imageDigest"), str):
+                digests[image_id["imageDigest"]] = None
+        token = answer.get("nextToken")
+        if not token:
+            break
+        payload = {**payload, "nextToken": token}
+    found: dict[str, dict[str, Any]] = {}
+    listed = list(digests)
+    for start in range(0, len(listed), _BATCH):
+        ids = [{"imageDigest": d} for d in listed[start : start + _BATCH]]
+        batch: dict[str, Any] = {"repositoryName": name, "imageIds": ids}
+        if registry_id is not None:
+            batch["registryId"] = registry_id
+        reply = await ask("BatchGetImage", batch)
+        if reply.status != 200:
+            return reply
+        for image in _answer_of(reply).get("images") or []:
+            described = _descriptor(image)
+            if described is None or described[0] != digest:
+                continue
+            descriptor = described[1]
+            if artifact_types is not None and descriptor.get("artifactType") not in artifact_types:
+                continue
+            found.setdefault(descriptor["digest"], descriptor)
+    return list(found.values())
+
+
+def _answer_of(reply: Reply) -> dict[str, Any]:
+    """moto's JSON answer ({} if it is no object)."""
+    try:
+        answer = json.loads(reply.body)
+    except ValueError:
+        return {}
+    return answer if isinstance(answer, dict) else {}
 
 
 def _descriptor(image: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:

@@ -20,6 +20,11 @@ What moto 5.2 does, and what the rules add (errors in ECR's JSON shape)::
                           open; after success it is gone (a retried complete gets
                           UploadNotFoundException).
     BatchCheckLayerAvailability, BatchGetImage  moto, as ECR.
+    ListImageReferrers    moto lacks it. rules: the list the registry's referrers API gives
+                          (registry.py), every referrer ACTIVE, paged as ECR pages (20 without
+                          maxResults, 1-50 with it, an opaque nextToken); its fields checked
+                          (InvalidParameterException), an unknown repository as ListImages
+                          answers it (RepositoryNotFoundException).
     PutImage              moto: digest of the joined layer digests, imageDigest and blobs not
                           checked, unknown repository -> HTTP 500. rules add:
                           ImageDigestDoesNotMatchException, InvalidParameterException
@@ -37,16 +42,17 @@ completion are applied one at a time, in arrival order, as ECR does.
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import json
 import re
 import threading
 import time
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from ecrstream.local.faults import Exchange, FaultKind, Operation, UploadSnapshot
 from ecrstream.local.protocol import MAX_PART_SIZE, Parsed, Reply, error, success
-from ecrstream.local.registry import TOKEN_SECONDS, Access
+from ecrstream.local.registry import TOKEN_SECONDS, Access, referrer_descriptors
 from ecrstream.local.store import BlobStore
 from ecrstream.local.upstream import Upstream, manifest_blobs
 
@@ -54,6 +60,7 @@ if TYPE_CHECKING:
     from _hashlib import HASH
 
 _LAYER_DIGEST: Final = re.compile(r"[a-zA-Z0-9-_+.]+:[a-fA-F0-9]+")
+_SUBJECT_DIGEST: Final = re.compile(r"sha256:[0-9a-f]{64}")
 _CREDENTIAL_REGION = re.compile(r"Credential=[^/,\s]+/\d{8}/([^/,\s]+)/")
 _NO_SUCH_BLOB: Final = "sha256:" + "0" * 64
 
@@ -195,6 +202,8 @@ class Rules:
             return await self._download_url(headers, parsed, expired=expired)
         if operation == Operation.GET_AUTHORIZATION_TOKEN:
             return await self._authorization_token(headers, body)
+        if operation == Operation.LIST_IMAGE_REFERRERS:
+            return await self._list_image_referrers(headers, parsed)
         return await self._upstream.post(headers, body)
 
     def _registry_of(self, parsed: Parsed) -> str:
@@ -418,6 +427,103 @@ class Rules:
             data["proxyEndpoint"] = self._access.base_url
             data["expiresAt"] = expires_at
         return Reply(200, json.dumps(answer).encode(), reply.headers, applied=True)
+
+    async def _list_image_referrers(self, headers: dict[str, str], parsed: Parsed) -> Reply:
+        """ListImageReferrers (moto lacks it): the referrers API's list, one page of it."""
+        request = _referrers_request(parsed)
+        if isinstance(request, Reply):
+            return request
+        name, digest, types, status, max_results, offset = request
+
+        async def ask(operation: str, payload: dict[str, Any]) -> Reply:
+            return await self._upstream.ask(headers, operation, payload)
+
+        found = await referrer_descriptors(
+            ask, name, digest, artifact_types=types, registry_id=parsed.text("registryId")
+        )
+        if isinstance(found, Reply):
+            return found
+        if status in ("ARCHIVED", "ACTIVATING"):
+            found = []  # nothing here is ever archived
+        page = found[offset : offset + max_results]
+        answer: dict[str, Any] = {
+            "referrers": [{**descriptor, "artifactStatus": "ACTIVE"} for descriptor in page]
+        }
+        if offset + max_results < len(found):
+            answer["nextToken"] = _page_token(name, digest, offset + max_results)
+        return success(answer)
+
+
+_ARTIFACT_STATUSES: Final = ("ACTIVE", "ARCHIVED", "ACTIVATING", "ANY")
+_DEFAULT_REFERRERS_PAGE: Final = 20
+"""ListImageReferrers' page without maxResults (ECR's API reference)."""
+
+
+def _page_token(name: str, digest: str, offset: int) -> str:
+    """An opaque nextToken: where the next page of this listing starts."""
+    return base64.urlsafe_b64encode(json.dumps([name, digest, offset]).encode()).decode()
+
+
+def _referrers_request(
+    parsed: Parsed,
+) -> tuple[str, str, tuple[str, ...] | None, str, int, int] | Reply:
+    """ListImageReferrers' fields checked as ECR checks them: (repository, subject digest,
+    artifact types or None, artifact status, page size, offset), or the error answer."""
+    name = parsed.text("repositoryName")
+    subject = parsed.fields.get("subjectId")
+    digest = subject.get("imageDigest") if isinstance(subject, dict) else None
+    if name is None or not isinstance(digest, str):
+        return error(
+            "InvalidParameterException", "repositoryName and subjectId.imageDigest are required."
+        )
+    if not _SUBJECT_DIGEST.fullmatch(digest):
+        return error(
+            "InvalidParameterException",
+            f"Invalid parameter at 'subjectId.imageDigest': '{digest}' is not a sha256 digest.",
+        )
+    given = parsed.fields.get("filter", {})
+    if not isinstance(given, dict):
+        return error("InvalidParameterException", "Invalid parameter at 'filter'.")
+    types = given.get("artifactTypes", [])
+    if (
+        not isinstance(types, list)
+        or len(types) > 5
+        or not all(isinstance(t, str) and 1 <= len(t) <= 255 for t in types)
+    ):
+        return error(
+            "InvalidParameterException",
+            "Invalid parameter at 'filter.artifactTypes': at most 5 types of 1 to 255 characters.",
+        )
+    status = given.get("artifactStatus", "ACTIVE")
+    if status not in _ARTIFACT_STATUSES:
+        return error(
+            "InvalidParameterException",
+            "Invalid parameter at 'filter.artifactStatus': one of "
+            + ", ".join(_ARTIFACT_STATUSES)
+            + ".",
+        )
+    max_results = parsed.fields.get("maxResults", _DEFAULT_REFERRERS_PAGE)
+    if (
+        not isinstance(max_results, int)
+        or isinstance(max_results, bool)
+        or not 1 <= max_results <= 50
+    ):
+        return error(
+            "InvalidParameterException",
+            "Invalid parameter at 'maxResults': an integer from 1 to 50.",
+        )
+    offset = 0
+    if "nextToken" in parsed.fields:
+        offset = -1
+        try:
+            where = json.loads(base64.urlsafe_b64decode(str(parsed.fields["nextToken"])))
+        except ValueError:
+            where = None
+        if isinstance(where, list) and where[:2] == [name, digest] and len(where) == 3:
+            offset = where[2] if isinstance(where[2], int) and where[2] >= 0 else -1
+        if offset < 0:
+            return error("InvalidParameterException", "Invalid parameter at 'nextToken'.")
+    return name, digest, tuple(types) or None, status, max_results, offset
 
 
 def _part_problem(upload: Upload, parsed: Parsed) -> str | None:
