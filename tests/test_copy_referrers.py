@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
@@ -48,6 +49,7 @@ from ecrstream.cancellation import CancellationTokenSource
 from ecrstream.client import UNKNOWN_OPERATION, EcrClient
 from ecrstream.copy import CopyCanceledError, CopyImageResult, copy_image
 from ecrstream.copy.referrers import MAX_REFERRER_DEPTH, REFERRERS_NOTE, referrers_notes
+from ecrstream.copy.source import LOGIN_MARGIN_SECONDS
 from ecrstream.errors import (
     EcrServiceError,
     InvalidArgumentError,
@@ -756,6 +758,37 @@ async def test_from_ecr_untagged_referrers_through_its_registry_referrers_api(
         listed = await reader.get_referrers(repository, image.digest)
     assert listed is not None
     assert [entry.digest for entry in listed] == [signature.digest]
+
+
+async def test_from_ecr_a_login_about_to_expire_is_renewed_before_the_next_listing(
+    anon_registry: RegistryServer, ecr: LocalEcr, client: EcrClient, repository: str
+) -> None:
+    middle, _, signature, countersigned, cosign, _ = await seed_ecr_source(
+        anon_registry, ecr, client
+    )
+    ecr.reset()
+    soon = time.time() + LOGIN_MARGIN_SECONDS / 2  # valid still, but within the margin
+
+    with LyingEcr(ecr) as liar:
+        without_list_image_referrers(liar)
+        login = liar.lie(
+            "GetAuthorizationToken",
+            login_lie(lambda login: login.update(expiresAt=soon)),
+            forward=True,
+        )
+        async with EcrClient.create(**liar.client_kwargs()) as lacking:
+            result = await copy_image(
+                client,
+                ecr_source_ecr(middle, ecr),
+                repository,
+                source_client=lacking,
+                with_referrers=True,
+            )
+
+    assert result.referrer_digests == (signature.digest, cosign.digest, countersigned.digest)
+    # One login per listing (the image; the signature and cosign's; the countersignature).
+    assert login.told == 4
+    assert len(ecr.requests("GetAuthorizationToken")) == 4
 
 
 @pytest.fixture

@@ -36,8 +36,9 @@ import base64
 import binascii
 import hashlib
 import os
+import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Final, Protocol
 
 from ecrstream.cancellation import CancellationToken
 from ecrstream.client import UNKNOWN_OPERATION, EcrClient
@@ -70,7 +71,12 @@ from ecrstream.source import CheckpointFields
 if TYPE_CHECKING:
     import aiohttp
 
-__all__ = ["EcrSource", "ImageSource", "RegistrySource", "RemoteBlobSource"]
+__all__ = ["LOGIN_MARGIN_SECONDS", "EcrSource", "ImageSource", "RegistrySource", "RemoteBlobSource"]
+
+#: An ECR source logs in to its registry endpoint again this long before the login's
+#: ``expiresAt`` (GetAuthorizationToken's are valid 12 hours): a long copy never uses a
+#: login that runs out mid-request.
+LOGIN_MARGIN_SECONDS: Final = 300.0
 
 #: Opens the blob's bytes from an offset (the first GET sent).
 BlobOpener = Callable[[int], Awaitable[BlobReader]]
@@ -323,6 +329,7 @@ class EcrSource:
         self.description = f"ECR {registry_id or '(default registry)'}/{repository_name}"
         #: The client of the registry endpoint (the referrers API), made when first needed.
         self._registry: RegistryClient | None = None
+        self._login_expires_at: float | None = None
         #: False once the registry endpoint answered 404 to the referrers API.
         self._referrers_api = True
         #: False once ListImageReferrers turned out unknown (to the endpoint or botocore).
@@ -410,9 +417,15 @@ class EcrSource:
 
     async def _registry_client(self, token: CancellationToken) -> RegistryClient:
         """The registry endpoint's client: its address and login from GetAuthorizationToken
-        (of ``registry_id``'s registry), this source's TLS setting and retries."""
+        (of ``registry_id``'s registry), this source's TLS setting and retries; made anew
+        once the login is within LOGIN_MARGIN_SECONDS of its ``expiresAt``."""
         if self._registry is not None:
-            return self._registry
+            expires_at = self._login_expires_at
+            if expires_at is None or time.time() < expires_at - LOGIN_MARGIN_SECONDS:
+                return self._registry
+            # A copy that ran longer than the login (ECR's last 12 hours): log in again.
+            stale, self._registry = self._registry, None
+            await stale.aclose()
         from yarl import URL
 
         answer = await self._client.get_authorization_token(
@@ -449,6 +462,7 @@ class EcrSource:
             if endpoint.explicit_port is None
             else (f"{endpoint.host}:{endpoint.explicit_port}")
         )
+        self._login_expires_at = login.expires_at
         self._registry = RegistryClient(
             host,
             credentials=RegistryCredentials(username=user, password=password),
