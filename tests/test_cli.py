@@ -282,6 +282,32 @@ def test_usage_errors(
     assert line.endswith("(see 'ecrstream upload-layer --help')")
 
 
+def test_the_region_comes_from_aws_region_before_aws_default_region(
+    ecr: LocalEcr, repository: str, env: dict[str, str], tmp_path: Path
+) -> None:
+    layer = tmp_path / "layer.bin"
+    digest = make_layer(layer, 1000)
+    args = ["upload-layer", str(layer), "--repository", repository]
+    args += ["--endpoint-url", ecr.endpoint_url, "--json"]
+
+    # The repository is in the endpoint's region only: where the upload went says which won.
+    taken = cli(*args, env={**env, "AWS_REGION": ecr.region_name}, timeout=60)
+    assert taken.returncode == 0, taken.stderr
+    assert json.loads(taken.stdout)["digest"] == digest
+    elsewhere = {**env, "AWS_REGION": "eu-north-1", "AWS_DEFAULT_REGION": ecr.region_name}
+    lost = cli(*args, env=elsewhere, timeout=60)
+    assert lost.returncode == 1
+    assert f"repository '{repository}' not found" in error_line(lost)
+    assert "eu-north-1" in error_line(lost)
+    explicit = cli(*args, "--region", ecr.region_name, env=elsewhere, timeout=60)
+    assert explicit.returncode == 0, explicit.stderr
+
+    bad = cli(*args, env={**env, "AWS_REGION": "nowhere 1"}, timeout=60)
+    assert bad.returncode == 2
+    assert_clean(bad)
+    assert "AWS_REGION: 'nowhere 1' is not an AWS region name" in error_line(bad)
+
+
 def test_repository_not_found(ecr: LocalEcr, env: dict[str, str], tmp_path: Path) -> None:
     layer = tmp_path / "layer.bin"
     make_layer(layer, 1000)

@@ -411,6 +411,27 @@ async def test_create_without_a_region_is_a_value_error(
     assert await settled(ecr) == []
 
 
+async def test_create_takes_aws_region_before_aws_default_region(
+    ecr: LocalEcr, monkeypatch: pytest.MonkeyPatch, repository: str
+) -> None:
+    # AWS_REGION is what the AWS CLI and the other SDKs read (botocore only reads
+    # AWS_DEFAULT_REGION); as in the AWS CLI, it wins over AWS_DEFAULT_REGION.
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent/ecrstream-test-config")
+    kwargs = dict(ecr.client_kwargs())
+    del kwargs["region_name"]
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "ap-south-1")
+    async with EcrClient.create(**kwargs) as made:  # type: ignore[arg-type]
+        assert made.region_name == "ap-south-1"
+    monkeypatch.setenv("AWS_REGION", ecr.region_name)
+    async with EcrClient.create(**kwargs) as made:  # type: ignore[arg-type]
+        assert made.region_name == ecr.region_name
+        # and the requests go to that region (the repository is there, not in ap-south-1)
+        await made.initiate_layer_upload(InitiateLayerUploadRequest(repository))
+    async with EcrClient.create(**kwargs, region_name="eu-west-2") as made:  # type: ignore[arg-type]
+        assert made.region_name == "eu-west-2"  # an explicit region still comes first
+
+
 async def test_repr_names_the_endpoint_and_never_the_keys(
     ecr: LocalEcr, aio_session: AioSession
 ) -> None:

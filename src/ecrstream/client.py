@@ -309,8 +309,12 @@ class EcrClient:
     ) -> AsyncIterator[EcrClient]:
         """Create an aiobotocore ECR client (standard AWS credential chain) and wrap it.
 
-        An async context manager: the client is closed on exit. Explicit keys, when given,
-        override the credential chain; they are never logged or shown in a repr.
+        An async context manager: the client is closed on exit. ``region_name`` None takes
+        ``AWS_REGION`` (what the AWS CLI and every other AWS SDK read, and what Lambda, ECS
+        and CodeBuild set; botocore alone ignores it), then botocore's chain
+        (``AWS_DEFAULT_REGION``, the profile's ``region``), as the AWS CLI orders them.
+        Explicit keys, when given, override the credential chain; they are never logged or
+        shown in a repr.
         ``verify`` is boto3's: None (check TLS certificates against the default CA bundle,
         or ``AWS_CA_BUNDLE``), a CA bundle path to check them against, or False not to check
         them. A certificate that cannot be verified raises CertificateVerificationError
@@ -319,6 +323,7 @@ class EcrClient:
         """
         verify = _check_verify(verify)
         endpoint_url = _normalized_endpoint(endpoint_url)
+        region_name = region_name or os.environ.get("AWS_REGION") or None
         session = session or get_session()
         # aiobotocore wants its own Config subclass; carry over what the caller set
         options = dict(getattr(config, "_user_provided_options", {})) if config else {}

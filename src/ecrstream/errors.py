@@ -653,7 +653,8 @@ def translate_botocore_error(exc: Exception, operation: str) -> Exception:
         )
     if isinstance(exc, NoRegionError):
         return InvalidArgumentError(
-            "region_name", "no AWS region is configured; pass one or set AWS_REGION"
+            "region_name",
+            "no AWS region is configured; pass one or set AWS_REGION (or AWS_DEFAULT_REGION)",
         )
     if isinstance(exc, ParamValidationError):
         return InvalidArgumentError(operation, str(exc))

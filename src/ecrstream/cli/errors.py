@@ -196,8 +196,11 @@ def _repository_not_found(exc: RepositoryNotFoundError, context: Context) -> Exp
     repository = context.repository
     registry = context.registry_id
     in_registry = f"registry {registry}" if registry else "the default registry"
+    where = context.where
+    if context.endpoint_url and context.region:
+        where += f" (region {context.region})"  # an AWS_REGION set by mistake shows here
     return (
-        f"repository {repository!r} not found in {in_registry} at {context.where}: create it"
+        f"repository {repository!r} not found in {in_registry} at {where}: create it"
         f" (aws ecr create-repository --repository-name {repository}) or check"
         " --repository, --region and --registry-id",
         EXIT_FAILURE,

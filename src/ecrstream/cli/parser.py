@@ -117,7 +117,10 @@ def _positive_int_argument(text: str) -> int:
 
 def _add_aws_options(parser: argparse.ArgumentParser) -> None:
     aws = parser.add_argument_group("AWS options (as in the AWS CLI)")
-    aws.add_argument("--region", help="AWS region (default: AWS_REGION or the profile's)")
+    aws.add_argument(
+        "--region",
+        help="AWS region (default: AWS_REGION, AWS_DEFAULT_REGION, the profile's)",
+    )
     aws.add_argument(
         "--profile", help="named profile from ~/.aws/config (default: AWS_PROFILE or default)"
     )

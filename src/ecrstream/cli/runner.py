@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -106,16 +107,22 @@ def _session(aws: AwsOptions, prefix: str = "", region: str | None = None) -> tu
             f"the AWS profile {exc.kwargs.get('profile')!r} (from AWS_PROFILE) does not exist:"
             f" pass --{prefix}profile NAME or unset AWS_PROFILE"
         ) from None
-    resolved = aws.region or configured_region or region
+    # The AWS CLI's order: the option, AWS_REGION (which botocore ignores), then botocore's
+    # AWS_DEFAULT_REGION or the profile's region.
+    choices = (
+        (aws.region, f"--{prefix}region"),
+        (os.environ.get("AWS_REGION"), "AWS_REGION"),
+        (configured_region, "the region of AWS_DEFAULT_REGION or the profile"),
+        (region, f"--{prefix}region"),
+    )
+    resolved, origin = next(((r, o) for r, o in choices if r), (None, ""))
     if not resolved:
         raise UsageError(
             f"no AWS region: pass --{prefix}region (for example --{prefix}region us-east-1)"
             " or set AWS_REGION or AWS_DEFAULT_REGION"
         )
     if not _REGION_RE.fullmatch(resolved):
-        raise UsageError(
-            f"--{prefix}region: {resolved!r} is not an AWS region name (like us-east-1)"
-        )
+        raise UsageError(f"{origin}: {resolved!r} is not an AWS region name (like us-east-1)")
     return session, resolved
 
 
