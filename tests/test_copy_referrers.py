@@ -678,6 +678,28 @@ def ecr_source_ecr(middle: str, ecr: LocalEcr) -> str:
     return f"{ecr.registry_address}/{middle}:v1"
 
 
+async def copy_from_ecr(
+    client: EcrClient,
+    ecr: LocalEcr,
+    middle: str,
+    repository: str,
+    *,
+    through: LyingEcr | None = None,
+    **options: Any,
+) -> CopyImageResult:
+    """copy_image of the ECR source ``middle``'s ``v1`` with its referrers into
+    ``repository``; the source's own client talks to ECR through ``through`` if given."""
+    source = ecr_source_ecr(middle, ecr)
+    if through is None:
+        return await copy_image(
+            client, source, repository, source_client=client, with_referrers=True, **options
+        )
+    async with EcrClient.create(**through.client_kwargs()) as source_client:
+        return await copy_image(
+            client, source, repository, source_client=source_client, with_referrers=True, **options
+        )
+
+
 async def test_from_ecr_untagged_referrers_through_list_image_referrers(
     anon_registry: RegistryServer, ecr: LocalEcr, client: EcrClient, repository: str
 ) -> None:
@@ -686,9 +708,7 @@ async def test_from_ecr_untagged_referrers_through_list_image_referrers(
     )
     ecr.reset()
 
-    result = await copy_image(
-        client, ecr_source_ecr(middle, ecr), repository, source_client=client, with_referrers=True
-    )
+    result = await copy_from_ecr(client, ecr, middle, repository)
 
     # From ListImageReferrers (the countersignature a level below), then cosign's tag; the
     # tag schema's index is not looked at (its decoy is not taken for a referrer).
@@ -729,14 +749,7 @@ async def test_from_ecr_untagged_referrers_through_its_registry_referrers_api(
 
     with LyingEcr(ecr) as liar:
         unknown = without_list_image_referrers(liar)
-        async with EcrClient.create(**liar.client_kwargs()) as lacking:
-            result = await copy_image(
-                client,
-                ecr_source_ecr(middle, ecr),
-                repository,
-                source_client=lacking,
-                with_referrers=True,
-            )
+        result = await copy_from_ecr(client, ecr, middle, repository, through=liar)
 
     # From the registry endpoint's referrers API (the countersignature a level below), then
     # cosign's tag; the tag schema's index is not looked at (its decoy is not taken).
@@ -776,14 +789,7 @@ async def test_from_ecr_a_login_about_to_expire_is_renewed_before_the_next_listi
             login_lie(lambda login: login.update(expiresAt=soon)),
             forward=True,
         )
-        async with EcrClient.create(**liar.client_kwargs()) as lacking:
-            result = await copy_image(
-                client,
-                ecr_source_ecr(middle, ecr),
-                repository,
-                source_client=lacking,
-                with_referrers=True,
-            )
+        result = await copy_from_ecr(client, ecr, middle, repository, through=liar)
 
     assert result.referrer_digests == (signature.digest, cosign.digest, countersigned.digest)
     # One login per listing (the image; the signature and cosign's; the countersignature).
@@ -849,15 +855,8 @@ async def test_from_ecr_a_list_image_referrers_that_never_ends_is_a_protocol_vio
 
     with LyingEcr(ecr) as liar:
         endless = liar.lie("ListImageReferrers", again, forward=True)
-        async with EcrClient.create(**liar.client_kwargs()) as lying:
-            with pytest.raises(ProtocolViolationError) as caught:
-                await copy_image(
-                    client,
-                    ecr_source_ecr(middle, ecr),
-                    repository,
-                    source_client=lying,
-                    with_referrers=True,
-                )
+        with pytest.raises(ProtocolViolationError) as caught:
+            await copy_from_ecr(client, ecr, middle, repository, through=liar)
 
     assert endless.told == 2  # the first page, then the token repeated: stopped there
     assert "the same nextToken came back twice" in str(caught.value)
@@ -911,14 +910,7 @@ async def test_from_ecr_without_the_referrers_api_the_tag_schema_and_cosign_tags
                 login_lie(lambda login: login.update(proxyEndpoint=f"http://{proxy.host}")),
                 forward=True,
             )
-            async with EcrClient.create(**liar.client_kwargs()) as lying:
-                result = await copy_image(
-                    client,
-                    ecr_source_ecr(middle, ecr),
-                    repository,
-                    source_client=lying,
-                    with_referrers=True,
-                )
+            result = await copy_from_ecr(client, ecr, middle, repository, through=liar)
     finally:
         fixture_loop.run(proxy.close())
 
@@ -954,15 +946,8 @@ async def test_from_ecr_a_refused_login_is_a_registry_auth_error_without_the_pas
             login_lie(lambda login: login.update(authorizationToken=token)),
             forward=True,
         )
-        async with EcrClient.create(**liar.client_kwargs()) as lying:
-            with pytest.raises(RegistryAuthError) as caught:
-                await copy_image(
-                    client,
-                    ecr_source_ecr(middle, ecr),
-                    repository,
-                    source_client=lying,
-                    with_referrers=True,
-                )
+        with pytest.raises(RegistryAuthError) as caught:
+            await copy_from_ecr(client, ecr, middle, repository, through=liar)
 
     text = str(caught.value)
     assert "refused the login GetAuthorizationToken gave" in text, text
@@ -994,23 +979,9 @@ async def test_from_ecr_the_registry_endpoints_tls_is_checked_as_the_sources(
             login_lie(lambda login: login.update(proxyEndpoint=tls.base_url)),
             forward=True,
         )
-        async with EcrClient.create(**liar.client_kwargs()) as lying:
-            with pytest.raises(RegistryConnectionError) as caught:
-                await copy_image(
-                    client,
-                    ecr_source_ecr(middle, ecr),
-                    repository,
-                    source_client=lying,
-                    with_referrers=True,
-                )
-            result = await copy_image(
-                client,
-                ecr_source_ecr(middle, ecr),
-                repository,
-                source_client=lying,
-                verify=tls.ca,
-                with_referrers=True,
-            )
+        with pytest.raises(RegistryConnectionError) as caught:
+            await copy_from_ecr(client, ecr, middle, repository, through=liar)
+        result = await copy_from_ecr(client, ecr, middle, repository, through=liar, verify=tls.ca)
 
     assert login.told == 2
     assert f"TLS with https://{tls.host}" in str(caught.value)
@@ -1049,15 +1020,8 @@ async def test_from_ecr_a_tag_ecr_cannot_read_is_an_error_not_no_referrer(
 
     with LyingEcr(ecr) as liar:
         liar.lie("BatchGetImage", kms_error_for_att, forward=True)
-        async with EcrClient.create(**liar.client_kwargs()) as lying:
-            with pytest.raises(RegistryError) as caught:
-                await copy_image(
-                    client,
-                    f"{ecr.registry_address}/{middle}:v1",
-                    repository,
-                    source_client=lying,
-                    with_referrers=True,
-                )
+        with pytest.raises(RegistryError) as caught:
+            await copy_from_ecr(client, ecr, middle, repository, through=liar)
 
     assert liar.told == 1, caught.value
     assert f"could not read tag {att} (KmsError: the key is disabled)" in str(caught.value)
