@@ -40,6 +40,7 @@ import contextvars
 import gc
 import logging
 import os
+import re
 import time
 import urllib.parse
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -60,7 +61,12 @@ from ecrstream.cancellation import (
     cancellation_scope,
     run_cancellable,
 )
-from ecrstream.errors import EcrServiceError, InvalidArgumentError, map_botocore_errors
+from ecrstream.errors import (
+    EcrServiceError,
+    InvalidArgumentError,
+    ProtocolViolationError,
+    map_botocore_errors,
+)
 from ecrstream.models import (
     MAX_PART_SIZE,
     AuthorizationData,
@@ -97,6 +103,7 @@ __all__ = ["UNKNOWN_OPERATION", "EcrClient"]
 #: The error code of an endpoint that lacks an operation (EcrServiceError.code); also raised
 #: without a request where the installed botocore lacks it (``list_image_referrers``).
 UNKNOWN_OPERATION: Final = "UnknownOperationException"
+_REFERRER_DIGEST: Final = re.compile(r"sha256:[0-9a-f]{64}")
 
 logger = logging.getLogger("ecrstream")
 
@@ -701,19 +708,28 @@ class EcrClient:
             retry,
         )
         return ListImageReferrersResponse(
-            referrers=tuple(
-                ImageReferrer(
-                    digest=str(item.get("digest", "")),
-                    media_type=str(item.get("mediaType", "")),
-                    size=int(item.get("size", 0)),
-                    artifact_type=item.get("artifactType"),
-                    annotations=dict(item.get("annotations") or {}),
-                    artifact_status=item.get("artifactStatus"),
-                )
-                for item in data.get("referrers", ())
-            ),
+            referrers=tuple(_referrer(item) for item in data.get("referrers") or ()),
             next_token=data.get("nextToken") or None,
         )
+
+
+def _referrer(item: dict[str, Any]) -> ImageReferrer:
+    """One ListImageReferrers entry; ProtocolViolationError unless its digest is a sha256
+    digest (anything else would be looked up as a tag, or refused as the caller's input)."""
+    digest = item.get("digest")
+    if not isinstance(digest, str) or not _REFERRER_DIGEST.fullmatch(digest):
+        raise ProtocolViolationError(
+            f"a referrer whose digest is no sha256 digest ({str(digest)[:80]!r})",
+            operation="ListImageReferrers",
+        )
+    return ImageReferrer(
+        digest=digest,
+        media_type=str(item.get("mediaType", "")),
+        size=int(item.get("size", 0)),
+        artifact_type=item.get("artifactType"),
+        annotations=dict(item.get("annotations") or {}),
+        artifact_status=item.get("artifactStatus"),
+    )
 
 
 def _timestamp(value: object) -> float | None:
