@@ -417,6 +417,7 @@ async def test_create_takes_aws_region_before_aws_default_region(
     # AWS_REGION is what the AWS CLI and the other SDKs read (botocore only reads
     # AWS_DEFAULT_REGION); as in the AWS CLI, it wins over AWS_DEFAULT_REGION.
     monkeypatch.delenv("AWS_PROFILE", raising=False)
+    monkeypatch.delenv("AWS_REGION", raising=False)  # CodeBuild, GitHub's AWS action set it
     monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent/ecrstream-test-config")
     kwargs = dict(ecr.client_kwargs())
     del kwargs["region_name"]
@@ -430,6 +431,34 @@ async def test_create_takes_aws_region_before_aws_default_region(
         await made.initiate_layer_upload(InitiateLayerUploadRequest(repository))
     async with EcrClient.create(**kwargs, region_name="eu-west-2") as made:  # type: ignore[arg-type]
         assert made.region_name == "eu-west-2"  # an explicit region still comes first
+
+
+async def test_create_keeps_a_sessions_own_region_and_refuses_a_bad_aws_region(
+    ecr: LocalEcr, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from aiobotocore.session import AioSession
+
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent/ecrstream-test-config")
+    monkeypatch.setenv("AWS_REGION", "eu-north-1")
+    kwargs: dict[str, Any] = dict(ecr.client_kwargs())
+    del kwargs["region_name"]
+    session = AioSession()
+    session.set_config_variable("region", ecr.region_name)  # as boto3's Session(region_name=)
+    async with EcrClient.create(**{**kwargs, "session": session}) as made:
+        assert made.region_name == ecr.region_name
+
+    for bad in ("nowhere 1", "us-east-1\n"):
+        monkeypatch.setenv("AWS_REGION", bad)
+        with pytest.raises(InvalidArgumentError) as caught:
+            async with EcrClient.create(**kwargs):
+                pass
+        assert caught.value.field == "region_name"
+        assert "from AWS_REGION" in str(caught.value)
+    with pytest.raises(InvalidArgumentError, match="from region_name"):
+        async with EcrClient.create(**{**kwargs, "region_name": "us east 1"}):
+            pass
+    assert await settled(ecr) == []
 
 
 async def test_repr_names_the_endpoint_and_never_the_keys(

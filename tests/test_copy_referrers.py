@@ -866,6 +866,38 @@ async def test_from_ecr_a_list_image_referrers_that_never_ends_is_a_protocol_vio
         await assert_image_in_ecr(reader, repository, f"@{image.digest}", image)
 
 
+async def test_from_ecr_a_listed_referrer_that_is_no_digest_is_a_protocol_violation(
+    anon_registry: RegistryServer, ecr: LocalEcr, client: EcrClient, repository: str
+) -> None:
+    # A referrer named by a tag ("v2", the decoy's) would be read as that tag and copied as
+    # a referrer; an endpoint that says so is broken, not a source of referrers.
+    middle, image, _, _, _, decoy = await seed_ecr_source(anon_registry, ecr, client)
+
+    def a_tag_for_a_digest(exchange: Exchange) -> Reply:
+        answer = dict(exchange.answer or {})
+        answer["referrers"] = [{**entry, "digest": "v2"} for entry in answer.get("referrers") or []]
+        return Reply(200, answer)
+
+    with LyingEcr(ecr) as liar:
+        liar.lie("ListImageReferrers", a_tag_for_a_digest, forward=True)
+        async with EcrClient.create(**liar.client_kwargs()) as lying:
+            with pytest.raises(ProtocolViolationError) as caught:
+                await copy_image(
+                    client,
+                    ecr_source_ecr(middle, ecr),
+                    repository,
+                    source_client=lying,
+                    with_referrers=True,
+                )
+
+    assert caught.value.operation == "ListImageReferrers"
+    assert "'v2'" in str(caught.value)
+    assert referrers_notes(caught.value)  # the image itself went in first
+    async with await ecr_reader(ecr, client) as reader:
+        await assert_image_in_ecr(reader, repository, f"@{image.digest}", image)
+        await assert_not_in_ecr(reader, repository, f"@{decoy.digest}")
+
+
 def login_lie(change: Callable[[dict[str, Any]], None]) -> Callable[[Exchange], Reply | None]:
     """A lie told after GetAuthorizationToken reached ECR: its answer's login changed."""
 

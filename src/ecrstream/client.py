@@ -40,6 +40,7 @@ import contextvars
 import gc
 import logging
 import os
+import re
 import time
 import urllib.parse
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -60,7 +61,12 @@ from ecrstream.cancellation import (
     cancellation_scope,
     run_cancellable,
 )
-from ecrstream.errors import EcrServiceError, InvalidArgumentError, map_botocore_errors
+from ecrstream.errors import (
+    EcrServiceError,
+    InvalidArgumentError,
+    ProtocolViolationError,
+    map_botocore_errors,
+)
 from ecrstream.models import (
     MAX_PART_SIZE,
     AuthorizationData,
@@ -97,6 +103,9 @@ __all__ = ["UNKNOWN_OPERATION", "EcrClient"]
 #: The error code of an endpoint that lacks an operation (EcrServiceError.code); also raised
 #: without a request where the installed botocore lacks it (``list_image_referrers``).
 UNKNOWN_OPERATION: Final = "UnknownOperationException"
+_REFERRER_DIGEST: Final = re.compile(r"sha256:[0-9a-f]{64}")
+#: A region name: one DNS label (as botocore checks it, without its trailing-newline gap).
+_REGION_NAME: Final = re.compile(r"(?![0-9]+$)[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?")
 
 logger = logging.getLogger("ecrstream")
 
@@ -310,9 +319,12 @@ class EcrClient:
         """Create an aiobotocore ECR client (standard AWS credential chain) and wrap it.
 
         An async context manager: the client is closed on exit. ``region_name`` None takes
+        the ``session``'s own region if one was set on it (``set_config_variable``), else
         ``AWS_REGION`` (what the AWS CLI and every other AWS SDK read, and what Lambda, ECS
         and CodeBuild set; botocore alone ignores it), then botocore's chain
-        (``AWS_DEFAULT_REGION``, the profile's ``region``), as the AWS CLI orders them.
+        (``AWS_DEFAULT_REGION``, the profile's ``region``), as the AWS CLI orders them. A
+        region that is no DNS label raises InvalidArgumentError (``region_name``, naming
+        AWS_REGION when it came from there) before anything is made.
         Explicit keys, when given, override the credential chain; they are never logged or
         shown in a repr.
         ``verify`` is boto3's: None (check TLS certificates against the default CA bundle,
@@ -323,8 +335,21 @@ class EcrClient:
         """
         verify = _check_verify(verify)
         endpoint_url = _normalized_endpoint(endpoint_url)
-        region_name = region_name or os.environ.get("AWS_REGION") or None
         session = session or get_session()
+        origin = "region_name"
+        # A region set on the session itself (set_config_variable) outranks the environment,
+        # as boto3's Session(region_name=...) does; AWS_REGION only fills in for the chain.
+        if not region_name and not session.instance_variables().get("region"):
+            region_name = os.environ.get("AWS_REGION") or None
+            origin = "AWS_REGION"
+        if region_name is not None and not (
+            isinstance(region_name, str) and _REGION_NAME.fullmatch(region_name)
+        ):
+            # botocore's own check lets a trailing newline through and raises no ValueError
+            raise InvalidArgumentError(
+                "region_name",
+                f"{region_name!r} (from {origin}) is not an AWS region name (like us-east-1)",
+            )
         # aiobotocore wants its own Config subclass; carry over what the caller set
         options = dict(getattr(config, "_user_provided_options", {})) if config else {}
         if "http_session_cls" not in options:
@@ -701,19 +726,28 @@ class EcrClient:
             retry,
         )
         return ListImageReferrersResponse(
-            referrers=tuple(
-                ImageReferrer(
-                    digest=str(item.get("digest", "")),
-                    media_type=str(item.get("mediaType", "")),
-                    size=int(item.get("size", 0)),
-                    artifact_type=item.get("artifactType"),
-                    annotations=dict(item.get("annotations") or {}),
-                    artifact_status=item.get("artifactStatus"),
-                )
-                for item in data.get("referrers", ())
-            ),
+            referrers=tuple(_referrer(item) for item in data.get("referrers") or ()),
             next_token=data.get("nextToken") or None,
         )
+
+
+def _referrer(item: dict[str, Any]) -> ImageReferrer:
+    """One ListImageReferrers entry; ProtocolViolationError unless its digest is a sha256
+    digest (anything else would be looked up as a tag, or refused as the caller's input)."""
+    digest = item.get("digest")
+    if not isinstance(digest, str) or not _REFERRER_DIGEST.fullmatch(digest):
+        raise ProtocolViolationError(
+            f"a referrer whose digest is no sha256 digest ({str(digest)[:80]!r})",
+            operation="ListImageReferrers",
+        )
+    return ImageReferrer(
+        digest=digest,
+        media_type=str(item.get("mediaType", "")),
+        size=int(item.get("size", 0)),
+        artifact_type=item.get("artifactType"),
+        annotations=dict(item.get("annotations") or {}),
+        artifact_status=item.get("artifactStatus"),
+    )
 
 
 def _timestamp(value: object) -> float | None:

@@ -582,9 +582,10 @@ async def copy_image(
     manifests have no ``subject``; their tag is what finds them). An ECR source's referrers
     come from ListImageReferrers of ``source_client`` (every page, ACTIVE ones); where that
     call is unknown (to the endpoint or to botocore), from its registry endpoint's referrers
-    API (ECR serves OCI 1.1 there): the endpoint and its login come from one
-    GetAuthorizationToken (for ``source_registry_id``), its TLS checked per ``verify``; a 404
-    there falls back to the tag schema. Cosign's tags are read with one BatchGetImage per
+    API (ECR serves OCI 1.1 there): the endpoint and its login come from GetAuthorizationToken
+    (for ``source_registry_id``; asked once, and again within ``source.LOGIN_MARGIN_SECONDS``
+    of its ``expiresAt``), its TLS checked per ``verify``; a 404 there falls back to the tag
+    schema. Cosign's tags are read with one BatchGetImage per
     digest. ``result.referrer_digests`` names those
     put. A
     stop while referrers are copied raises ``CopyCanceledError`` like any other: the resume
