@@ -45,6 +45,7 @@ from registry_fixtures import (
     sha256_digest,
 )
 
+import ecrstream.copy.source
 from ecrstream.cancellation import CancellationTokenSource
 from ecrstream.client import UNKNOWN_OPERATION, EcrClient
 from ecrstream.copy import CopyCanceledError, CopyImageResult, copy_image
@@ -771,6 +772,49 @@ async def test_from_ecr_untagged_referrers_through_its_registry_referrers_api(
         listed = await reader.get_referrers(repository, image.digest)
     assert listed is not None
     assert [entry.digest for entry in listed] == [signature.digest]
+
+
+async def test_from_ecr_a_501_to_list_image_referrers_is_no_such_operation_either(
+    anon_registry: RegistryServer, ecr: LocalEcr, client: EcrClient, repository: str
+) -> None:
+    middle, _, signature, countersigned, cosign, _ = await seed_ecr_source(
+        anon_registry, ecr, client
+    )
+    ecr.reset()
+
+    def not_implemented(exchange: Exchange) -> Reply:
+        # What an emulator answers for an operation it does not have (LocalStack's shape)
+        message = f"The API action '{exchange.operation}' for service 'ecr' is not implemented"
+        return Reply(501, {"__type": "InternalFailure", "message": message})
+
+    with LyingEcr(ecr) as liar:
+        unknown = liar.lie("ListImageReferrers", not_implemented)
+        result = await copy_from_ecr(client, ecr, middle, repository, through=liar)
+
+    assert result.referrer_digests == (signature.digest, cosign.digest, countersigned.digest)
+    assert unknown.told == 1  # not retried (501 is permanent), not asked again
+    assert len(ecr.requests("GetAuthorizationToken")) == 1  # the registry endpoint instead
+
+
+async def test_from_ecr_a_list_image_referrers_of_too_many_pages_is_a_protocol_violation(
+    anon_registry: RegistryServer,
+    ecr: LocalEcr,
+    client: EcrClient,
+    repository: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    middle, *_ = await seed_ecr_source(anon_registry, ecr, client)
+    monkeypatch.setattr(ecrstream.copy.source, "MAX_REFERRER_PAGES", 3)
+
+    def fresh_token(exchange: Exchange) -> Reply:
+        return Reply(200, {"referrers": [], "nextToken": f"page-{exchange.call}"})
+
+    with LyingEcr(ecr) as liar:
+        endless = liar.lie("ListImageReferrers", fresh_token)
+        with pytest.raises(ProtocolViolationError, match="still a nextToken after 3 pages"):
+            await copy_from_ecr(client, ecr, middle, repository, through=liar)
+
+    assert endless.told == 3
 
 
 async def test_from_ecr_a_login_about_to_expire_is_renewed_before_the_next_listing(

@@ -646,6 +646,16 @@ def test_an_unknown_code_with_a_5xx_status_is_a_transient_server_error() -> None
     assert is_transient(error)
 
 
+def test_501_not_implemented_is_permanent() -> None:
+    # An endpoint without the operation (an emulator's 501) will not grow it on a retry.
+    error = translate_botocore_error(
+        client_error("InternalFailure", status=501), "ListImageReferrers"
+    )
+    assert type(error) is EcrServiceError
+    assert error.status_code == 501
+    assert not is_transient(error)
+
+
 def test_an_answer_without_code_or_message_is_named_by_its_status() -> None:
     error = translate_botocore_error(
         client_error(None, "", status=502, request_id=None), "PutImage"

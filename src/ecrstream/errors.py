@@ -595,7 +595,7 @@ def _service_error(
 ) -> EcrServiceError:
     """Build the most specific EcrServiceError for an AWS error code."""
     cls = _BY_CODE.get(code, EcrServiceError)
-    if cls is EcrServiceError and status_code is not None and status_code >= 500:
+    if cls is EcrServiceError and _retryable_status(status_code):
         cls = ServerError
     return cls(
         message,
@@ -760,7 +760,8 @@ def _reset_in_chain(error: BaseException) -> BaseException | None:
 
 
 def is_transient(exc: BaseException) -> bool:
-    """True for errors worth retrying the same request for: 5xx, throttling, no answer.
+    """True for errors worth retrying the same request for: 5xx (not 501), throttling, no
+    answer.
 
     Not an untrusted certificate (CertificateVerificationError): that never changes.
     """
@@ -771,6 +772,10 @@ def is_transient(exc: BaseException) -> bool:
     return (
         isinstance(exc, EcrServiceError)
         and type(exc) is EcrServiceError
-        and exc.status_code is not None
-        and exc.status_code >= 500
+        and _retryable_status(exc.status_code)
     )
+
+
+def _retryable_status(status_code: int | None) -> bool:
+    """A 5xx but 501 Not Implemented: an endpoint without the operation stays without it."""
+    return status_code is not None and status_code >= 500 and status_code != 501

@@ -17,10 +17,10 @@ readers. ``RegistrySource`` reads any OCI distribution registry (``RegistryClien
 An ECR source's referrers come from ListImageReferrers, the ECR API's own listing (every
 page; ACTIVE artifacts only, ECR's default: an archived one cannot be pulled until restored).
 Where the endpoint or the installed botocore lacks that call (``UnknownOperationException``:
-an older ECR-compatible service, an emulator, an old botocore), they come from ECR's registry
-endpoint, as every OCI client reads them: ECR has served the OCI 1.1 referrers API
-(``GET /v2/<name>/referrers/<digest>``) since it took OCI Image and Distribution 1.1
-(announced 27 June 2024,
+an older ECR-compatible service, an old botocore; or 501 Not Implemented: an emulator's), they
+come from ECR's registry endpoint, as every OCI client reads them: ECR has served the OCI
+1.1 referrers API (``GET /v2/<name>/referrers/<digest>``) since it took OCI Image and
+Distribution 1.1 (announced 27 June 2024,
 https://aws.amazon.com/about-aws/whats-new/2024/06/amazon-ecr-oci-image-distribution-version-1-1/;
 how it works:
 https://aws.amazon.com/blogs/opensource/diving-into-oci-image-and-distribution-1-1-support-in-amazon-ecr/).
@@ -71,8 +71,17 @@ from ecrstream.source import CheckpointFields
 if TYPE_CHECKING:
     import aiohttp
 
-__all__ = ["LOGIN_MARGIN_SECONDS", "EcrSource", "ImageSource", "RegistrySource", "RemoteBlobSource"]
+__all__ = [
+    "LOGIN_MARGIN_SECONDS",
+    "MAX_REFERRER_PAGES",
+    "EcrSource",
+    "ImageSource",
+    "RegistrySource",
+    "RemoteBlobSource",
+]
 
+#: The most ListImageReferrers pages (of 50) an ECR source reads for one digest.
+MAX_REFERRER_PAGES: Final = 1000
 #: An ECR source logs in to its registry endpoint again this long before the login's
 #: ``expiresAt`` (GetAuthorizationToken's are valid 12 hours): a long copy never uses a
 #: login that runs out mid-request.
@@ -357,7 +366,8 @@ class EcrSource:
 
         Raises:
             EcrServiceError, EcrConnectionError: ListImageReferrers' or GetAuthorizationToken's.
-            ProtocolViolationError: ListImageReferrers gave the same nextToken twice.
+            ProtocolViolationError: ListImageReferrers gave the same nextToken twice, or more
+                than MAX_REFERRER_PAGES pages.
             RegistryAuthError: the endpoint refused the login (no credential in the text).
             RegistryError (and subclasses), ManifestInvalidError: its other failures.
         """
@@ -365,7 +375,8 @@ class EcrSource:
             try:
                 return await self._listed_referrers(digest, token)
             except EcrServiceError as exc:
-                if exc.code != UNKNOWN_OPERATION:
+                # ECR's answer to an operation it lacks; 501 Not Implemented: an emulator's
+                if exc.code != UNKNOWN_OPERATION and exc.status_code != 501:
                     raise
                 self._list_referrers = False
         if not self._referrers_api:
@@ -392,7 +403,7 @@ class EcrSource:
         found: dict[str, None] = {}
         next_token: str | None = None
         asked: set[str] = set()
-        while True:
+        for _ in range(MAX_REFERRER_PAGES):
             page = await self._client.list_image_referrers(
                 ListImageReferrersRequest(
                     repository_name=self.repository_name,
@@ -414,6 +425,11 @@ class EcrSource:
                     operation="ListImageReferrers",
                 )
             asked.add(next_token)
+        raise ProtocolViolationError(
+            f"{self.description}: still a nextToken after {MAX_REFERRER_PAGES} pages of"
+            f" referrers of {digest} (a listing that never ends)",
+            operation="ListImageReferrers",
+        )
 
     async def _registry_client(self, token: CancellationToken) -> RegistryClient:
         """The registry endpoint's client: its address and login from GetAuthorizationToken
