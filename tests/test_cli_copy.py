@@ -12,6 +12,7 @@ import botocore.session
 import pytest
 from cli_run import assert_clean, cli, error_line, go_on_command, make_env, on
 from helpers import assert_copied
+from lying_ecr import Exchange, LyingEcr, Reply
 from registry_fixtures import (
     BASIC_PASSWORD,
     BASIC_USER,
@@ -184,6 +185,35 @@ def test_the_destination_region_is_not_the_source_s(
     assert f"the source repository of {ecr.registry_id}.dkr.ecr." in line
     assert "--src-region" in line
     assert ecr.requests("InitiateLayerUpload") == []
+
+
+def test_a_source_repository_gone_before_its_referrers_are_listed_names_the_source(
+    tmp_path: Path, anon_registry: RegistryServer, ecr: LocalEcr, repository: str
+) -> None:
+    image = seed_ecr_source(tmp_path, anon_registry, ecr, SOURCE_REGION)
+
+    def gone(exchange: Exchange) -> Reply:
+        message = f"The repository with name '{exchange.repository_name}' does not exist"
+        return Reply(400, {"__type": "RepositoryNotFoundException", "message": message})
+
+    with LyingEcr(ecr) as liar:
+        liar.lie("ListImageReferrers", gone)
+        copied = cli(
+            "copy",
+            f"{ecr.registry_id}.dkr.ecr.{SOURCE_REGION}.amazonaws.com/{image.repository}:v1",
+            *("--repository", repository, "--with-referrers"),
+            *("--src-endpoint-url", liar.endpoint_url),
+            *on(ecr),
+            env=make_env(tmp_path),
+        )
+
+    assert_clean(copied)
+    assert copied.returncode == 1
+    line = error_line(copied)
+    # The source's, not the destination's (which has the image by then)
+    assert "the source repository of" in line, line
+    assert "while copying the referrers" in line, line
+    read_back(ecr, repository, f"@{image.digest}", image)
 
 
 @pytest.mark.parametrize(

@@ -183,7 +183,7 @@ def _bad_argument(exc: ValueError, context: Context) -> Explanation:
 
 
 #: The operations copy sends to an ECR source (the destination never gets them from copy).
-_SOURCE_OPERATIONS = frozenset({"BatchGetImage", "GetDownloadUrlForLayer"})
+_SOURCE_OPERATIONS = frozenset({"BatchGetImage", "GetDownloadUrlForLayer", "ListImageReferrers"})
 
 
 def _repository_not_found(exc: RepositoryNotFoundError, context: Context) -> Explanation:
