@@ -112,3 +112,28 @@ def test_the_command_to_go_on_does_not_print_the_source_password(
     # The user stays (the command still says whose credentials it needs), the password not.
     assert "puller:***" in " ".join(again)
     assert f"{anon_registry.host}/{image.repository}:v1" in again  # SOURCE as typed
+
+
+def test_a_second_copy_stopped_in_the_same_folder_keeps_the_first_ones_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without --checkpoint-file, each stopped copy gets a file of its own in the current
+    folder (the first's printed --resume command must still name the first's checkpoint),
+    and the path written is absolute, so the printed command works from any folder."""
+    from ecrstream.cli.copy import load_copy_checkpoint, write_copy_checkpoint
+    from ecrstream.errors import CopyCanceledError
+
+    monkeypatch.chdir(tmp_path)
+    first_digest, second_digest = "sha256:" + "1" * 64, "sha256:" + "2" * 64
+
+    first = write_copy_checkpoint(CopyCanceledError(source_digest=first_digest), None)
+    second = write_copy_checkpoint(CopyCanceledError(source_digest=second_digest), None)
+
+    assert first == tmp_path / "ecrstream-copy.checkpoint.json"
+    assert second == tmp_path / "ecrstream-copy-2.checkpoint.json"
+    assert load_copy_checkpoint(str(first)).source_digest == first_digest
+    assert load_copy_checkpoint(str(second)).source_digest == second_digest
+    # An explicit place (--checkpoint-file, or the --resume file) is written as given.
+    again = write_copy_checkpoint(CopyCanceledError(source_digest=second_digest), first)
+    assert again == first
+    assert load_copy_checkpoint(str(first)).source_digest == second_digest

@@ -195,3 +195,30 @@ def test_ca_bundle_must_exist(env: dict[str, str], tmp_path: Path) -> None:
 
     assert result.returncode == 2
     assert "--ca-bundle: no such file: " in error_line(result)
+
+
+@pytest.mark.parametrize("where", ["AWS_CA_BUNDLE", "profile"])
+def test_a_configured_ca_bundle_must_exist_and_is_named(
+    env: dict[str, str], tmp_path: Path, where: str
+) -> None:
+    """AWS_CA_BUNDLE (or the profile's ca_bundle) naming no file is a usage error naming it,
+    before any request: not "no answer from the endpoint" (exit 1) with a bare ENOENT."""
+    layer = tmp_path / "layer.bin"
+    make_layer(layer, 1000)
+    missing = tmp_path / "none.pem"
+    if where == "AWS_CA_BUNDLE":
+        env = {**env, "AWS_CA_BUNDLE": str(missing)}
+        named = "AWS_CA_BUNDLE: no such file: "
+    else:
+        Path(env["AWS_CONFIG_FILE"]).write_text(f"[default]\nca_bundle = {missing}\n")
+        named = "the profile's ca_bundle: no such file: "
+    args = ["upload-layer", str(layer), "--repository", "some-repo", "--region", "us-east-1"]
+
+    result = cli(*args, "--endpoint-url", "http://127.0.0.1:9", env=env)
+
+    assert result.returncode == 2, result.stderr
+    assert named + str(missing) in error_line(result)
+    assert "--ca-bundle PATH" in error_line(result)
+    # --no-verify-ssl and --ca-bundle replace it: it is not looked at then.
+    other = cli(*args, "--endpoint-url", "http://127.0.0.1:9", "--no-verify-ssl", env=env)
+    assert "no such file" not in other.stderr

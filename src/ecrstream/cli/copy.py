@@ -8,6 +8,7 @@ go on from the byte ECR holds.
 
 from __future__ import annotations
 
+import itertools
 import json
 import shlex
 import sys
@@ -38,12 +39,19 @@ if TYPE_CHECKING:
 
 __all__ = ["load_copy_checkpoint", "run", "write_copy_checkpoint"]
 
-_DEFAULT_CHECKPOINT: Final = "ecrstream-copy.checkpoint.json"
+_DEFAULT_STEM: Final = "ecrstream-copy"
 _VERSION_KEY: Final = "ecrstream_copy_checkpoint"
 
 
-def write_copy_checkpoint(error: CopyCanceledError, path: Path) -> None:
-    """Write what a stopped copy had done, for ``--resume`` (JSON; no credentials in it)."""
+def write_copy_checkpoint(error: CopyCanceledError, path: Path | None) -> Path:
+    """Write what a stopped copy had done, for ``--resume`` (JSON; no credentials in it).
+
+    ``path`` None is the default place: ``ecrstream-copy.checkpoint.json`` in the current
+    folder, or ``ecrstream-copy-2.checkpoint.json`` (3, ...) if that one is there already, so
+    that a second copy stopped in the same folder does not overwrite the first one's
+    checkpoint (its printed --resume command would then name another copy's). Returns the
+    absolute path written, which the printed command names (it works from any folder).
+    """
     document = {
         _VERSION_KEY: 1,
         "source_digest": error.source_digest,
@@ -53,7 +61,20 @@ def write_copy_checkpoint(error: CopyCanceledError, path: Path) -> None:
             for digest, checkpoint in error.checkpoints.items()
         },
     }
-    path.write_text(json.dumps(document, indent=1, sort_keys=True) + "\n")
+    text = json.dumps(document, indent=1, sort_keys=True) + "\n"
+    if path is not None:
+        path.write_text(text)
+        return path.absolute()
+    for number in itertools.count(1):
+        suffix = "" if number == 1 else f"-{number}"
+        candidate = Path(f"{_DEFAULT_STEM}{suffix}.checkpoint.json").absolute()
+        try:
+            with candidate.open("x") as file:  # never an existing one
+                file.write(text)
+        except FileExistsError:
+            continue
+        return candidate
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def load_copy_checkpoint(text: str) -> CopyCanceledError:
@@ -77,11 +98,11 @@ def load_copy_checkpoint(text: str) -> CopyCanceledError:
     return CopyCanceledError(checkpoints=checkpoints, source_digest=digest)
 
 
-def _stopped(options: CopyOptions, stopped: Stopped, path: Path) -> int:
+def _stopped(options: CopyOptions, stopped: Stopped, path: Path | None) -> int:
     error = stopped.error
     prefix = "ecrstream copy:"
     if isinstance(error, CopyCanceledError):
-        write_copy_checkpoint(error, path)
+        path = write_copy_checkpoint(error, path)
         committed = len(error.committed_digests)
         flying = len(error.checkpoints)
         print(
@@ -255,7 +276,8 @@ def run(options: CopyOptions, context: Context) -> int:
         PutImageRequest(options.repository, "{}", image_tag=tag)
     check_endpoint(options.aws.endpoint_url)
     resume = load_copy_checkpoint(options.resume) if options.resume else None
-    path = Path(options.checkpoint_file or options.resume or _DEFAULT_CHECKPOINT)
+    chosen = options.checkpoint_file or options.resume
+    path = Path(chosen) if chosen else None  # None: the first free default name, if stopped
     from ecrstream.copy import copy_image
 
     async def body(runner: Runner) -> _Copied:
@@ -290,6 +312,7 @@ def run(options: CopyOptions, context: Context) -> int:
     )
     if isinstance(outcome, Stopped):
         return _stopped(options, outcome, path)
-    if options.resume and path.exists():
-        path.unlink()  # done: the checkpoint is spent
+    spent = Path(options.resume) if options.resume else None
+    if spent is not None and spent.exists():
+        spent.unlink()  # done: the checkpoint is spent
     return _done(options, outcome)

@@ -370,7 +370,7 @@ def _add_copy(commands: argparse._SubParsersAction[_Parser]) -> None:
         "--checkpoint-file",
         metavar="FILE",
         help="where to write the checkpoint if stopped (default: the --resume file, else"
-        " ecrstream-copy.checkpoint.json in the current folder)",
+        " ecrstream-copy.checkpoint.json in the current folder, or -2, -3, ... if taken)",
     )
     _add_output_options(copy)
 

@@ -131,6 +131,19 @@ def _check_ca_bundle(aws: AwsOptions, prefix: str = "") -> None:
         raise UsageError(f"--{prefix}ca-bundle: no such file: {aws.ca_bundle}")
 
 
+def _check_configured_ca_bundle(session: Any, prefix: str = "") -> None:
+    """The CA bundle botocore would use without --ca-bundle (AWS_CA_BUNDLE, else the
+    profile's ``ca_bundle``) must be a file: else every request fails with a bare ENOENT
+    that reads as "no answer from the endpoint" (exit 1) instead of naming the setting."""
+    bundle = session.get_config_variable("ca_bundle")
+    if not bundle or Path(bundle).is_file():
+        return
+    origin = "AWS_CA_BUNDLE" if os.environ.get("AWS_CA_BUNDLE") else "the profile's ca_bundle"
+    raise UsageError(
+        f"{origin}: no such file: {bundle} (fix it, unset it, or pass --{prefix}ca-bundle PATH)"
+    )
+
+
 def client_arguments(
     aws: AwsOptions, *, prefix: str = "", region: str | None = None
 ) -> dict[str, Any]:
@@ -142,6 +155,8 @@ def client_arguments(
     _check_ca_bundle(aws, prefix)
     endpoint_url = check_endpoint(aws.endpoint_url, f"--{prefix}endpoint-url")
     session, resolved = _session(aws, prefix, region)
+    if aws.verify is None:
+        _check_configured_ca_bundle(session, prefix)
     from aiobotocore.config import AioConfig
 
     create: dict[str, Any] = {
