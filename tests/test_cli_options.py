@@ -222,3 +222,23 @@ def test_a_configured_ca_bundle_must_exist_and_is_named(
     # --no-verify-ssl and --ca-bundle replace it: it is not looked at then.
     other = cli(*args, "--endpoint-url", "http://127.0.0.1:9", "--no-verify-ssl", env=env)
     assert "no such file" not in other.stderr
+
+
+@pytest.mark.parametrize(
+    "words",
+    [
+        ["--src-cred", "bob:TopSecretPW-1"],  # a mistyped --src-creds
+        ["--src-cred=bob:TopSecretPW-1"],
+        ["extra", "https://bob:TopSecretPW-1@registry.example"],
+    ],
+    ids=["separate", "joined", "url"],
+)
+def test_a_mistyped_option_never_echoes_its_password(env: dict[str, str], words: list[str]) -> None:
+    result = cli("copy", "registry.example/app:1", "--repository", "app", *words, env=env)
+
+    assert result.returncode == 2
+    assert_clean(result)
+    line = error_line(result)
+    assert line.startswith("ecrstream: error: unrecognized arguments: "), line
+    assert "TopSecretPW" not in result.stderr + result.stdout
+    assert words[0].split("=")[0].split(":")[0] in line  # what was mistyped is still named

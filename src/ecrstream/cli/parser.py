@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 import importlib
 import math
+import re
 import sys
 import textwrap
 from collections.abc import Sequence
-from typing import NoReturn
+from typing import Final, NoReturn
 
-from ecrstream.cli.errors import EXIT_USAGE
+from ecrstream.cli.errors import EXIT_USAGE, redact
 from ecrstream.cli.options import (
     AwsOptions,
     CopyOptions,
@@ -43,7 +44,22 @@ class _Parser(argparse.ArgumentParser):
     """argparse, with one line on stderr for a usage error (exit code 2)."""
 
     def error(self, message: str) -> NoReturn:
+        message = _hide_echoed_values(message)
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+# argparse echoes what it could not place: a mistyped ``--src-cred USER:PASS`` would print the
+# password. Such messages keep the option names and hide what follows any colon of a value.
+_ECHOES: Final = ("unrecognized arguments: ", "ambiguous option: ")
+_AFTER_COLON: Final = re.compile(r"(?<=[^\s:]):(?!//)\S+")
+
+
+def _hide_echoed_values(message: str) -> str:
+    """``message`` with secrets hidden where argparse echoes the command line's words."""
+    if not message.startswith(_ECHOES):
+        return message
+    head, _, words = message.partition(": ")
+    return f"{head}: {redact(_AFTER_COLON.sub(':***', words))}"
 
 
 # -- argument types ------------------------------------------------------------------------------
