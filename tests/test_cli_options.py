@@ -9,10 +9,12 @@ import shutil
 import socket
 import ssl
 import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
@@ -242,3 +244,79 @@ def test_a_mistyped_option_never_echoes_its_password(env: dict[str, str], words:
     assert line.startswith("ecrstream: error: unrecognized arguments: "), line
     assert "TopSecretPW" not in result.stderr + result.stdout
     assert words[0].split("=")[0].split(":")[0] in line  # what was mistyped is still named
+
+
+def _credential_process(folder: Path, name: str, output: str) -> str:
+    """A credential_process command that prints ``output`` (as the AWS CLI would run it)."""
+    script = folder / f"{name}.py"
+    script.write_text(f"print({output!r})\n")
+    return f"{sys.executable} {script}"
+
+
+EXPIRED_KEY_ID = "AKIAEXPIREDKEY000000"
+EXPIRED_SECRET = "ecrstream-expired-secret-value"
+
+BROKEN_AWS_SETTINGS: dict[str, tuple[dict[str, Any], int, str]] = {
+    "config file that does not parse": (
+        {"config": "[profile bad\nregion = us-east-1\n"},
+        2,
+        "the AWS config file {config} cannot be parsed",
+    ),
+    "credential_process output cut short": (
+        {"profile": "cut", "process": '{"Version": 1, "AccessKeyId": "AKIAX"'},
+        2,
+        "AWS configuration: Expecting ",
+    ),
+    "credentials that stay expired": (
+        {
+            "profile": "expired",
+            "process": json.dumps(
+                {
+                    "Version": 1,
+                    "AccessKeyId": EXPIRED_KEY_ID,
+                    "SecretAccessKey": EXPIRED_SECRET,
+                    "SessionToken": "token",
+                    "Expiration": "2000-01-01T00:00:00Z",
+                }
+            ),
+        },
+        1,
+        "the AWS credentials are expired",
+    ),
+    "AWS_MAX_ATTEMPTS that is no number": (
+        {"environment": {"AWS_MAX_ATTEMPTS": "abc"}},
+        2,
+        "AWS configuration: invalid literal for int()",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", BROKEN_AWS_SETTINGS)
+def test_broken_aws_settings_are_one_line_naming_them(
+    case: str, env: dict[str, str], tmp_path: Path, ecr: LocalEcr
+) -> None:
+    settings, code, expected = BROKEN_AWS_SETTINGS[case]
+    layer = tmp_path / "layer.bin"
+    make_layer(layer, 1000)
+    config = tmp_path / "aws-config"
+    if "config" in settings:
+        config.write_text(settings["config"])
+    if "process" in settings:
+        command = _credential_process(tmp_path, settings["profile"], settings["process"])
+        config.write_text(
+            f"[profile {settings['profile']}]\nregion = us-east-1\ncredential_process = {command}\n"
+        )
+        env = {**env, "AWS_PROFILE": settings["profile"]}
+        for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+            env.pop(name, None)
+    env = {**env, "AWS_CONFIG_FILE": str(config), **settings.get("environment", {})}
+
+    result = cli("upload-layer", str(layer), "--repository", "repo", *on(ecr), env=env)
+
+    assert result.returncode == code, result.stderr
+    assert_clean(result)
+    assert expected.format(config=config) in error_line(result), result.stderr
+    shown = result.stdout + result.stderr
+    assert EXPIRED_KEY_ID not in shown
+    assert EXPIRED_SECRET not in shown
+    assert ecr.requests("InitiateLayerUpload") == []

@@ -36,6 +36,7 @@ event loop thread.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import gc
 import logging
@@ -362,7 +363,7 @@ class EcrClient:
         async with AsyncExitStack() as stack:
             # Only the making of the client is translated: an exception from the caller's
             # ``async with`` body (a FileNotFoundError, a TimeoutError) must reach it as is.
-            with map_botocore_errors("CreateClient"):
+            with _bad_configuration(), map_botocore_errors("CreateClient"):
                 creator = cast(Any, session).create_client(
                     "ecr",
                     region_name=region_name,
@@ -748,6 +749,23 @@ def _referrer(item: dict[str, Any]) -> ImageReferrer:
         annotations=dict(item.get("annotations") or {}),
         artifact_status=item.get("artifactStatus"),
     )
+
+
+@contextlib.contextmanager
+def _bad_configuration() -> Iterator[None]:
+    """A plain ValueError while botocore makes a client comes from a setting it read: an
+    AWS_* variable or a profile's (``max_attempts`` that is no number, a credential_process
+    whose output is not its JSON): an InvalidArgumentError that says so."""
+    try:
+        yield
+    except InvalidArgumentError:
+        raise
+    except ValueError as exc:
+        raise InvalidArgumentError(
+            "AWS configuration",
+            f"{exc} (a setting of the AWS_* variables or of the profile, such as max_attempts"
+            " or the output of credential_process)",
+        ) from exc
 
 
 def _timestamp(value: object) -> float | None:

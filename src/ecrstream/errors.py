@@ -651,6 +651,13 @@ def translate_botocore_error(exc: Exception, operation: str) -> Exception:
             f"{operation}: no usable AWS credentials ({exc}); set AWS_PROFILE or "
             "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, or run where an IAM role is available"
         )
+    if isinstance(exc, RuntimeError) and "credentials" in str(exc).lower():
+        # botocore's refresh of expired credentials (a credential_process, SSO, an assumed
+        # role) that gave expired ones again raises a bare RuntimeError.
+        return CredentialsError(
+            f"{operation}: the AWS credentials are expired ({exc}); refresh them (aws sso"
+            " login, the profile's credential_process or role) or set others"
+        )
     if isinstance(exc, NoRegionError):
         return InvalidArgumentError(
             "region_name",

@@ -82,6 +82,19 @@ def _configure_logging(debug: bool) -> None:
     _logger.addHandler(handler)
     # Only ecrstream's own loggers: botocore's debug log shows request headers.
     _logger.setLevel(logging.DEBUG if debug else logging.WARNING)
+    _logger.propagate = False
+    # Other libraries' warnings (botocore's, aiohttp's) went to Python's last-resort handler,
+    # unredacted and unprefixed, beside the command's own error line that says the same
+    # (botocore's "credentials are still expired"): their errors only, redacted and named
+    # by their logger; with --debug their warnings too.
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if isinstance(h, _Handler)]:
+        root.removeHandler(old)
+    others = _Handler(sys.stderr)
+    others.addFilter(_Redacting())
+    others.setLevel(logging.WARNING if debug else logging.ERROR)
+    others.setFormatter(logging.Formatter("%(name)s: %(levelname)s: %(message)s"))
+    root.addHandler(others)
 
 
 def _context(options: Options) -> Context:

@@ -90,7 +90,7 @@ def _session(aws: AwsOptions, prefix: str = "", region: str | None = None) -> tu
     one to use when ``aws`` names none and the profile configures none.
     """
     from aiobotocore.session import AioSession
-    from botocore.exceptions import ProfileNotFound
+    from botocore.exceptions import ConfigParseError, ProfileNotFound
 
     profile = aws.profile
     try:
@@ -102,6 +102,11 @@ def _session(aws: AwsOptions, prefix: str = "", region: str | None = None) -> tu
             )
         # Also where a bad AWS_PROFILE shows up, before any request
         configured_region = session.get_config_variable("region")
+    except ConfigParseError as exc:
+        raise UsageError(
+            f"the AWS config file {exc.kwargs.get('path')} cannot be parsed: fix it, or point"
+            " AWS_CONFIG_FILE (AWS_SHARED_CREDENTIALS_FILE) at another"
+        ) from None
     except ProfileNotFound as exc:
         raise UsageError(
             f"the AWS profile {exc.kwargs.get('profile')!r} (from AWS_PROFILE) does not exist:"
