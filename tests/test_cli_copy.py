@@ -354,6 +354,54 @@ def test_a_wrong_password_is_explained(
     assert "wrong-" not in line
 
 
+def test_unreadable_docker_credentials_are_not_called_a_refusal(
+    tmp_path: Path,
+    basic_registry: tuple[RegistryServer, StorageServer],
+    ecr: LocalEcr,
+    repository: str,
+) -> None:
+    server, _storage = basic_registry
+    image = Seeder(server).push_image(f"cli/docker-{uuid.uuid4().hex[:8]}", "v1", (20_000,))
+    env = source_env(tmp_path)
+    config = Path(env["DOCKER_CONFIG"]) / "config.json"
+    config.write_text('{"auths": {')  # cut short
+
+    result = cli(
+        "copy",
+        f"{server.host}/{image.repository}:v1",
+        *("--repository", repository, "--src-ca-bundle", str(server.ca)),
+        *on(ecr),
+        env=env,
+    )
+
+    assert result.returncode == 1, result.stderr
+    assert_clean(result)
+    line = error_line(result)
+    assert f"the credentials for the source registry {server.host} could not be read" in line
+    assert f"docker config {config}: is not valid JSON" in line
+    assert "pass --src-creds USER:PASS" in line
+    assert "refused" not in line
+
+
+def test_src_creds_without_a_colon_names_the_option(
+    tmp_path: Path, ecr: LocalEcr, repository: str
+) -> None:
+    result = cli(
+        "copy",
+        "registry.example/app:1",
+        *("--repository", repository, "--src-creds", "alice-TopSecretPW"),
+        *on(ecr),
+        env=source_env(tmp_path),
+    )
+
+    assert result.returncode == 2, result.stderr
+    assert_clean(result)
+    line = error_line(result)
+    assert "--src-creds: must be USER:PASSWORD" in line, line
+    assert "TopSecretPW" not in result.stdout + result.stderr
+    assert ecr.requests() == []
+
+
 def test_an_untrusted_source_certificate_is_explained(
     tmp_path: Path,
     basic_registry: tuple[RegistryServer, StorageServer],

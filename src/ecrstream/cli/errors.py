@@ -76,6 +76,7 @@ OPTION_OF_FIELD = {
     "max_concurrent_layers": "--max-concurrent-layers",
     "source_registry_id": "--src-registry-id",
     "platforms": "--platform",
+    "credentials": "--src-creds",
 }
 
 _FIELD_PREFIX_RE = re.compile(r"([a-z_]+): ")
@@ -305,6 +306,13 @@ def _source_registry(context: Context) -> str:
 
 def _source_refused(exc: RegistryAuthError, context: Context) -> Explanation:
     host = _source_registry(context)
+    if exc.status is None:
+        # No request was refused: the local credentials (docker's config, a helper) failed.
+        return (
+            f"the credentials for the source registry {host} could not be read: {exc}; fix"
+            " that, or pass --src-creds USER:PASS",
+            EXIT_FAILURE,
+        )
     if exc.status == 403:
         hint = "these credentials may not pull it: use ones that can (--src-creds USER:PASS)"
     else:

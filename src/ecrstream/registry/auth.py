@@ -229,7 +229,7 @@ class Authenticator:
             if credentials is None or not credentials.has_basic:
                 raise RegistryAuthError(
                     f"{self._registry} asks for Basic credentials and none were found "
-                    "(pass credentials=, or log in with docker)",
+                    "(give credentials, or log in as docker does)",
                     status=401,
                 )
             value = basic_authorization(credentials)
