@@ -320,3 +320,45 @@ def test_broken_aws_settings_are_one_line_naming_them(
     assert EXPIRED_KEY_ID not in shown
     assert EXPIRED_SECRET not in shown
     assert ecr.requests("InitiateLayerUpload") == []
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "expected"),
+    [
+        ("AWS_ENDPOINT_URL_ECR", "127.0.0.1:44207", "'127.0.0.1:44207' is not an http://"),
+        ("AWS_ENDPOINT_URL", "http://bob:EndpointSecret@127.0.0.1:9", "must not hold a user"),
+    ],
+)
+def test_an_endpoint_from_the_environment_is_checked_and_named(
+    env: dict[str, str], tmp_path: Path, variable: str, value: str, expected: str
+) -> None:
+    layer = tmp_path / "layer.bin"
+    make_layer(layer, 1000)
+
+    result = cli(
+        "upload-layer", str(layer), "--repository", "repo", "--region", "us-east-1",
+        env={**env, variable: value},
+    )  # fmt: skip
+
+    assert result.returncode == 2, result.stderr
+    assert_clean(result)
+    assert error_line(result).startswith(f"ecrstream upload-layer: error: {variable}: {expected}")
+    assert "EndpointSecret" not in result.stdout + result.stderr
+
+
+def test_aws_endpoint_url_ecr_is_where_the_upload_goes_and_what_errors_name(
+    env: dict[str, str], tmp_path: Path, ecr: LocalEcr
+) -> None:
+    layer = tmp_path / "layer.bin"
+    digest = make_layer(layer, 1000)
+    ecr.create_repository("env-endpoint")
+    args = ["upload-layer", str(layer), "--region", ecr.region_name, "--json"]
+    env = {**env, "AWS_ENDPOINT_URL_ECR": ecr.endpoint_url}
+
+    done = cli(*args, "--repository", "env-endpoint", env=env)
+    missing = cli(*args, "--repository", "no-such-repo", env=env)
+
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["digest"] == digest
+    assert missing.returncode == 1
+    assert f"at {ecr.endpoint_url} (region {ecr.region_name})" in error_line(missing)

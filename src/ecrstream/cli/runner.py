@@ -131,6 +131,17 @@ def _session(aws: AwsOptions, prefix: str = "", region: str | None = None) -> tu
     return session, resolved
 
 
+def _configured_endpoint() -> tuple[str, str] | None:
+    """The ECR endpoint botocore takes from the environment (``AWS_ENDPOINT_URL_ECR``, else
+    ``AWS_ENDPOINT_URL``, unless ``AWS_IGNORE_CONFIGURED_ENDPOINT_URLS``): (variable, URL)."""
+    if os.environ.get("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS", "").lower() == "true":
+        return None
+    for name in ("AWS_ENDPOINT_URL_ECR", "AWS_ENDPOINT_URL"):
+        if value := os.environ.get(name):
+            return name, value
+    return None
+
+
 def _check_ca_bundle(aws: AwsOptions, prefix: str = "") -> None:
     if aws.ca_bundle is not None and not Path(aws.ca_bundle).is_file():
         raise UsageError(f"--{prefix}ca-bundle: no such file: {aws.ca_bundle}")
@@ -159,6 +170,9 @@ def client_arguments(
     """
     _check_ca_bundle(aws, prefix)
     endpoint_url = check_endpoint(aws.endpoint_url, f"--{prefix}endpoint-url")
+    if endpoint_url is None and (configured := _configured_endpoint()) is not None:
+        # botocore would use it as it is: checked and named like the option instead
+        endpoint_url = check_endpoint(configured[1], configured[0])
     session, resolved = _session(aws, prefix, region)
     if aws.verify is None:
         _check_configured_ca_bundle(session, prefix)
@@ -216,6 +230,7 @@ class Runner:
             assert aws is not None, "a command without AWS options gives its client arguments"
             create = client_arguments(aws)
             self.context.region = create["region_name"]
+            self.context.endpoint_url = create["endpoint_url"]  # AWS_ENDPOINT_URL_ECR's too
         client: EcrClient = await self._stack.enter_async_context(EcrClient.create(**create))
         return client
 
