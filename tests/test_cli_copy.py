@@ -420,6 +420,7 @@ def test_an_untrusted_source_certificate_is_explained(
     assert "certificate" in line
     assert "pass --src-ca-bundle FILE" in line
     assert "verify=" not in line  # the library's argument, not an option
+    assert "object at 0x" not in line  # aiohttp's repr of the TLS context: not for users
 
 
 def test_tls_to_a_plain_http_source_is_explained(

@@ -180,6 +180,7 @@ def test_a_tls_endpoint_with_a_certificate_of_its_own(
     assert "certificate" in line
     assert "--ca-bundle" in line
     assert "--no-verify-ssl" in line
+    assert "object at 0x" not in line  # aiohttp's repr of the TLS context: not for users
 
     option = [trust, str(certificate[0])] if trust == "--ca-bundle" else [trust]
     trusted = cli(*args, *option, "--json", env=env)
@@ -362,3 +363,17 @@ def test_aws_endpoint_url_ecr_is_where_the_upload_goes_and_what_errors_name(
     assert json.loads(done.stdout)["digest"] == digest
     assert missing.returncode == 1
     assert f"at {ecr.endpoint_url} (region {ecr.region_name})" in error_line(missing)
+
+
+def test_an_unknown_profile_names_the_config_files_read(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    layer = tmp_path / "layer.bin"
+    make_layer(layer, 1000)
+    env = {**env, "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "creds")}
+
+    result = cli("upload-layer", str(layer), "--repository", "repo", "--profile", "nobody", env=env)
+
+    assert result.returncode == 2
+    line = error_line(result)
+    assert f"({env['AWS_CONFIG_FILE']}, {tmp_path / 'creds'})" in line, line

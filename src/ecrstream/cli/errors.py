@@ -82,6 +82,7 @@ OPTION_OF_FIELD = {
 _FIELD_PREFIX_RE = re.compile(r"([a-z_]+): ")
 # A presigned URL's signature, session token and credential scope (a download URL's query).
 _PRESIGNED_RE = re.compile(r"(X-Amz-(?:Signature|Security-Token|Credential)=)[^&\s'\"]+", re.I)
+_SSL_CONTEXT_RE = re.compile(r"ssl:<ssl\.SSLContext object at 0x[0-9a-fA-F]+>")
 _KEY_ID_RE = re.compile(r"\b(?:AKIA|ASIA|AROA|AIDA)[A-Z0-9]{12,}\b")
 _SECRET_ENV = (
     "AWS_ACCESS_KEY_ID",
@@ -140,8 +141,9 @@ def redact(text: str) -> str:
 
 
 def one_line(text: str) -> str:
-    """``text`` redacted, on one line."""
-    return " ".join(redact(text).split())
+    """``text`` redacted, on one line (without aiohttp's ``ssl:<ssl.SSLContext object at
+    0x...>``: the connection's TLS context, by its address)."""
+    return " ".join(_SSL_CONTEXT_RE.sub("ssl", redact(text)).split())
 
 
 def _leaf(exc: BaseException) -> BaseException:

@@ -98,7 +98,7 @@ def _session(aws: AwsOptions, prefix: str = "", region: str | None = None) -> tu
         if profile is not None and profile not in session.available_profiles:
             raise UsageError(
                 f"--{prefix}profile: no profile named {profile!r} in the AWS config files"
-                " (~/.aws/config, ~/.aws/credentials); 'aws configure list-profiles' lists them"
+                f" ({_config_files()}); 'aws configure list-profiles' lists them"
             )
         # Also where a bad AWS_PROFILE shows up, before any request
         configured_region = session.get_config_variable("region")
@@ -129,6 +129,14 @@ def _session(aws: AwsOptions, prefix: str = "", region: str | None = None) -> tu
     if not _REGION_RE.fullmatch(resolved):
         raise UsageError(f"{origin}: {resolved!r} is not an AWS region name (like us-east-1)")
     return session, resolved
+
+
+def _config_files() -> str:
+    """The AWS config and credentials files botocore reads (AWS_CONFIG_FILE and
+    AWS_SHARED_CREDENTIALS_FILE, else their defaults)."""
+    config = os.environ.get("AWS_CONFIG_FILE") or "~/.aws/config"
+    credentials = os.environ.get("AWS_SHARED_CREDENTIALS_FILE") or "~/.aws/credentials"
+    return f"{config}, {credentials}"
 
 
 def _configured_endpoint() -> tuple[str, str] | None:
