@@ -10,6 +10,7 @@ from __future__ import annotations
 import http.server
 import json
 import re
+import shlex
 import signal
 import socket
 import subprocess
@@ -427,7 +428,9 @@ def test_signal_writes_checkpoint_and_resume_command_finishes(
 
     assert stopped.returncode == 130, stderr
     assert stopped_after < 2.0  # 0.1-0.3 s here; the slack is for loaded CI machines
-    assert stdout == ""
+    stopped_report = json.loads(stdout)  # --json: one object, the stop's
+    assert (stopped_report["stopped"], stopped_report["exit_code"]) == (True, 130)
+    assert stopped_report["bytes_committed"] == 10 * MIB
     assert "Traceback" not in stderr
     assert "interrupted; ECR holds 10.0 MiB of 20.0 MiB" in stderr
     saved = tmp_path / "layer.bin.ecrstream-checkpoint.json"
@@ -463,7 +466,7 @@ def test_timeout_writes_checkpoint_and_exits_1(
     saved = tmp_path / "elsewhere" / "upload.json"
     args = ["upload-layer", str(layer), "--repository", repository, *on(ecr)]
 
-    result = cli(*args, "--timeout", "4", "--checkpoint-file", str(saved), env=env)
+    result = cli(*args, "--timeout", "4", "--checkpoint-file", str(saved), "--json", env=env)
 
     assert result.returncode == 1, result.stderr
     assert_clean(result)
@@ -472,6 +475,18 @@ def test_timeout_writes_checkpoint_and_exits_1(
     command = resume_command(result.stderr)
     assert command[command.index("--timeout") + 1] == "4.0"
     assert command[-2:] == ["--resume", str(saved)]
+    # --json: one object on stdout for a script, saying the same as the lines on stderr
+    report = json.loads(result.stdout)
+    assert report == {
+        "stopped": True,
+        "reason": "timed out after 4 s (--timeout)",
+        "exit_code": 1,
+        "checkpoint": str(saved),
+        "bytes_committed": 0,
+        "upload_id": report["upload_id"],
+        "resume_command": result.stderr.splitlines()[-1].strip(),
+    }
+    assert shlex.split(report["resume_command"]) == command
     ecr.wait_idle()  # the held part is recorded once the proxy sees the client gone
     assert len(ecr.requests(Operation.UPLOAD_LAYER_PART)) == 1
 

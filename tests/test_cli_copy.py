@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shlex
 import uuid
 from pathlib import Path
 from typing import Any
@@ -53,7 +54,7 @@ def test_copy_stopped_by_timeout_then_resumed(
         str(checkpoint),
         *on(ecr),
     ]
-    stopped = cli(*args, "--timeout", "3", env=env)
+    stopped = cli(*args, "--timeout", "3", "--json", env=env)
     assert_clean(stopped)
     assert stopped.returncode == 1, stopped.stderr
     assert "timed out" in stopped.stderr
@@ -62,6 +63,13 @@ def test_copy_stopped_by_timeout_then_resumed(
     assert ecr.requests("PutImage") == []
     again = go_on_command(stopped.stderr)
     assert again[-2:] == ["--resume", str(checkpoint)]
+    report = json.loads(stopped.stdout)  # --json: the same, for a script
+    assert report["stopped"] is True
+    assert (report["reason"], report["exit_code"]) == ("timed out after 3 s (--timeout)", 1)
+    assert report["checkpoint"] == str(checkpoint)
+    assert report["in_flight_digests"] == [image.layers[0]]
+    assert shlex.split(report["resume_command"]) == again
+    again = [word for word in again if word != "--json"]
     fault_proxy.reset()  # the stall ends
     resumed = cli(*again[3:], "--json", env=env)  # after "python -m ecrstream"
     assert_clean(resumed)

@@ -348,3 +348,26 @@ def test_ctrl_c_says_what_is_committed_and_what_starts_over(
     )
     assert again.returncode == 0, again.stderr
     assert ": 2 layers uploaded, 1 already there" in again.stdout.splitlines()[-1]
+
+
+def test_a_stopped_push_with_json_prints_what_is_committed_as_json(
+    ecr: LocalEcr, repository: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "image.tar"
+    _, (big, middle, _) = write_oci_tar(path, [12 * 1024 * 1024, 200_000, 3_000])
+    args = ["push", str(path), "--repository", repository, "--tag", "v1", "--part-size", "5MiB"]
+    args += ["--max-concurrent-layers", "1", "--json"]
+    command = push_command(*args, ecr=ecr)
+    stopped, _ = interrupt_at_part(ecr, command, push_env(), part=4, timeout=30)
+
+    assert stopped.returncode == 130, stopped.stderr
+    report = json.loads(stopped.stdout)
+    assert report == {
+        "stopped": True,
+        "reason": "interrupted",
+        "exit_code": 130,
+        "committed_digests": [big],
+        "in_flight_digests": [middle],
+        "resume_command": stopped.stderr.splitlines()[-1].strip(),
+    }
+    assert shlex.split(report["resume_command"]) == command

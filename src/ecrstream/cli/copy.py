@@ -22,7 +22,14 @@ from ecrstream.cli.checkpoints import program
 from ecrstream.cli.errors import EXIT_OK, Context, UsageError, redact
 from ecrstream.cli.options import AwsOptions, CopyOptions
 from ecrstream.cli.push import PushView
-from ecrstream.cli.runner import Runner, Stopped, check_endpoint, client_arguments, run_command
+from ecrstream.cli.runner import (
+    Runner,
+    Stopped,
+    check_endpoint,
+    client_arguments,
+    report_stopped,
+    run_command,
+)
 from ecrstream.cli.units import format_bytes, mb_per_s, plural
 from ecrstream.errors import CopyCanceledError
 from ecrstream.models import (
@@ -115,10 +122,20 @@ def _stopped(options: CopyOptions, stopped: Stopped, path: Path | None) -> int:
     argv = _without_password(options.argv, options.src_creds)
     if "--resume" not in argv and isinstance(error, CopyCanceledError):
         argv += ["--resume", str(path)]
+    again = redact(shlex.join([*program(), *argv]))
     print(f"{prefix} to go on, run:", file=sys.stderr)
-    print(f"  {redact(shlex.join([*program(), *argv]))}", file=sys.stderr, flush=True)
+    print(f"  {again}", file=sys.stderr, flush=True)
     if options.src_creds is not None:
         print(f"{prefix} (with --src-creds's password for ***)", file=sys.stderr, flush=True)
+    copied = error if isinstance(error, CopyCanceledError) else None
+    report_stopped(
+        options.output,
+        stopped,
+        again,
+        checkpoint=str(path) if copied is not None else None,
+        committed_digests=list(copied.committed_digests) if copied is not None else [],
+        in_flight_digests=list(copied.checkpoints) if copied is not None else [],
+    )
     return stopped.exit_code
 
 

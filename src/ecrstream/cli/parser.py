@@ -166,7 +166,9 @@ def _add_aws_options(parser: argparse.ArgumentParser) -> None:
 def _add_output_options(parser: argparse.ArgumentParser) -> None:
     output = parser.add_argument_group("output")
     output.add_argument(
-        "--json", action="store_true", help="print one JSON object at the end (stdout)"
+        "--json",
+        action="store_true",
+        help="print one JSON object at the end (stdout; also when stopped)",
     )
     output.add_argument(
         "--quiet", "-q", action="store_true", help="no progress; print only the digest"

@@ -21,7 +21,7 @@ from ecrstream.cli.checkpoints import program
 from ecrstream.cli.errors import EXIT_OK, Context, UsageError, redact
 from ecrstream.cli.options import PushOptions
 from ecrstream.cli.progress import Display, PartCounter, Rate
-from ecrstream.cli.runner import Runner, Stopped, check_endpoint, run_command
+from ecrstream.cli.runner import Runner, Stopped, check_endpoint, report_stopped, run_command
 from ecrstream.cli.units import format_bytes, mb_per_s, plural
 from ecrstream.models import PutImageRequest, validate_registry_id, validate_repository_name
 
@@ -197,8 +197,12 @@ def _stopped(options: PushOptions, stopped: Stopped, view: PushView | None) -> i
             " sent): uploaded again from the start next time",
             file=sys.stderr,
         )
+    again = redact(_again(options))
     print(f"{prefix} to finish, run the same command again:", file=sys.stderr)
-    print(f"  {redact(_again(options))}", file=sys.stderr, flush=True)
+    print(f"  {again}", file=sys.stderr, flush=True)
+    report_stopped(
+        options.output, stopped, again, committed_digests=committed, in_flight_digests=flying
+    )
     return stopped.exit_code
 
 

@@ -68,6 +68,28 @@ class Stopped:
         return EXIT_FAILURE if self.timed_out else EXIT_INTERRUPTED
 
 
+def report_stopped(
+    output: OutputOptions, stopped: Stopped, resume: str | None, **fields: object
+) -> None:
+    """With --json, a stopped command's one JSON object on stdout (the lines on stderr say
+    the same to a person): ``"stopped": true``, the ``reason``, the ``exit_code``, the
+    command's own ``fields`` and ``resume_command``, the shell line that goes on (None if
+    there is nothing to go on from), credentials redacted as on stderr."""
+    if not output.json:
+        return
+    import json
+    import sys
+
+    report = {
+        "stopped": True,
+        "reason": stopped.reason,
+        "exit_code": stopped.exit_code,
+        **fields,
+        "resume_command": resume,
+    }
+    print(json.dumps(report), file=sys.stdout, flush=True)
+
+
 def check_endpoint(url: str | None, option: str = "--endpoint-url") -> str | None:
     """``url`` with its host in lowercase (what the signature uses); UsageError if not a URL
     or if it holds a user or password (named by ``option``, the URL not printed)."""

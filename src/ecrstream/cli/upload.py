@@ -23,7 +23,7 @@ from ecrstream.cli.checkpoints import (
 from ecrstream.cli.errors import EXIT_OK, Context, UsageError
 from ecrstream.cli.options import UploadOptions
 from ecrstream.cli.progress import LayerProgress, PartCounter
-from ecrstream.cli.runner import Runner, Stopped, check_endpoint, run_command
+from ecrstream.cli.runner import Runner, Stopped, check_endpoint, report_stopped, run_command
 from ecrstream.cli.units import format_bytes, mb_per_s, plural
 from ecrstream.models import (
     LayerUploadResult,
@@ -139,6 +139,7 @@ class _Upload:
                 " (run the same command again)",
                 file=sys.stderr,
             )
+            report_stopped(self.options.output, stopped, None, checkpoint=None)
             return stopped.exit_code
         print(
             f"ecrstream upload-layer: {reason}; ECR holds"
@@ -156,6 +157,14 @@ class _Upload:
                 file=sys.stderr,
             )
             print(checkpoint.to_json(), file=sys.stderr)
+            report_stopped(
+                self.options.output,
+                stopped,
+                None,
+                checkpoint=None,
+                bytes_committed=checkpoint.bytes_committed,
+                upload_id=checkpoint.upload_id,
+            )
             return stopped.exit_code
         print(
             f"ecrstream upload-layer: checkpoint written to {self.saved}; to resume, run:",
@@ -163,6 +172,14 @@ class _Upload:
         )
         command = resume_command(self.options, self.file, self.saved)
         print(f"  {command}", file=sys.stderr, flush=True)
+        report_stopped(
+            self.options.output,
+            stopped,
+            command,
+            checkpoint=str(self.saved),
+            bytes_committed=checkpoint.bytes_committed,
+            upload_id=checkpoint.upload_id,
+        )
         return stopped.exit_code
 
     def done(self, done: _Done) -> int:
