@@ -35,7 +35,7 @@ The tree::
         │   │                             read timeout, response lost); .operation, .timed_out
         │   └── CertificateVerificationError  the endpoint's TLS certificate is not trusted:
         │                                 permanent, never retried (not is_transient)
-        ├── CredentialsError              no usable AWS credentials were found
+        ├── CredentialsError              no usable AWS credentials were found (.expired)
         ├── DigestMismatchError           computed digest differs from the expected/returned one
         │   └── CorruptBlobError          a blob of an image source does not hash to its digest
         │                                 (.kind .member .source; found as it streams)
@@ -317,7 +317,15 @@ class CertificateVerificationError(EcrConnectionError):
 
 
 class CredentialsError(EcrStreamError):
-    """No usable AWS credentials (set AWS_PROFILE, AWS_ACCESS_KEY_ID/..., or an IAM role)."""
+    """No usable AWS credentials (set AWS_PROFILE, AWS_ACCESS_KEY_ID/..., or an IAM role).
+
+    ``expired``: there were credentials, but they are expired and refreshing them gave
+    expired ones again (a credential_process, SSO, an assumed role).
+    """
+
+    def __init__(self, message: str, *, expired: bool = False) -> None:
+        super().__init__(message)
+        self.expired = expired
 
 
 class DigestMismatchError(EcrStreamError):
@@ -656,7 +664,8 @@ def translate_botocore_error(exc: Exception, operation: str) -> Exception:
         # role) that gave expired ones again raises a bare RuntimeError.
         return CredentialsError(
             f"{operation}: the AWS credentials are expired ({exc}); refresh them (aws sso"
-            " login, the profile's credential_process or role) or set others"
+            " login, the profile's credential_process or role) or set others",
+            expired=True,
         )
     if isinstance(exc, NoRegionError):
         return InvalidArgumentError(

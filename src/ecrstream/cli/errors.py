@@ -228,8 +228,8 @@ def _refused(exc: AuthenticationError, context: Context) -> Explanation:
 
 
 def _no_credentials(exc: CredentialsError, context: Context) -> Explanation:
-    if "expired" in str(exc):
-        return str(exc).partition(": ")[2] or str(exc), EXIT_FAILURE
+    if exc.expired:
+        return str(exc), EXIT_FAILURE
     return (
         "no AWS credentials found: set AWS_PROFILE (or pass --profile), or"
         " AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or run where an IAM role is available",
