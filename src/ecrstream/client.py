@@ -41,7 +41,6 @@ import contextvars
 import gc
 import logging
 import os
-import re
 import time
 import urllib.parse
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -93,6 +92,8 @@ from ecrstream.models import (
     PutImageResponse,
     UploadLayerPartRequest,
     UploadLayerPartResponse,
+    is_region_name,
+    validate_digest,
 )
 from ecrstream.retry import RetryPolicy, call_with_retries
 
@@ -104,9 +105,6 @@ __all__ = ["UNKNOWN_OPERATION", "EcrClient"]
 #: The error code of an endpoint that lacks an operation (EcrServiceError.code); also raised
 #: without a request where the installed botocore lacks it (``list_image_referrers``).
 UNKNOWN_OPERATION: Final = "UnknownOperationException"
-_REFERRER_DIGEST: Final = re.compile(r"sha256:[0-9a-f]{64}")
-#: A region name: one DNS label (as botocore checks it, without its trailing-newline gap).
-_REGION_NAME: Final = re.compile(r"(?![0-9]+$)[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?")
 
 logger = logging.getLogger("ecrstream")
 
@@ -343,9 +341,7 @@ class EcrClient:
         if not region_name and not session.instance_variables().get("region"):
             region_name = os.environ.get("AWS_REGION") or None
             origin = "AWS_REGION"
-        if region_name is not None and not (
-            isinstance(region_name, str) and _REGION_NAME.fullmatch(region_name)
-        ):
+        if region_name is not None and not is_region_name(region_name):
             # botocore's own check lets a trailing newline through and raises no ValueError
             raise InvalidArgumentError(
                 "region_name",
@@ -736,13 +732,15 @@ def _referrer(item: dict[str, Any]) -> ImageReferrer:
     """One ListImageReferrers entry; ProtocolViolationError unless its digest is a sha256
     digest (anything else would be looked up as a tag, or refused as the caller's input)."""
     digest = item.get("digest")
-    if not isinstance(digest, str) or not _REFERRER_DIGEST.fullmatch(digest):
+    try:
+        validate_digest(digest)
+    except InvalidArgumentError:
         raise ProtocolViolationError(
             f"a referrer whose digest is no sha256 digest ({str(digest)[:80]!r})",
             operation="ListImageReferrers",
-        )
+        ) from None
     return ImageReferrer(
-        digest=digest,
+        digest=str(digest),
         media_type=str(item.get("mediaType", "")),
         size=int(item.get("size", 0)),
         artifact_type=item.get("artifactType"),

@@ -47,6 +47,7 @@ __all__ = [
     "UploadLayerPartRequest",
     "UploadLayerPartResponse",
     "UploadProgress",
+    "is_region_name",
     "validate_digest",
     "validate_registry_id",
     "validate_repository_name",
@@ -70,6 +71,9 @@ _UPLOAD_ID_RE = re.compile(
     r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
 )
 _DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
+# A region name: one DNS label, not all digits (botocore's rule, without its trailing-newline
+# gap: ``$`` matches before a final newline).
+_REGION_NAME_RE = re.compile(r"(?![0-9]+$)[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?")
 _TAG_RE = re.compile(r"[A-Za-z0-9_.+-]{1,300}")
 
 
@@ -110,6 +114,11 @@ def validate_upload_id(value: object, field_name: str = "upload_id") -> str:
     if not isinstance(value, str) or not _UPLOAD_ID_RE.fullmatch(value):
         raise _fail(field_name, value, "must be an ECR upload id (UUID form 8-4-4-4-12 hex)")
     return value
+
+
+def is_region_name(value: object) -> bool:
+    """True if ``value`` has the form of an AWS region name (one DNS label: ``us-east-1``)."""
+    return isinstance(value, str) and _REGION_NAME_RE.fullmatch(value) is not None
 
 
 def validate_digest(value: object, field_name: str = "digest") -> str:

@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ from ecrstream.cli.options import AwsOptions, OutputOptions
 from ecrstream.cli.progress import Display
 from ecrstream.cli.signals import Interrupts, interrupts
 from ecrstream.client import EcrClient
+from ecrstream.models import is_region_name
 
 __all__ = ["Runner", "Stopped", "check_endpoint", "client_arguments", "run_command"]
 
@@ -41,7 +41,6 @@ _T = TypeVar("_T")
 # A black-holed endpoint fails in seconds rather than botocore's default minute.
 _CONNECT_TIMEOUT = 10
 # botocore's own rule for a region name (it refuses others when the client is made)
-_REGION_RE = re.compile(r"[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?")
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,7 +147,7 @@ def _session(aws: AwsOptions, prefix: str = "", region: str | None = None) -> tu
             f"no AWS region: pass --{prefix}region (for example --{prefix}region us-east-1)"
             " or set AWS_REGION or AWS_DEFAULT_REGION"
         )
-    if not _REGION_RE.fullmatch(resolved):
+    if not is_region_name(resolved):
         raise UsageError(f"{origin}: {resolved!r} is not an AWS region name (like us-east-1)")
     return session, resolved
 

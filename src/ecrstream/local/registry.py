@@ -54,7 +54,8 @@ from ecrstream.local.upstream import Upstream
 
 __all__: list[str] = []
 
-_DIGEST: Final = re.compile(r"sha256:[0-9a-f]{64}")
+DIGEST: Final = re.compile(r"sha256:[0-9a-f]{64}")
+"""A manifest or blob digest as the registry API takes it (rules.py checks subjects with it)."""
 _RANGE: Final = re.compile(r"bytes=(\d*)-(\d*)")
 _CHUNK: Final = 1024 * 1024
 DOWNLOAD_URL_SECONDS: Final = 3600
@@ -268,7 +269,7 @@ class Registry:
         return self._error(500, "UNKNOWN", str(answer.get("message", "upstream error")))
 
     async def _manifest(self, request: web.Request, name: str, reference: str) -> web.Response:
-        image_id = {"imageDigest": reference} if _DIGEST.fullmatch(reference) else None
+        image_id = {"imageDigest": reference} if DIGEST.fullmatch(reference) else None
         if image_id is None:
             image_id = {"imageTag": reference}
         status, answer = await self._ask(
@@ -326,7 +327,7 @@ class Registry:
         )
 
     async def _referrers(self, request: web.Request, name: str, digest: str) -> web.Response:
-        if not _DIGEST.fullmatch(digest):
+        if not DIGEST.fullmatch(digest):
             return self._error(400, "DIGEST_INVALID", "invalid digest", digest=digest)
         wanted = request.query.get("artifactType")
 

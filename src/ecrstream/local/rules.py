@@ -52,7 +52,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from ecrstream.local.faults import Exchange, FaultKind, Operation, UploadSnapshot
 from ecrstream.local.protocol import MAX_PART_SIZE, Parsed, Reply, error, success
-from ecrstream.local.registry import TOKEN_SECONDS, Access, referrer_descriptors
+from ecrstream.local.registry import DIGEST, TOKEN_SECONDS, Access, referrer_descriptors
 from ecrstream.local.store import BlobStore
 from ecrstream.local.upstream import Upstream, manifest_blobs
 
@@ -60,7 +60,6 @@ if TYPE_CHECKING:
     from _hashlib import HASH
 
 _LAYER_DIGEST: Final = re.compile(r"[a-zA-Z0-9-_+.]+:[a-fA-F0-9]+")
-_SUBJECT_DIGEST: Final = re.compile(r"sha256:[0-9a-f]{64}")
 _CREDENTIAL_REGION = re.compile(r"Credential=[^/,\s]+/\d{8}/([^/,\s]+)/")
 _NO_SUCH_BLOB: Final = "sha256:" + "0" * 64
 
@@ -476,7 +475,7 @@ def _referrers_request(
         return error(
             "InvalidParameterException", "repositoryName and subjectId.imageDigest are required."
         )
-    if not _SUBJECT_DIGEST.fullmatch(digest):
+    if not DIGEST.fullmatch(digest):
         return error(
             "InvalidParameterException",
             f"Invalid parameter at 'subjectId.imageDigest': '{digest}' is not a sha256 digest.",
