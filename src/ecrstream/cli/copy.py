@@ -108,8 +108,16 @@ def load_copy_checkpoint(text: str) -> CopyCanceledError:
 def _stopped(options: CopyOptions, stopped: Stopped, path: Path | None) -> int:
     error = stopped.error
     prefix = "ecrstream copy:"
+    argv = _without_password(options.argv, options.src_creds)
+    # What --json reports; a stop before anything was copied leaves nothing to resume from
+    done: dict[str, object] = {"checkpoint": None, "committed_digests": [], "in_flight_digests": []}
     if isinstance(error, CopyCanceledError):
         path = write_copy_checkpoint(error, path)
+        done = {
+            "checkpoint": str(path),
+            "committed_digests": list(error.committed_digests),
+            "in_flight_digests": list(error.checkpoints),
+        }
         committed = len(error.committed_digests)
         flying = len(error.checkpoints)
         print(
@@ -117,25 +125,16 @@ def _stopped(options: CopyOptions, stopped: Stopped, path: Path | None) -> int:
             f" {plural(flying, 'upload')} in flight; checkpoint written to {path}",
             file=sys.stderr,
         )
+        if "--resume" not in argv:
+            argv += ["--resume", str(path)]
     else:
         print(f"{prefix} {stopped.reason} before anything was copied", file=sys.stderr)
-    argv = _without_password(options.argv, options.src_creds)
-    if "--resume" not in argv and isinstance(error, CopyCanceledError):
-        argv += ["--resume", str(path)]
     again = redact(shlex.join([*program(), *argv]))
     print(f"{prefix} to go on, run:", file=sys.stderr)
     print(f"  {again}", file=sys.stderr, flush=True)
     if options.src_creds is not None:
         print(f"{prefix} (with --src-creds's password for ***)", file=sys.stderr, flush=True)
-    copied = error if isinstance(error, CopyCanceledError) else None
-    report_stopped(
-        options.output,
-        stopped,
-        again,
-        checkpoint=str(path) if copied is not None else None,
-        committed_digests=list(copied.committed_digests) if copied is not None else [],
-        in_flight_digests=list(copied.checkpoints) if copied is not None else [],
-    )
+    report_stopped(options.output, stopped, again, **done)
     return stopped.exit_code
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 from collections.abc import Awaitable, Callable
@@ -76,9 +77,6 @@ def report_stopped(
     there is nothing to go on from), credentials redacted as on stderr."""
     if not output.json:
         return
-    import json
-    import sys
-
     report = {
         "stopped": True,
         "reason": stopped.reason,
@@ -86,7 +84,7 @@ def report_stopped(
         **fields,
         "resume_command": resume,
     }
-    print(json.dumps(report), file=sys.stdout, flush=True)
+    print(json.dumps(report), flush=True)
 
 
 def check_endpoint(url: str | None, option: str = "--endpoint-url") -> str | None:
