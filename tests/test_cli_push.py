@@ -319,16 +319,25 @@ def test_one_layer_is_one_layer(ecr: LocalEcr, repository: str, tmp_path: Path) 
     assert ": 1 layer uploaded, 0 already there" in done.stdout.splitlines()[-1]
 
 
-def test_ctrl_c_says_what_is_committed_and_what_starts_over(
-    ecr: LocalEcr, repository: str, tmp_path: Path
-) -> None:
+def ctrl_c_at_the_second_blob(
+    ecr: LocalEcr, repository: str, tmp_path: Path, *extra: str
+) -> tuple[subprocess.CompletedProcess[str], list[str], str, str]:
+    """A push of three layers stopped by Ctrl-C at part 4: (the stopped run, its command,
+    the big layer committed, the middle one in flight)."""
     path = tmp_path / "image.tar"
     _, (big, middle, _) = write_oci_tar(path, [12 * 1024 * 1024, 200_000, 3_000])
     # One blob at a time, largest first: parts 1-3 are the big layer, part 4 the middle one.
     args = ["push", str(path), "--repository", repository, "--tag", "v1", "--part-size", "5MiB"]
-    args += ["--max-concurrent-layers", "1"]
+    args += ["--max-concurrent-layers", "1", *extra]
     command = push_command(*args, ecr=ecr)
     stopped, _ = interrupt_at_part(ecr, command, push_env(), part=4, timeout=30)
+    return stopped, command, big, middle
+
+
+def test_ctrl_c_says_what_is_committed_and_what_starts_over(
+    ecr: LocalEcr, repository: str, tmp_path: Path
+) -> None:
+    stopped, _, big, middle = ctrl_c_at_the_second_blob(ecr, repository, tmp_path)
     stderr = stopped.stderr
 
     assert stopped.returncode == 130, stderr
@@ -353,12 +362,7 @@ def test_ctrl_c_says_what_is_committed_and_what_starts_over(
 def test_a_stopped_push_with_json_prints_what_is_committed_as_json(
     ecr: LocalEcr, repository: str, tmp_path: Path
 ) -> None:
-    path = tmp_path / "image.tar"
-    _, (big, middle, _) = write_oci_tar(path, [12 * 1024 * 1024, 200_000, 3_000])
-    args = ["push", str(path), "--repository", repository, "--tag", "v1", "--part-size", "5MiB"]
-    args += ["--max-concurrent-layers", "1", "--json"]
-    command = push_command(*args, ecr=ecr)
-    stopped, _ = interrupt_at_part(ecr, command, push_env(), part=4, timeout=30)
+    stopped, command, big, middle = ctrl_c_at_the_second_blob(ecr, repository, tmp_path, "--json")
 
     assert stopped.returncode == 130, stopped.stderr
     report = json.loads(stopped.stdout)
